@@ -1,0 +1,37 @@
+# Everything a user or CI needs; `make test` and `make train` work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+L2L := $(VENV)/bin/l2l
+CONSTRAINTS := requirements/constraints.txt
+
+.PHONY: install train test test-fast lint bench tensorboard clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+train: install  ## meta-train on quadratics with the shipped defaults, then evaluate against tuned baselines
+	$(L2L) train optimizee=quadratic
+
+test: install  ## the whole suite (CI runs this)
+	$(PY) -m pytest -q
+
+test-fast: install  ## without the end-to-end CLI tests
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check l2l_cli tests benchmarks
+
+bench: install  ## speed figures, printed and written to benchmarks/results/
+	$(PY) benchmarks/meta_train_speed.py
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1
+
+clean:
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,57 @@
+"""The `l2l` command: `l2l <command> [hydra overrides]` runs the Hydra app of that command.
+
+Hydra has no subcommands, so this thin dispatcher pops the command from argv and hands the rest to
+``hydra.main`` with the command's primary config; `-m`, `--cfg job`, `--help` and `hydra.run.dir=` keep working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib import resources
+from pathlib import Path
+
+COMMANDS = {
+    "train": ("l2l_cli.commands.train", "meta-train a learned optimizer (then evaluate it)"),
+    "eval": ("l2l_cli.commands.evaluate", "compare a learned optimizer with tuned SGD, NAG, RMSprop and Adam"),
+}
+
+USAGE = "usage: l2l {%s} [key=value ...] [-m] [--cfg job] [--help]" % ",".join(COMMANDS)
+
+
+def config_dir() -> str:
+    """The checkout's conf/ when running from source, else the copy shipped as package data (absolute path)."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "train.yaml").is_file():
+        return str(checkout)
+    return str(Path(str(resources.files("l2l_cli") / "conf")).resolve())
+
+
+def _print_usage(stream) -> None:
+    print(USAGE, file=stream)
+    for name, (_, help_text) in COMMANDS.items():
+        print(f"  {name:<8}{help_text}", file=stream)
+    print("Run `l2l <command> --help` for a command's config groups and keys.", file=stream)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        _print_usage(sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"l2l: unknown command {command!r}, allowed values: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    import hydra
+
+    from l2l_cli.config import register_schemas
+
+    register_schemas()
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"l2l {command}", *rest]
+    hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(module.main)()
+
+
+if __name__ == "__main__":
+    main()

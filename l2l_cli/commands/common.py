@@ -1,0 +1,46 @@
+"""Helpers shared by the commands: output dir, run records, resume lookup."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from l2l_cli.config import ConfigError
+from l2l_cli.runtime import environment_record
+
+
+def output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def record_run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Write run.json (resolved config, versions, git commit) next to Hydra's own .hydra/ record."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"config": OmegaConf.to_container(cfg, resolve=True), "environment": environment_record()}
+    (out_dir / "run.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def resolve_resume(resume, out_dir: Path) -> Path | None:
+    """false -> None; true -> this run dir's last.pt, else the newest run beside it that has one; a path -> that
+    file, or <dir>/checkpoints/last.pt."""
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        candidates = [out_dir / "checkpoints" / "last.pt"]
+        siblings = sorted((p for p in out_dir.parent.glob("*/checkpoints/last.pt") if out_dir not in p.parents),
+                          key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in candidates + siblings:
+            if path.is_file():
+                return path
+        raise ConfigError(f"resume: true, but no checkpoints/last.pt in {out_dir} or beside it; "
+                          "pass resume=PATH (a run dir or a .pt file)")
+    path = Path(str(resume))
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"resume: no checkpoint at {path}")
+    return path

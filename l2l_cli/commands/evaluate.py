@@ -1,0 +1,145 @@
+"""`l2l eval`: the learned optimizer and every tuned baseline on the same held-out test functions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from l2l_cli.commands import hydra_task
+from l2l_cli.commands.common import output_dir, record_run
+from l2l_cli.config import BASELINE_DEFAULTS, ConfigError, EvalConfig, LSTMConfig, to_objects
+from l2l_cli.console import console, fmt, progress, results_table
+from l2l_cli.evaluation import TuningResult, best_baseline, compare, tune_learning_rate
+from l2l_cli.meta.checkpoint import check_architecture, load_checkpoint
+from l2l_cli.meta.trainer import build_net
+from l2l_cli.optimizees import build_family
+from l2l_cli.optimizers import Baseline, LearnedRule
+from l2l_cli.runtime import configure_torch, environment_record, resolve_device
+from l2l_cli.seeding import generator
+from l2l_cli.writers import plot_curves, write_curves_csv, write_curves_tensorboard, write_json
+
+log = logging.getLogger("l2l.eval")
+
+
+def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
+    """The LSTM as trained: architecture and output scale come from the checkpoint; a key the user set explicitly
+    that disagrees with it is an error rather than silently ignored."""
+    if not conf.checkpoint:
+        raise ConfigError("checkpoint: eval with optimizer=lstm needs checkpoint=PATH (best.pt or last.pt from "
+                          "l2l train)")
+    path = Path(conf.checkpoint)
+    payload = load_checkpoint(path)
+    saved = payload["optimizer"]
+    wanted = {k: getattr(conf.optimizer, k) for k in explicit_keys if k in saved and k != "output_scale"}
+    check_architecture(path, saved, wanted)
+    net_cfg = LSTMConfig(**saved)
+    net = build_net(net_cfg)
+    net.load_state_dict(payload["model"])
+    net.to(device).eval()
+    return LearnedRule(net), {"checkpoint": str(path), "iteration": payload["iteration"],
+                              "best_val": payload["best_val"], "optimizer": saved}
+
+
+def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
+             explicit_keys: set[str] = frozenset()) -> float:
+    """Tune, compare, write TensorBoard/results.json/curves.csv/curves.png, print the table.
+
+    Returns the studied optimizer's mean final test loss.
+    """
+    configure_torch(conf.threads)
+    device = resolve_device(conf.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    family = build_family(conf.optimizee)
+    num_steps = conf.eval.num_steps or conf.schedule.num_steps
+    val_problem = family.sample(conf.eval.val_functions, num_steps, generator(conf.data_seed, "validation"), device)
+    test_problem = family.sample(conf.eval.num_functions, num_steps, generator(conf.data_seed, "test"), device)
+
+    studied = conf.optimizer.name
+    rules, learned_info, tuning = {}, None, {}
+    if isinstance(conf.optimizer, LSTMConfig):
+        rules[studied], learned_info = load_learned(conf, device, explicit_keys)
+    baseline_cfgs = {name: BASELINE_DEFAULTS[name] for name in conf.eval.baselines}
+    if not isinstance(conf.optimizer, LSTMConfig):
+        baseline_cfgs = {studied: conf.optimizer, **{k: v for k, v in baseline_cfgs.items() if k != studied}}
+
+    grid = conf.eval.lr_grid
+    with progress() as bar:
+        to_tune = [n for n, c in baseline_cfgs.items() if c.lr is None]
+        tune_task = bar.add_task("tune lr", total=len(to_tune), info=f"{len(grid)} values x {len(val_problem)} "
+                                                                     "validation functions")
+        for name, cfg in baseline_cfgs.items():
+            if cfg.lr is None:
+                tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps)
+                bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(tuning[name].lr)}")
+            else:
+                tuning[name] = TuningResult(name, cfg.lr, {}, tuned=False)
+            rules[name] = Baseline(cfg, tuning[name].lr)
+        test_task = bar.add_task("test", total=len(rules), info=f"{len(test_problem)} test functions")
+        stats = compare(family, test_problem, rules, num_steps,
+                        on_done=lambda name: bar.update(test_task, advance=1, info=f"{name} done"))
+
+    for result in tuning.values():
+        if result.at_grid_edge:
+            log.warning("%s: the best learning rate %s is at the edge of eval.lr_grid; widen the grid",
+                        result.name, fmt(result.lr))
+    learned = studied if learned_info else None
+    best = best_baseline(stats, learned)
+    lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
+    title = f"{conf.optimizee.name}: loss at step {num_steps} on {len(test_problem)} test functions"
+    console().print(results_table(stats, lr_text, learned, title))
+
+    write_curves_tensorboard(out_dir / "tb", stats)
+    write_curves_csv(out_dir / "curves.csv", stats)
+    plot_curves(out_dir / "curves.png", stats, title=title,
+                labels={n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()})
+    results = {
+        "optimizee": asdict(conf.optimizee),
+        "num_steps": num_steps,
+        "num_test_functions": len(test_problem),
+        "num_validation_functions": len(val_problem),
+        "seeds": {"seed": conf.seed, "data_seed": conf.data_seed, "validation_stream": "validation",
+                  "test_stream": "test"},
+        "studied": studied,
+        "learned": learned_info,
+        "best_baseline": best,
+        "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": {str(k): v for k, v in
+                                                                                     r.scores.items()}}
+                           for n, r in tuning.items()},
+        "optimizers": {n: {"final_mean": s.final_mean, "final_median": s.final_median, "nonfinite": s.nonfinite,
+                           "runs": s.runs, "mean": s.mean, "median": s.median, "q10": s.q10, "q90": s.q90}
+                       for n, s in stats.items()},
+        "config": config_record if config_record is not None else {
+            "optimizee": asdict(conf.optimizee), "optimizer": asdict(conf.optimizer),
+            "schedule": asdict(conf.schedule), "eval": asdict(conf.eval)},
+        "environment": environment_record(),
+    }
+    write_json(out_dir / "results.json", results)
+    log.info("wrote %s (results.json, curves.csv, curves.png, tb/)", out_dir)
+    return stats[studied].final_mean
+
+
+def _explicit_optimizer_keys() -> set[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("optimizer."):
+            keys.add(key.split(".", 1)[1])
+    return keys
+
+
+def run(cfg: DictConfig) -> float:
+    conf: EvalConfig = to_objects(cfg)
+    out_dir = output_dir()
+    record = record_run(cfg, out_dir)
+    torch.manual_seed(conf.seed)
+    return evaluate(conf, out_dir, config_record=record["config"],
+                    explicit_keys=_explicit_optimizer_keys())
+
+
+main = hydra_task(run)

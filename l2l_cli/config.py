@@ -1,0 +1,262 @@
+"""Dataclass schemas for every config group, with their range and cross-field checks.
+
+The schemas are stored in Hydra's ConfigStore under ``schema/<group>`` so they never show up as user choices;
+each YAML option extends its schema, which gives type checks and unknown-key errors at compose time. Range and
+cross-field rules live in ``__post_init__`` and run in :func:`to_objects`. Numerical code receives these
+dataclasses, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that is out of range or inconsistent; the message names the key."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check_choice(value: str, key: str, allowed: tuple) -> None:
+    _check(value in allowed, key, f"got {value!r}, allowed values: {', '.join(allowed)}")
+
+
+# --- optimizee families -------------------------------------------------------------------------------------------
+
+DISTRIBUTIONS = ("gaussian", "uniform")
+
+
+@dataclass
+class QuadraticConfig:
+    """f(theta) = ||W theta - y||^2 with W dim x dim and y dim-d, drawn per function."""
+
+    name: str = "quadratic"
+    dim: int = 10
+    batch_size: int = 128
+    distribution: str = "gaussian"
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, "optimizee.name", ("quadratic",))
+        _check(self.dim >= 1, "optimizee.dim", f"must be >= 1, got {self.dim}")
+        _check(self.batch_size >= 1, "optimizee.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check_choice(self.distribution, "optimizee.distribution", DISTRIBUTIONS)
+        _check(self.init_std >= 0, "optimizee.init_std", f"must be >= 0, got {self.init_std}")
+
+
+# --- optimizers ---------------------------------------------------------------------------------------------------
+
+PREPROCESSING = ("none", "paper", "deepmind")
+LEARNED_OPTIMIZERS = ("lstm",)
+BASELINES = ("sgd", "nag", "rmsprop", "adam")
+
+
+@dataclass
+class LSTMConfig:
+    """The coordinatewise LSTM optimizer of the paper."""
+
+    name: str = "lstm"
+    hidden_size: int = 20
+    layers: int = 2
+    preprocess: str = "paper"
+    preprocess_p: float = 10.0  # p of the paper's Appendix A; also k of the deepmind variant
+    output_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, "optimizer.name", LEARNED_OPTIMIZERS)
+        _check(self.hidden_size >= 1, "optimizer.hidden_size", f"must be >= 1, got {self.hidden_size}")
+        _check(self.layers >= 1, "optimizer.layers", f"must be >= 1, got {self.layers}")
+        _check_choice(self.preprocess, "optimizer.preprocess", PREPROCESSING)
+        _check(self.preprocess_p > 0, "optimizer.preprocess_p", f"must be > 0, got {self.preprocess_p}")
+        _check(math.isfinite(self.output_scale) and self.output_scale > 0, "optimizer.output_scale",
+               f"must be a positive number, got {self.output_scale}")
+
+    def architecture(self) -> dict:
+        """The fields a checkpoint must agree on to be loadable."""
+        return {"name": self.name, "hidden_size": self.hidden_size, "layers": self.layers,
+                "preprocess": self.preprocess, "preprocess_p": self.preprocess_p}
+
+
+@dataclass
+class BaselineConfig:
+    """A hand-designed optimizer. ``lr: null`` means: tune it on the validation functions over eval.lr_grid."""
+
+    name: str = MISSING
+    lr: Optional[float] = None
+    momentum: float = 0.0
+    nesterov: bool = False
+    alpha: float = 0.99  # RMSprop decay (torch default)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, "optimizer.name", BASELINES)
+        _check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "optimizer.lr",
+               f"must be a positive number or null (tune), got {self.lr}")
+        _check(0 <= self.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(not self.nesterov or self.momentum > 0, "optimizer.nesterov", "needs optimizer.momentum > 0")
+        for key in ("alpha", "beta1", "beta2"):
+            value = getattr(self, key)
+            _check(0 <= value < 1, f"optimizer.{key}", f"must be in [0, 1), got {value}")
+        _check(self.eps > 0, "optimizer.eps", f"must be > 0, got {self.eps}")
+
+
+BASELINE_DEFAULTS = {
+    "sgd": BaselineConfig(name="sgd"),
+    "nag": BaselineConfig(name="nag", momentum=0.9, nesterov=True),
+    "rmsprop": BaselineConfig(name="rmsprop"),
+    "adam": BaselineConfig(name="adam"),
+}
+
+
+# --- unroll schedules ---------------------------------------------------------------------------------------------
+
+WEIGHTINGS = ("uniform", "last")
+
+
+@dataclass
+class TruncatedScheduleConfig:
+    """Truncated BPTT: each optimizee run of num_steps is cut into unrolls of ``unroll`` steps."""
+
+    name: str = "truncated"
+    num_steps: int = 100
+    unroll: int = 20
+    weighting: str = "uniform"  # w_t over each unroll: uniform (paper, w_t = 1) or last (only its final step)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, "schedule.name", ("truncated",))
+        _check(self.num_steps >= 1, "schedule.num_steps", f"must be >= 1, got {self.num_steps}")
+        _check(self.unroll >= 1, "schedule.unroll", f"must be >= 1, got {self.unroll}")
+        _check(self.unroll <= self.num_steps, "schedule.unroll",
+               f"must be <= schedule.num_steps ({self.num_steps}), got {self.unroll}")
+        _check_choice(self.weighting, "schedule.weighting", WEIGHTINGS)
+
+
+# --- commands -----------------------------------------------------------------------------------------------------
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass
+class TrainLoopConfig:
+    iterations: int = 1500  # optimizee runs; each gives num_steps / unroll meta-updates
+    meta_lr: float = 3e-3
+    clip_grad: Optional[float] = 1.0
+    second_order: bool = False
+    val_every: int = 50
+    val_functions: int = 256
+    checkpoint_every: int = 50
+    evaluate: bool = True  # run `l2l eval` on best.pt at the end, into <run>/eval
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 1, "train.iterations", f"must be >= 1, got {self.iterations}")
+        _check(math.isfinite(self.meta_lr) and self.meta_lr > 0, "train.meta_lr",
+               f"must be a positive number, got {self.meta_lr}")
+        _check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",
+               f"must be > 0 or null (no clipping), got {self.clip_grad}")
+        _check(self.val_every >= 1, "train.val_every", f"must be >= 1, got {self.val_every}")
+        _check(self.val_functions >= 1, "train.val_functions", f"must be >= 1, got {self.val_functions}")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+
+
+def default_lr_grid() -> List[float]:
+    return [10 ** (e / 2) for e in range(-8, 3)]  # 1e-4 ... 10, half-decade steps
+
+
+@dataclass
+class EvalLoopConfig:
+    num_functions: int = 1024
+    num_steps: Optional[int] = None  # null: schedule.num_steps
+    val_functions: int = 256  # validation functions used to tune baseline learning rates
+    lr_grid: List[float] = field(default_factory=default_lr_grid)
+    baselines: List[str] = field(default_factory=lambda: list(BASELINES))
+
+    def __post_init__(self) -> None:
+        _check(self.num_functions >= 1, "eval.num_functions", f"must be >= 1, got {self.num_functions}")
+        _check(self.num_steps is None or self.num_steps >= 1, "eval.num_steps",
+               f"must be >= 1 or null, got {self.num_steps}")
+        _check(self.val_functions >= 1, "eval.val_functions", f"must be >= 1, got {self.val_functions}")
+        _check(len(self.lr_grid) > 0, "eval.lr_grid", "must not be empty")
+        for lr in self.lr_grid:
+            _check(math.isfinite(lr) and lr > 0, "eval.lr_grid", f"every value must be positive, got {lr}")
+        for name in self.baselines:
+            _check_choice(name, "eval.baselines", BASELINES)
+
+
+@dataclass
+class CommonConfig:
+    seed: int = 0
+    data_seed: int = 0  # seeds the fixed validation and test functions, shared by every training seed
+    device: str = "cpu"
+    threads: Optional[int] = None  # torch.set_num_threads; null keeps torch's default
+    optimizee: Any = MISSING
+    optimizer: Any = MISSING
+    schedule: Any = MISSING
+    eval: EvalLoopConfig = field(default_factory=EvalLoopConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.device, "device", DEVICES)
+        _check(self.threads is None or self.threads >= 1, "threads", f"must be >= 1 or null, got {self.threads}")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _check(self.data_seed >= 0, "data_seed", f"must be >= 0, got {self.data_seed}")
+
+
+@dataclass
+class TrainConfig(CommonConfig):
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    resume: Any = False  # false | true (latest run) | path to a run dir or last.pt
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(isinstance(self.resume, (bool, str)), "resume", "must be true, false or a path")
+
+
+@dataclass
+class EvalConfig(CommonConfig):
+    checkpoint: Optional[str] = None  # required when optimizer=lstm
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="schema/optimizee", name="quadratic", node=QuadraticConfig)
+    cs.store(group="schema/optimizer", name="lstm", node=LSTMConfig)
+    cs.store(group="schema/optimizer", name="baseline", node=BaselineConfig)
+    cs.store(group="schema/schedule", name="truncated", node=TruncatedScheduleConfig)
+    cs.store(group="schema", name="train", node=TrainConfig)
+    cs.store(group="schema", name="eval", node=EvalConfig)
+
+
+GROUP_SCHEMAS = {
+    "optimizee": {"quadratic": QuadraticConfig},
+    "optimizer": {"lstm": LSTMConfig, **{name: BaselineConfig for name in BASELINES}},
+    "schedule": {"truncated": TruncatedScheduleConfig},
+}
+
+
+def _group_object(group: str, node: DictConfig):
+    name = node.get("name")
+    schemas = GROUP_SCHEMAS[group]
+    _check_choice(str(name), f"{group}.name", tuple(schemas))
+    return schemas[name](**OmegaConf.to_container(node, resolve=True))
+
+
+def to_objects(cfg: DictConfig):
+    """Turn a composed config into its dataclass (running every range and cross-field check)."""
+    root_cls = TrainConfig if "train" in cfg else EvalConfig
+    plain = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+             for key in cfg if key != "hydra"}
+    groups = {g: _group_object(g, cfg[g]) for g in GROUP_SCHEMAS}
+    plain.update(groups)
+    for key, cls in (("train", TrainLoopConfig), ("eval", EvalLoopConfig)):
+        if key in plain:
+            plain[key] = cls(**plain[key])
+    return root_cls(**plain)

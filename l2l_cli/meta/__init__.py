@@ -1,0 +1,1 @@
+"""Meta-training: truncated BPTT over optimizee runs, validation and checkpoints."""

@@ -1,0 +1,74 @@
+"""One optimizee run of meta-training, cut into truncated unrolls with a meta-update after each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from l2l_cli.optimizees.base import Family, loss_and_grad
+from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, detach_state
+
+
+@dataclass
+class RunStats:
+    mean_loss: float  # mean optimizee loss over the run's steps and functions
+    final_loss: float
+    skipped_updates: int  # meta-updates dropped because the loss or meta-gradient was not finite
+    updates: int
+    grad_norm: float  # last meta-gradient norm before clipping
+
+
+def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, state, grad, first_step: int,
+                     steps: int, second_order: bool, weighting: str):
+    """Run ``steps`` optimizee steps from (theta, state, grad) and return what the meta-update needs.
+
+    The objective's gradient w.r.t. the LSTM is the meta-gradient of sum_t w_t mean_b f_b(theta_t).
+    Without second derivatives the optimizee gradient g_t is a constant, so d f(theta_t)/d phi =
+    g_t . d theta_t / d phi, and the surrogate sum_t w_t <stopgrad(g_t), theta_t> / B has exactly that gradient
+    without keeping the optimizee's forward pass in the graph.
+    """
+    batch = theta.shape[0]
+    objective = theta.new_zeros(())
+    loss_sum = theta.new_zeros(())
+    for k in range(steps):
+        update, state = net(grad.reshape(-1), state)
+        theta = theta + update.view_as(theta)
+        weight = 1.0 if weighting == "uniform" or k == steps - 1 else 0.0
+        losses, grad = loss_and_grad(family, problem, theta, first_step + k + 1, create_graph=second_order)
+        if weight:
+            term = losses.mean() if second_order else (grad * theta).sum() / batch
+            objective = objective + weight * term
+        loss_sum = loss_sum + losses.detach().mean()
+    return objective, loss_sum, losses.detach(), theta, state, grad
+
+
+def meta_train_run(family: Family, problem, net: CoordinatewiseLSTM, meta_opt: torch.optim.Optimizer,
+                   num_steps: int, unroll: int, second_order: bool = False, clip_grad: float | None = None,
+                   weighting: str = "uniform") -> RunStats:
+    """Truncated BPTT over one optimizee run: theta and the LSTM state carry on across unrolls, graph cut."""
+    theta = family.initial_params(problem)
+    state = net.initial_state(theta.numel(), theta.device, theta.dtype)
+    _, grad = loss_and_grad(family, problem, theta, 0)
+    loss_total = theta.new_zeros(())
+    skipped = updates = 0
+    norm = torch.zeros(())
+    params = list(net.parameters())
+    for start in range(0, num_steps, unroll):
+        steps = min(unroll, num_steps - start)
+        objective, loss_sum, final, theta, state, grad = unroll_objective(
+            family, problem, net, theta, state, grad if second_order else grad.detach(), start, steps,
+            second_order, weighting)
+        meta_opt.zero_grad(set_to_none=True)
+        objective.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+        # one host sync per unroll: a non-finite loss or meta-gradient must never reach the parameters
+        if torch.isfinite(norm + loss_sum).item():
+            meta_opt.step()
+            updates += 1
+        else:
+            skipped += 1
+        loss_total = loss_total + loss_sum
+        theta, state, grad = theta.detach(), detach_state(state), grad.detach()
+    return RunStats(mean_loss=float(loss_total) / num_steps, final_loss=float(final.mean()),
+                    skipped_updates=skipped, updates=updates, grad_norm=float(norm))

@@ -1,0 +1,48 @@
+"""What every optimizee family provides: sample a batch of problems, per-function loss, gradient."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class Family(Protocol):
+    """A distribution over functions. A batch of B problems has parameters theta of shape (B, num_params)."""
+
+    num_params: int
+
+    def sample(self, n: int, num_steps: int, gen: torch.Generator, device: torch.device) -> Any:
+        """n problems with everything they need for num_steps steps (data, minibatch order, theta_0)."""
+
+    def initial_params(self, problem: Any) -> torch.Tensor:
+        """theta_0, shape (n, num_params)."""
+
+    def loss(self, problem: Any, theta: torch.Tensor, step: int) -> torch.Tensor:
+        """Per-function losses, shape (n,), differentiable in theta."""
+
+    def analytic_loss_and_grad(self, problem: Any, theta: torch.Tensor, step: int):
+        """(losses, grads) without autograd, or None where the family has no closed form."""
+
+
+def loss_and_grad(family: Family, problem: Any, theta: torch.Tensor, step: int, create_graph: bool = False):
+    """Per-function losses and d loss / d theta.
+
+    With ``create_graph`` the gradient stays differentiable w.r.t. everything theta depends on (second-order
+    meta-gradients). Otherwise both are plain values: analytic where the family allows, autograd on a detached
+    copy of theta elsewhere.
+    """
+    if create_graph:
+        with torch.enable_grad():
+            losses = family.loss(problem, theta, step)
+            (grad,) = torch.autograd.grad(losses.sum(), theta, create_graph=True)
+        return losses, grad
+    theta = theta.detach()
+    analytic = family.analytic_loss_and_grad(problem, theta, step)
+    if analytic is not None:
+        return analytic
+    with torch.enable_grad():
+        theta = theta.requires_grad_()
+        losses = family.loss(problem, theta, step)
+        (grad,) = torch.autograd.grad(losses.sum(), theta)
+    return losses.detach(), grad

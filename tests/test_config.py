@@ -1,0 +1,77 @@
+"""Every config option composes and instantiates; bad values fail with the key named."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from l2l_cli.config import BaselineConfig, ConfigError, LSTMConfig, to_objects
+from l2l_cli.meta.trainer import build_net
+from l2l_cli.optimizees import build_family
+from l2l_cli.optimizers import Baseline
+
+OPTIMIZEES = ["quadratic"]
+OPTIMIZERS = ["lstm", "sgd", "nag", "rmsprop", "adam"]
+SCHEDULES = ["truncated"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizee", OPTIMIZEES)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_option_composes_and_instantiates(compose_cfg, command, optimizer, optimizee, schedule):
+    cfg = compose_cfg(command, [f"optimizer={optimizer}", f"optimizee={optimizee}", f"schedule={schedule}"])
+    conf = to_objects(cfg)
+    family = build_family(conf.optimizee)
+    assert family.num_params == conf.optimizee.dim
+    if optimizer == "lstm":
+        assert isinstance(conf.optimizer, LSTMConfig)
+        assert sum(p.numel() for p in build_net(conf.optimizer).parameters()) > 0
+    else:
+        assert isinstance(conf.optimizer, BaselineConfig) and conf.optimizer.name == optimizer
+        assert Baseline(conf.optimizer, 0.1).name == optimizer
+    assert cfg.hydra.job.name == command
+
+
+@pytest.mark.parametrize("preprocess", ["none", "paper", "deepmind"])
+@pytest.mark.parametrize("distribution", ["gaussian", "uniform"])
+def test_enum_values_compose(compose_cfg, preprocess, distribution):
+    conf = to_objects(compose_cfg("train", [f"optimizer.preprocess={preprocess}",
+                                            f"optimizee.distribution={distribution}"]))
+    assert conf.optimizer.preprocess == preprocess and conf.optimizee.distribution == distribution
+
+
+def test_user_keys_from_the_issue_exist(compose_cfg):
+    cfg = compose_cfg("train", ["optimizer.hidden_size=40", "schedule.unroll=10", "seed=3", "device=auto",
+                                "optimizee.dim=5", "optimizee.batch_size=4", "optimizer.layers=3",
+                                "optimizer.output_scale=0.5", "train.iterations=2", "train.meta_lr=0.1",
+                                "train.val_every=1", "train.checkpoint_every=1", "train.clip_grad=null",
+                                "train.second_order=true", "eval.num_functions=3", "eval.lr_grid=[0.1]",
+                                "resume=true"])
+    conf = to_objects(cfg)
+    assert conf.optimizer.hidden_size == 40 and conf.schedule.unroll == 10 and conf.train.clip_grad is None
+    baseline = to_objects(compose_cfg("eval", ["optimizer=adam", "optimizer.lr=0.3", "checkpoint=x.pt"])).optimizer
+    assert baseline.lr == 0.3
+
+
+@pytest.mark.parametrize("override, key", [
+    ("schedule.unroll=200", "schedule.unroll"),
+    ("optimizee.dim=0", "optimizee.dim"),
+    ("optimizee.batch_size=0", "optimizee.batch_size"),
+    ("optimizee.distribution=cauchy", "optimizee.distribution"),
+    ("optimizer.preprocess=log", "optimizer.preprocess"),
+    ("optimizer.output_scale=-1", "optimizer.output_scale"),
+    ("train.meta_lr=0", "train.meta_lr"),
+    ("eval.lr_grid=[]", "eval.lr_grid"),
+    ("eval.lr_grid=[0.1,-1]", "eval.lr_grid"),
+    ("eval.baselines=[sgd,lbfgs]", "eval.baselines"),
+    ("device=tpu", "device"),
+])
+def test_bad_values_name_the_key(compose_cfg, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_objects(compose_cfg("train", [override]))
+
+
+@pytest.mark.parametrize("override", ["optimizee.dim=abc", "optimizee.nope=1", "optimizee=nope"])
+def test_type_errors_and_unknown_keys_fail_at_compose(compose_cfg, override):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg("train", [override])
+    assert "optimizee" in str(info.value)
