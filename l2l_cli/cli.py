@@ -7,6 +7,7 @@ Hydra has no subcommands, so this thin dispatcher pops the command from argv and
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,7 @@ COMMANDS = {
     "eval": ("l2l_cli.commands.evaluate", "compare a learned optimizer with tuned SGD, NAG, RMSprop and Adam"),
 }
 
-USAGE = "usage: l2l {%s} [key=value ...] [-m] [--cfg job] [--help]" % ",".join(COMMANDS)
+USAGE = f"usage: l2l {{{','.join(COMMANDS)}}} [key=value ...] [-m] [--cfg job] [--help] [--debug]"
 
 
 def config_dir() -> str:
@@ -43,6 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"l2l: unknown command {command!r}, allowed values: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    from l2l_cli.errors import DEBUG_ENV, exit_on_error
+
+    if "--debug" in rest or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ[DEBUG_ENV] = "1"
+    rest = [arg for arg in rest if arg != "--debug"]
+    # let composition errors reach us instead of Hydra's multi-line report (errors inside the job are turned into
+    # one line by commands.hydra_task before Hydra sees them)
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     import hydra
 
     from l2l_cli.config import register_schemas
@@ -50,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     register_schemas()
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"l2l {command}", *rest]
-    hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(module.main)()
+    try:
+        hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(module.main)()
+    except (Exception, KeyboardInterrupt) as exc:
+        exit_on_error(exc)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,7 @@ class TrainLoopConfig:
     val_every: int = 50
     val_functions: int = 256
     checkpoint_every: int = 50
+    max_nonfinite: int = 10  # consecutive non-finite (skipped) meta-updates before the run stops
     evaluate: bool = True  # run `l2l eval` on best.pt at the end, into <run>/eval
 
     def __post_init__(self) -> None:
@@ -166,6 +167,7 @@ class TrainLoopConfig:
         _check(self.val_every >= 1, "train.val_every", f"must be >= 1, got {self.val_every}")
         _check(self.val_functions >= 1, "train.val_functions", f"must be >= 1, got {self.val_functions}")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        _check(self.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {self.max_nonfinite}")
 
 
 def default_lr_grid() -> List[float]:

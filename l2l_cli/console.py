@@ -42,9 +42,9 @@ def results_table(stats: Dict[str, CurveStats], learning_rates: Dict[str, str], 
                   title: str) -> Table:
     """Final mean and median per optimizer and the ratio to the best baseline (below 1: better than it)."""
     best = best_baseline(stats, learned)
-    table = Table(title=title, caption="* best baseline; ratios below 1 beat it")
-    for column in ("optimizer", "lr", "final mean", "final median", "mean/best", "median/best", "non-finite"):
-        table.add_column(column, justify="left" if column == "optimizer" else "right")
+    table = Table(title=title, caption="* best baseline; ratios below 1 beat it; diverged: non-finite runs")
+    for column in ("optimizer", "lr", "mean", "median", "mean/best", "median/best", "diverged"):
+        table.add_column(column, justify="left" if column == "optimizer" else "right", no_wrap=True)
     ref = stats[best] if best else None
     for name, s in stats.items():
         ratio_mean = s.final_mean / ref.final_mean if ref else float("nan")

@@ -3,29 +3,48 @@
 from __future__ import annotations
 
 import functools
-import os
-import sys
+import json
+import logging
+import math
+import traceback
 
-from l2l_cli.config import ConfigError
-from l2l_cli.meta.checkpoint import CheckpointError
-
-USER_ERRORS = (ConfigError, CheckpointError)
+log = logging.getLogger("l2l")
 
 
 def hydra_task(run):
-    """Wrap ``run(cfg)`` for hydra.main: a user error becomes one clear line and a non-zero exit.
+    """Wrap ``run(cfg)`` for hydra.main.
 
-    HYDRA_FULL_ERROR=1 re-raises it so the full traceback shows.
+    A single run lets errors reach the `l2l` dispatcher, which prints one line. In a multirun a failing job must
+    not stop the sweep: its error is logged and written to <job dir>/error.json, and the job returns NaN so
+    sweepers record it as failed.
     """
 
     @functools.wraps(run)
     def task(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            try:
+                return run(cfg)
+            except (Exception, KeyboardInterrupt) as exc:
+                from l2l_cli.errors import exit_on_error
+
+                exit_on_error(exc)  # one line and SystemExit, which Hydra lets through untouched
         try:
             return run(cfg)
-        except USER_ERRORS as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"l2l: error: {exc}", file=sys.stderr)
-            sys.exit(1)
+        except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+            from pathlib import Path
+
+            from l2l_cli.errors import describe
+
+            message = describe(exc) or f"{type(exc).__name__}: {exc}"
+            out_dir = Path(HydraConfig.get().runtime.output_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "error.json").write_text(json.dumps({
+                "error": message, "type": type(exc).__name__, "overrides": list(HydraConfig.get().overrides.task),
+                "traceback": traceback.format_exc()}, indent=2))
+            log.error("job %s failed: %s", HydraConfig.get().job.num, message)
+            return math.nan
 
     return task

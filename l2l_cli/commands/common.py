@@ -19,7 +19,8 @@ def output_dir() -> Path:
 def record_run(cfg: DictConfig, out_dir: Path) -> dict:
     """Write run.json (resolved config, versions, git commit) next to Hydra's own .hydra/ record."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"config": OmegaConf.to_container(cfg, resolve=True), "environment": environment_record()}
+    record = {"config": OmegaConf.to_container(cfg, resolve=True), "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed},
+              "environment": environment_record()}
     (out_dir / "run.json").write_text(json.dumps(record, indent=2))
     return record
 

@@ -89,12 +89,14 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
     learned = studied if learned_info else None
     best = best_baseline(stats, learned)
     lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
-    title = f"{conf.optimizee.name}: loss at step {num_steps} on {len(test_problem)} test functions"
+    if learned:
+        lr_text[learned] = "learned"
+    title = f"{conf.optimizee.name}: final loss (step {num_steps}) on {len(test_problem)} test functions"
     console().print(results_table(stats, lr_text, learned, title))
 
     write_curves_tensorboard(out_dir / "tb", stats)
     write_curves_csv(out_dir / "curves.csv", stats)
-    plot_curves(out_dir / "curves.png", stats, title=title,
+    plot_curves(out_dir / "curves.png", stats, title=f"{conf.optimizee.name}: {len(test_problem)} test functions",
                 labels={n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()})
     results = {
         "optimizee": asdict(conf.optimizee),

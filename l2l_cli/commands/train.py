@@ -15,6 +15,7 @@ from l2l_cli.meta.checkpoint import load_checkpoint
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.optimizees import build_family
 from l2l_cli.runtime import configure_torch, resolve_device
+from l2l_cli.signals import GracefulStop
 from l2l_cli.writers import TensorBoardWriter
 
 log = logging.getLogger("l2l.train")
@@ -38,7 +39,7 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[float, Path]:
             trainer.restore(load_checkpoint(resume_from), resume_from)
             log.info("resumed from %s at iteration %d (best validation loss %s)", resume_from, trainer.iteration,
                      fmt(trainer.best_val))
-        with progress() as bar:
+        with GracefulStop() as stopper, progress() as bar:
             task = bar.add_task("meta-train", total=conf.train.iterations, completed=trainer.iteration, info="")
 
             def on_iteration(t: MetaTrainer, stats) -> None:
@@ -46,7 +47,7 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[float, Path]:
                 bar.update(task, completed=t.iteration,
                            info=f"loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
 
-            best = trainer.fit(on_iteration)
+            best = trainer.fit(on_iteration, should_stop=stopper.stop)
     finally:
         writer.close()
     log.info("best validation loss %s at iteration %d; checkpoints in %s", fmt(best), trainer.best_iteration,

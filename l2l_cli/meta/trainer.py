@@ -22,11 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class DivergenceError(RuntimeError):
-    pass
+    """Too many non-finite meta-updates in a row; the message suggests what to lower."""
 
 
 class StopRequested(RuntimeError):
     """Raised after a signal once the current iteration is done and the last checkpoint is written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def build_net(cfg: LSTMConfig) -> CoordinatewiseLSTM:
@@ -48,7 +52,6 @@ class TrainSetup:
     device: torch.device
     out_dir: Path
     optimizee: Optional[object] = None  # the optimizee config dataclass, recorded in checkpoints
-    max_nonfinite: int = 10  # consecutive skipped meta-updates before the run is stopped
 
 
 class MetaTrainer:
@@ -124,7 +127,7 @@ class MetaTrainer:
         if self.writer is not None and math.isfinite(value):
             self.writer.scalar(tag, value, self.iteration)
 
-    def fit(self, on_iteration: Optional[Callable] = None, should_stop: Callable[[], bool] = lambda: False) -> float:
+    def fit(self, on_iteration: Optional[Callable] = None, should_stop: Callable[[], int] = lambda: 0) -> float:
         """Train until ``loop.iterations``; returns the best validation loss."""
         loop = self.s.loop
         if self.iteration == 0:
@@ -134,7 +137,8 @@ class MetaTrainer:
             stats = self.train_iteration()
             self.iteration += 1
             self.skipped_total += stats.skipped_updates
-            self.skipped_in_row = self.skipped_in_row + stats.skipped_updates if stats.updates == 0 else 0
+            for ok in stats.finite:
+                self.skipped_in_row = 0 if ok else self.skipped_in_row + 1
             self._log("train/mean_loss", stats.mean_loss)
             self._log("train/final_loss", stats.final_loss)
             self._log("train/meta_grad_norm", stats.grad_norm)
@@ -142,7 +146,7 @@ class MetaTrainer:
             if stats.skipped_updates:
                 log.warning("iteration %d: skipped %d meta-update(s) with a non-finite loss or meta-gradient",
                             self.iteration, stats.skipped_updates)
-            if self.skipped_in_row >= self.s.max_nonfinite:
+            if self.skipped_in_row >= loop.max_nonfinite:
                 self.save("last.pt")
                 raise DivergenceError(
                     f"meta-training diverged: {self.skipped_in_row} meta-updates in a row had a non-finite loss or "
@@ -157,14 +161,14 @@ class MetaTrainer:
                     self.best_val, self.best_iteration = val, self.iteration
                     self.save("best.pt")
                 self._log("val/best_final_loss", self.best_val)
-            stop = should_stop()
+            stop = should_stop()  # a signal number, or 0
             if self.iteration % loop.checkpoint_every == 0 or last or stop:
                 self.save("last.pt")
             if on_iteration:
                 on_iteration(self, stats)
             if stop:
-                raise StopRequested(f"stopped at iteration {self.iteration}; last checkpoint: "
-                                    f"{self.checkpoint_dir / 'last.pt'}")
+                raise StopRequested(f"stopped by signal {stop} after iteration {self.iteration}; last checkpoint "
+                                    f"written to {self.checkpoint_dir / 'last.pt'} (continue with resume=true)", stop)
         if self.best_iteration < 0:  # every validation was non-finite: keep the last model as 'best' so eval runs
             self.save("best.pt")
         return self.best_val

@@ -16,6 +16,7 @@ class RunStats:
     final_loss: float
     skipped_updates: int  # meta-updates dropped because the loss or meta-gradient was not finite
     updates: int
+    finite: list  # per unroll: whether its meta-update was applied
     grad_norm: float  # last meta-gradient norm before clipping
 
 
@@ -51,7 +52,7 @@ def meta_train_run(family: Family, problem, net: CoordinatewiseLSTM, meta_opt: t
     state = net.initial_state(theta.numel(), theta.device, theta.dtype)
     _, grad = loss_and_grad(family, problem, theta, 0)
     loss_total = theta.new_zeros(())
-    skipped = updates = 0
+    finite = []
     norm = torch.zeros(())
     params = list(net.parameters())
     for start in range(0, num_steps, unroll):
@@ -63,12 +64,11 @@ def meta_train_run(family: Family, problem, net: CoordinatewiseLSTM, meta_opt: t
         objective.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
         # one host sync per unroll: a non-finite loss or meta-gradient must never reach the parameters
-        if torch.isfinite(norm + loss_sum).item():
+        finite.append(bool(torch.isfinite(norm + loss_sum).item()))
+        if finite[-1]:
             meta_opt.step()
-            updates += 1
-        else:
-            skipped += 1
         loss_total = loss_total + loss_sum
         theta, state, grad = theta.detach(), detach_state(state), grad.detach()
     return RunStats(mean_loss=float(loss_total) / num_steps, final_loss=float(final.mean()),
-                    skipped_updates=skipped, updates=updates, grad_norm=float(norm))
+                    skipped_updates=finite.count(False), updates=finite.count(True), finite=finite,
+                    grad_norm=float(norm))

@@ -1,6 +1,6 @@
 """Optimizee families: distributions over functions f(theta) that an optimizer is trained or tested on."""
 
-from l2l_cli.optimizees.base import Family, loss_and_grad
+from l2l_cli.optimizees.base import DataError, Family, loss_and_grad
 from l2l_cli.optimizees.quadratic import QuadraticFamily
 
 
@@ -11,4 +11,4 @@ def build_family(cfg) -> Family:
     raise ValueError(f"optimizee.name: unknown family {cfg.name!r}")
 
 
-__all__ = ["Family", "QuadraticFamily", "build_family", "loss_and_grad"]
+__all__ = ["DataError", "Family", "QuadraticFamily", "build_family", "loss_and_grad"]

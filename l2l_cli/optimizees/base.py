@@ -7,6 +7,10 @@ from typing import Any, Protocol
 import torch
 
 
+class DataError(ValueError):
+    """Data an optimizee family needs is missing or malformed; the message names the files it expected."""
+
+
 class Family(Protocol):
     """A distribution over functions. A batch of B problems has parameters theta of shape (B, num_params)."""
 

@@ -1,0 +1,90 @@
+"""Turn anything a user can get wrong into one line that names the key and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import sys
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from l2l_cli.config import GROUP_SCHEMAS, ConfigError, EvalConfig, EvalLoopConfig, TrainConfig, TrainLoopConfig
+from l2l_cli.meta.checkpoint import CheckpointError
+from l2l_cli.meta.trainer import DivergenceError, StopRequested
+from l2l_cli.optimizees.base import DataError
+
+# errors whose message is the whole story: no traceback for these
+USER_ERRORS = (ConfigError, CheckpointError, DivergenceError, DataError)
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def allowed_keys(parent: str) -> list[str]:
+    """Keys that exist under ``parent`` ('' is the top level) according to the schemas."""
+    if parent in GROUP_SCHEMAS:
+        return sorted({name for schema in GROUP_SCHEMAS[parent].values() for name in _fields(schema)})
+    if parent == "train":
+        return _fields(TrainLoopConfig)
+    if parent == "eval":
+        return _fields(EvalLoopConfig)
+    if parent == "":
+        return sorted(set(_fields(TrainConfig)) | set(_fields(EvalConfig)))
+    return []
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def describe(exc: BaseException) -> str | None:
+    """One line for a known kind of failure, or None when it is a bug that deserves its traceback."""
+    if isinstance(exc, USER_ERRORS):
+        return str(exc)
+    if isinstance(exc, HydraException | OmegaConfBaseException):
+        text = str(exc)
+        options = re.search(r"Available options in '([^']+)':\s*\n((?:\s+\S+\n?)+)", text)
+        missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+        if options and missing:
+            choices = ", ".join(options.group(2).split())
+            return f"{missing.group(1)}={missing.group(2)}: no such option, allowed values: {choices}"
+        cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else None
+        not_in_struct = re.search(r"Key '([^']+)' (?:is )?not in", str(cause) if cause else text)
+        if not_in_struct:
+            full_key = getattr(cause, "full_key", None) or not_in_struct.group(1)
+            parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+            allowed = allowed_keys(parent)
+            hint = f", allowed keys{' under ' + parent if parent else ''}: {', '.join(allowed)}" if allowed else ""
+            return f"{full_key}: unknown key{hint}"
+        line = _first_line(text)
+        if cause is not None:
+            full_key = getattr(cause, "full_key", None)
+            reason = _first_line(str(cause))
+            return f"{full_key}: {reason}" if full_key else f"{line}: {reason}"
+        return line
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return None
+
+
+DEBUG_ENV = "L2L_DEBUG"
+
+
+def exit_on_error(exc: BaseException) -> None:
+    """Print the one-line description of ``exc`` and exit non-zero; re-raise in debug mode or for real bugs."""
+    if isinstance(exc, KeyboardInterrupt):
+        print("l2l: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    if isinstance(exc, StopRequested):
+        print(f"l2l: {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    message = describe(exc)
+    if message is None or os.environ.get(DEBUG_ENV) == "1":
+        raise exc
+    print(f"l2l: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,85 @@
+"""Table-driven: malformed command lines exit non-zero with one line naming the key and what is allowed,
+before any work is done and without a traceback. Run in-process through the real `l2l` dispatcher."""
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from l2l_cli.cli import main
+
+MALFORMED = [
+    (["train", "optimizee.dim=abc"], "optimizee.dim: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["train", "optimizee.dim=0"], "optimizee.dim: must be >= 1, got 0"),
+    (["train", "optimizee.batch_size=0"], "optimizee.batch_size: must be >= 1, got 0"),
+    (["train", "optimizee.distribution=cauchy"], "optimizee.distribution: got 'cauchy', allowed values: gaussian, uniform"),
+    (["train", "optimizee=nope"], "optimizee=nope: no such option, allowed values: quadratic"),
+    (["train", "optimizer=lbfgs"], "optimizer=lbfgs: no such option, allowed values: adam, lstm, nag, rmsprop, sgd"),
+    (["train", "schedule=cosine"], "schedule=cosine: no such option, allowed values: truncated"),
+    (["train", "optimizee.nope=1"], "optimizee.nope: unknown key, allowed keys under optimizee: batch_size, dim"),
+    (["train", "trian.iterations=5"], "trian: unknown key, allowed keys: checkpoint, data_seed, device"),
+    (["train", "train.iteration=5"], "train.iteration: unknown key, allowed keys under train: iterations, meta_lr"),
+    (["train", "schedule.unroll=200"], "schedule.unroll: must be <= schedule.num_steps (100), got 200"),
+    (["train", "schedule.unroll=0"], "schedule.unroll: must be >= 1, got 0"),
+    (["train", "schedule.num_steps=-5"], "schedule.num_steps: must be >= 1, got -5"),
+    (["train", "schedule.weighting=final"], "schedule.weighting: got 'final', allowed values: uniform, last"),
+    (["train", "optimizer.hidden_size=0"], "optimizer.hidden_size: must be >= 1, got 0"),
+    (["train", "optimizer.layers=-1"], "optimizer.layers: must be >= 1, got -1"),
+    (["train", "optimizer.preprocess=log"], "optimizer.preprocess: got 'log', allowed values: none, paper, deepmind"),
+    (["train", "optimizer.output_scale=0"], "optimizer.output_scale: must be a positive number, got 0.0"),
+    (["train", "train.iterations=0"], "train.iterations: must be >= 1, got 0"),
+    (["train", "train.iterations=abc"], "train.iterations: Value 'abc' of type 'str' could not be converted"),
+    (["train", "train.meta_lr=-1"], "train.meta_lr: must be a positive number, got -1.0"),
+    (["train", "train.clip_grad=0"], "train.clip_grad: must be > 0 or null (no clipping), got 0.0"),
+    (["train", "train.val_every=0"], "train.val_every: must be >= 1, got 0"),
+    (["train", "train.second_order=maybe"], "train.second_order: Value 'maybe' is not a valid bool"),
+    (["train", "eval.lr_grid=[]"], "eval.lr_grid: must not be empty"),
+    (["train", "eval.lr_grid=[0.1,-1]"], "eval.lr_grid: every value must be positive, got -1.0"),
+    (["train", "eval.baselines=[sgd,lbfgs]"], "eval.baselines: got 'lbfgs', allowed values: sgd, nag, rmsprop, adam"),
+    (["train", "device=tpu"], "device: got 'tpu', allowed values: cpu, cuda, auto"),
+    (["train", "threads=0"], "threads: must be >= 1 or null, got 0"),
+    (["train", "seed=-1"], "seed: must be >= 0, got -1"),
+    (["train", "resume=/nonexistent/run"], "resume: no checkpoint at /nonexistent/run"),
+    (["train", "optimizer=adam"], "optimizer: train needs a learned optimizer, got 'adam', allowed values: lstm"),
+    (["train", "optimizee.dim"], "Error parsing override 'optimizee.dim'"),
+    (["train", "hydra.run.dir=/proc/l2l/run"], "/proc/l2l"),
+    (["eval"], "checkpoint: eval with optimizer=lstm needs checkpoint=PATH"),
+    (["eval", "checkpoint=/nonexistent.pt"], "checkpoint /nonexistent.pt: no such file"),
+    (["eval", "optimizer=sgd", "optimizer.lr=-1"], "optimizer.lr: must be a positive number or null (tune), got -1.0"),
+    (["eval", "optimizer=sgd", "eval.num_functions=0"], "eval.num_functions: must be >= 1, got 0"),
+    (["fly"], "unknown command 'fly', allowed values: train, eval"),
+]
+
+
+def _isolate_env(monkeypatch):
+    """main() sets these for its own process; setenv first so monkeypatch restores them for later tests."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("L2L_DEBUG", "0")
+
+
+@pytest.mark.parametrize("argv, message", MALFORMED, ids=[" ".join(a) for a, _ in MALFORMED])
+def test_malformed_command_line(tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _isolate_env(monkeypatch)
+    if not any(a.startswith("hydra.run.dir") for a in argv) and argv[0] != "fly":
+        argv = [*argv, f"hydra.run.dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    GlobalHydra.instance().clear()
+    assert info.value.code != 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert message in lines[0], err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any work
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, monkeypatch):
+    _isolate_env(monkeypatch)
+    from l2l_cli.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["train", "schedule.unroll=200", "--debug", f"hydra.run.dir={tmp_path}"])
+    GlobalHydra.instance().clear()
+
+
+def test_at_least_twenty_cases():
+    assert len(MALFORMED) >= 20

@@ -1,0 +1,203 @@
+"""Interrupted, diverging and malformed runs: real signals, broken checkpoints, forced NaN, bad command lines."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_TRAIN, run_cli
+from l2l_cli.evaluation import curve_stats
+from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from l2l_cli.meta.trainer import DivergenceError, MetaTrainer
+from test_meta import _setup
+
+LONG = [*TINY_TRAIN, "train.iterations=400", "train.val_every=100", "train.checkpoint_every=5"]
+
+
+def _start_train(run_dir: Path, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "l2l_cli", "train", *LONG, *extra, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "timed out waiting for " + str(path)
+        time.sleep(0.02)
+
+
+def _final_model(run_dir: Path):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = run_cli("train", *LONG, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_writes_last_checkpoint_and_resume_matches_uninterrupted(tmp_path, uninterrupted, sig):
+    proc = _start_train(tmp_path)
+    _wait_for(tmp_path / "checkpoints" / "last.pt", proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    assert "last checkpoint written to" in stderr and "Traceback" not in stderr
+    stopped_at = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"]
+    assert 5 <= stopped_at < 400
+    resumed = run_cli("train", *LONG, "resume=true", f"hydra.run.dir={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {tmp_path / 'checkpoints' / 'last.pt'} at iteration {stopped_at}" in " ".join(
+        resumed.stdout.split())
+    final, reference = _final_model(tmp_path), _final_model(uninterrupted)
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+def test_sigkill_never_leaves_a_partial_checkpoint(tmp_path):
+    proc = _start_train(tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    _wait_for(path, proc)
+    time.sleep(0.3)
+    proc.kill()
+    proc.communicate(timeout=60)
+    payload = load_checkpoint(path)  # loads: the rename is atomic, a kill mid-write leaves only a .tmp file
+    assert payload["iteration"] % 5 == 0
+    resumed = run_cli("train", *LONG, "train.iterations=" + str(payload["iteration"] + 5), f"resume={tmp_path}",
+                      f"hydra.run.dir={tmp_path / 'again'}")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _valid_checkpoint(tmp_path) -> Path:
+    trainer = MetaTrainer(_setup(tmp_path, iterations=1))
+    return trainer.save("last.pt")
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("truncated", "unreadable"),
+    ("garbage", "unreadable"),
+    ("pickled object", "pickled Python objects"),
+    ("foreign", "not an l2l checkpoint"),
+    ("future version", "format version 99"),
+    ("missing", "no such file"),
+])
+def test_broken_checkpoints_fail_with_one_line(tmp_path, breakage, message):
+    path = _valid_checkpoint(tmp_path)
+    if breakage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif breakage == "garbage":
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+    elif breakage == "pickled object":
+        torch.save({"format": "l2l-checkpoint", "format_version": 1, "model": Evil()}, path)
+    elif breakage == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif breakage == "future version":
+        payload = torch.load(path, weights_only=True)
+        payload["format_version"] = 99
+        torch.save(payload, path)
+    elif breakage == "missing":
+        path.unlink()
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    result = run_cli("eval", "optimizee.dim=6", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert "pwned" not in result.stdout
+
+
+def test_architecture_mismatch_names_both_values(tmp_path):
+    path = _valid_checkpoint(tmp_path)  # hidden_size=8
+    result = run_cli("eval", "optimizee.dim=6", f"checkpoint={path}", "optimizer.hidden_size=40",
+                     f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 2
+    assert "trained with hidden_size=8, config asks for optimizer.hidden_size=40" in result.stderr
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = save_checkpoint({"x": torch.ones(2)}, tmp_path / "c.pt")
+    before = path.read_bytes()
+
+    def broken_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"x": torch.zeros(2)}, path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_forced_nan_never_reaches_the_parameters(tmp_path):
+    setup = _setup(tmp_path, iterations=3, max_nonfinite=4)
+    trainer = MetaTrainer(setup)
+    family = setup.family
+    clean = family.analytic_loss_and_grad
+    family.analytic_loss_and_grad = lambda p, theta, step: tuple(x * math.nan for x in clean(p, theta, step))
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    stats = trainer.train_iteration()
+    assert stats.skipped_updates == 4 and stats.updates == 0  # 20 steps / unroll 5
+    assert all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())
+    with pytest.raises(DivergenceError, match="lower train.meta_lr"):
+        trainer.fit()
+    assert all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    family.analytic_loss_and_grad = clean
+    trainer.skipped_in_row = 0
+    trainer.fit()  # recovers once the losses are finite again
+    assert trainer.skipped_total == 4 and trainer.iteration == 3
+
+
+def test_evaluation_counts_nonfinite_runs_instead_of_averaging_them():
+    losses = torch.tensor([[1.0, 1.0, 1.0], [0.5, math.inf, 0.1], [0.25, math.nan, 0.05]])
+    stats = curve_stats(losses)
+    assert stats.nonfinite == 1 and stats.runs == 3
+    assert stats.mean[-1] == pytest.approx(0.15) and all(math.isfinite(v) for v in stats.mean)
+
+
+def test_diverging_baseline_is_reported_in_eval(tmp_path):
+    path = _valid_checkpoint(tmp_path)
+    result = run_cli("eval", "optimizee.dim=6", f"checkpoint={path}", "eval.num_functions=16",
+                     "eval.val_functions=8", "eval.baselines=[sgd]", "eval.lr_grid=[1000.0]",
+                     f"hydra.run.dir={tmp_path / 'eval'}", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    import json
+
+    sgd = json.loads((tmp_path / "eval" / "results.json").read_text())["optimizers"]["sgd"]
+    assert sgd["nonfinite"] == 16 and sgd["runs"] == 16
+    assert "16/16" in result.stdout
+
+
+def test_same_seed_gives_bit_identical_checkpoints_and_results(tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        train = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={tmp_path / name}")
+        assert train.returncode == 0, train.stderr
+        ckpt = tmp_path / name / "checkpoints" / "best.pt"
+        evaluate = run_cli("eval", "optimizee.dim=4", "eval.num_steps=10", "eval.num_functions=16",
+                           "eval.val_functions=8", "eval.lr_grid=[0.1]", f"checkpoint={tmp_path / 'a' / 'checkpoints' / 'best.pt'}",
+                           f"hydra.run.dir={tmp_path / name / 'eval'}")
+        assert evaluate.returncode == 0, evaluate.stderr
+        outputs.append((ckpt.read_bytes(), (tmp_path / name / "checkpoints" / "last.pt").read_bytes(),
+                        (tmp_path / name / "eval" / "results.json").read_bytes()))
+    assert outputs[0] == outputs[1]
+    import json
+
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert record["seeds"] == {"seed": 0, "data_seed": 0}
+    assert record["environment"]["packages"]["torch"] and "git_commit" in record["environment"]
