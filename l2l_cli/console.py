@@ -54,3 +54,19 @@ def results_table(stats: Dict[str, CurveStats], learning_rates: Dict[str, str], 
                       fmt(s.final_mean), fmt(s.final_median), fmt(ratio_mean), fmt(ratio_median),
                       f"{s.nonfinite}/{s.runs}", style=style)
     return table
+
+
+def generalization_table(rows: Dict[str, Dict[str, float]], steps: Dict[str, int], learned: Optional[str]) -> Table:
+    """Rows = variants, columns = optimizers, cells = mean final loss; the best of each row in bold green."""
+    optimizers = list(next(iter(rows.values())))
+    table = Table(title="generalisation: mean final test loss per variant", caption="best per row in bold green")
+    table.add_column("variant")
+    table.add_column("steps", justify="right")
+    for name in optimizers:
+        table.add_column(name, justify="right", no_wrap=True)
+    for variant, row in rows.items():
+        finite = {n: v for n, v in row.items() if math.isfinite(v)}
+        best = min(finite, key=finite.get) if finite else None
+        cells = [f"[bold green]{fmt(v)}[/]" if n == best else fmt(v) for n, v in row.items()]
+        table.add_row(variant, str(steps[variant]), *cells)
+    return table

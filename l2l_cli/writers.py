@@ -28,6 +28,10 @@ class TensorBoardWriter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._writer.add_scalar(tag, value, step)
 
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        """An entry of TensorBoard's hparams table, in this run's own directory."""
+        self._writer.add_hparams(hparams, metrics, run_name=".")
+
     def custom_scalars(self, layout: dict) -> None:
         self._writer.add_custom_scalars(layout)
 

@@ -8,7 +8,7 @@ from l2l_cli.meta.trainer import build_net
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizers import Baseline
 
-OPTIMIZEES = ["quadratic"]
+OPTIMIZEES = ["quadratic", "mnist"]
 OPTIMIZERS = ["lstm", "sgd", "nag", "rmsprop", "adam"]
 SCHEDULES = ["truncated"]
 
@@ -21,7 +21,8 @@ def test_every_option_composes_and_instantiates(compose_cfg, command, optimizer,
     cfg = compose_cfg(command, [f"optimizer={optimizer}", f"optimizee={optimizee}", f"schedule={schedule}"])
     conf = to_objects(cfg)
     family = build_family(conf.optimizee)
-    assert family.num_params == conf.optimizee.dim
+    expected = conf.optimizee.dim if optimizee == "quadratic" else 784 * 20 + 20 + 20 * 10 + 10
+    assert family.num_params == expected
     if optimizer == "lstm":
         assert isinstance(conf.optimizer, LSTMConfig)
         assert sum(p.numel() for p in build_net(conf.optimizer).parameters()) > 0
@@ -75,3 +76,25 @@ def test_type_errors_and_unknown_keys_fail_at_compose(compose_cfg, override):
     with pytest.raises(ConfigCompositionException) as info:
         compose_cfg("train", [override])
     assert "optimizee" in str(info.value)
+
+
+def test_budgets_follow_the_optimizee_family(compose_cfg):
+    quad = to_objects(compose_cfg("train", []))
+    mnist = to_objects(compose_cfg("train", ["optimizee=mnist"]))
+    assert (quad.train.iterations, quad.eval.num_functions) == (1500, 1024)
+    assert (mnist.train.iterations, mnist.train.val_every, mnist.eval.num_functions, mnist.eval.val_functions) == (
+        400, 10, 64, 32)
+    explicit = to_objects(compose_cfg("train", ["optimizee=mnist", "train.iterations=7", "eval.num_functions=3"]))
+    assert (explicit.train.iterations, explicit.eval.num_functions) == (7, 3)
+
+
+def test_presets_compose(compose_cfg):
+    gen = compose_cfg("eval", ["experiment=mnist_generalization", "checkpoint=x.pt"])
+    assert gen.optimizee.name == "mnist" and list(gen.eval.variants) == ["base", "steps_200", "hidden_40",
+                                                                        "layers_2", "relu"]
+    search = compose_cfg("train", ["hparams_search=meta_lr"])
+    assert search.hydra.sweeper.params["train.meta_lr"] == "tag(log, interval(1e-4, 3e-2))"
+    assert "optuna" in search.hydra.sweeper._target_.lower()
+    slurm = compose_cfg("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    assert slurm.hydra.launcher.partition == "gpu" and slurm.hydra.launcher.cpus_per_task == 4
+    assert "SlurmLauncher" in slurm.hydra.launcher._target_

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, TINY_TRAIN, run_cli
+from test_meta import _setup
+
 from l2l_cli.evaluation import curve_stats
 from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from l2l_cli.meta.trainer import DivergenceError, MetaTrainer
-from test_meta import _setup
 
 LONG = [*TINY_TRAIN, "train.iterations=400", "train.val_every=100", "train.checkpoint_every=5"]
 
@@ -190,7 +190,8 @@ def test_same_seed_gives_bit_identical_checkpoints_and_results(tmp_path):
         assert train.returncode == 0, train.stderr
         ckpt = tmp_path / name / "checkpoints" / "best.pt"
         evaluate = run_cli("eval", "optimizee.dim=4", "eval.num_steps=10", "eval.num_functions=16",
-                           "eval.val_functions=8", "eval.lr_grid=[0.1]", f"checkpoint={tmp_path / 'a' / 'checkpoints' / 'best.pt'}",
+                           "eval.val_functions=8", "eval.lr_grid=[0.1]",
+                           f"checkpoint={tmp_path / 'a' / 'checkpoints' / 'best.pt'}",
                            f"hydra.run.dir={tmp_path / name / 'eval'}")
         assert evaluate.returncode == 0, evaluate.stderr
         outputs.append((ckpt.read_bytes(), (tmp_path / name / "checkpoints" / "last.pt").read_bytes(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -10,16 +12,16 @@ import torch
 from omegaconf import DictConfig
 
 from l2l_cli.commands import hydra_task
-from l2l_cli.commands.common import output_dir, record_run
+from l2l_cli.commands.common import job_threads, output_dir, record_run
 from l2l_cli.config import BASELINE_DEFAULTS, ConfigError, EvalConfig, LSTMConfig, to_objects
-from l2l_cli.console import console, fmt, progress, results_table
+from l2l_cli.console import console, fmt, generalization_table, progress, results_table
 from l2l_cli.evaluation import TuningResult, best_baseline, compare, tune_learning_rate
 from l2l_cli.meta.checkpoint import check_architecture, load_checkpoint
 from l2l_cli.meta.trainer import build_net
 from l2l_cli.optimizees import build_family
+from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers import Baseline, LearnedRule
 from l2l_cli.runtime import configure_torch, environment_record, resolve_device
-from l2l_cli.seeding import generator
 from l2l_cli.writers import plot_curves, write_curves_csv, write_curves_tensorboard, write_json
 
 log = logging.getLogger("l2l.eval")
@@ -46,22 +48,79 @@ def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
 
 def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
              explicit_keys: set[str] = frozenset()) -> float:
-    """Tune, compare, write TensorBoard/results.json/curves.csv/curves.png, print the table.
+    """Evaluate on the configured task, or on every entry of eval.variants (a generalisation study).
 
-    Returns the studied optimizer's mean final test loss.
+    Returns the studied optimizer's mean final test loss (on the first variant when there are several).
     """
     configure_torch(conf.threads)
     device = resolve_device(conf.device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    learned = load_learned(conf, device, explicit_keys) if isinstance(conf.optimizer, LSTMConfig) else None
+    if not conf.eval.variants:
+        return evaluate_one(conf, out_dir, device, learned, config_record)
+    results = {}
+    for name, variant in conf.eval.variants.items():
+        log.info("variant %s: %s", name, variant or "the base task")
+        variant_conf = apply_variant(conf, name, variant)
+        evaluate_one(variant_conf, out_dir / name, device, learned, config_record)
+        results[name] = json.loads((out_dir / name / "results.json").read_text())
+    write_generalization(out_dir, results, conf.optimizer.name, config_record)
+    return results[next(iter(results))]["optimizers"][conf.optimizer.name]["final_mean"]
+
+
+def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
+    """The config of one generalisation variant: optimizee fields and/or num_steps replaced."""
+    unknown = set(variant) - {"optimizee", "num_steps"}
+    if unknown:
+        raise ConfigError(f"eval.variants.{name}: unknown key {sorted(unknown)[0]!r}, allowed keys: optimizee, "
+                          "num_steps")
+    fields = {f.name for f in dataclasses.fields(conf.optimizee)}
+    for key in variant.get("optimizee", {}) or {}:
+        if key not in fields:
+            raise ConfigError(f"eval.variants.{name}.optimizee.{key}: unknown key, allowed keys: "
+                              f"{', '.join(sorted(fields))}")
+    try:
+        optimizee = dataclasses.replace(conf.optimizee, **(variant.get("optimizee") or {}))
+    except ConfigError as exc:
+        raise ConfigError(f"eval.variants.{name}: {exc}") from None
+    loop = dataclasses.replace(conf.eval, num_steps=variant.get("num_steps", conf.eval.num_steps), variants={})
+    return dataclasses.replace(conf, optimizee=optimizee, eval=loop)
+
+
+def write_generalization(out_dir: Path, results: dict, studied: str, config_record: dict | None) -> None:
+    """One table: rows = variants, columns = optimizers, cells = mean final test loss (best per row in bold)."""
+    optimizers = list(next(iter(results.values()))["optimizers"])
+    rows = {variant: {name: r["optimizers"][name]["final_mean"] for name in optimizers} for variant, r in
+            results.items()}
+    console().print(generalization_table(rows, {v: r["num_steps"] for v, r in results.items()}, studied))
+    with open(out_dir / "generalization.csv", "w") as handle:
+        handle.write(",".join(["variant", "num_steps", *optimizers]) + "\n")
+        for variant, row in rows.items():
+            handle.write(",".join([variant, str(results[variant]["num_steps"]), *(f"{row[n]:.6g}" for n in
+                                                                                  optimizers)]) + "\n")
+    write_json(out_dir / "results.json", {
+        "generalization": rows,
+        "learning_rates": {v: {n: lr["lr"] for n, lr in r["learning_rates"].items()} for v, r in results.items()},
+        "nonfinite": {v: {n: r["optimizers"][n]["nonfinite"] for n in optimizers} for v, r in results.items()},
+        "variants": {v: {"optimizee": r["optimizee"], "num_steps": r["num_steps"]} for v, r in results.items()},
+        "data": next(iter(results.values())).get("data"),
+        "config": config_record,
+        "environment": environment_record(),
+    })
+
+
+def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None) -> float:
+    """Tune, compare, write TensorBoard/results.json/curves.csv/curves.png, print the table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
-    val_problem = family.sample(conf.eval.val_functions, num_steps, generator(conf.data_seed, "validation"), device)
-    test_problem = family.sample(conf.eval.num_functions, num_steps, generator(conf.data_seed, "test"), device)
+    val_problem = held_out_problems(family, conf.eval.val_functions, num_steps, conf.data_seed, "validation", device)
+    test_problem = held_out_problems(family, conf.eval.num_functions, num_steps, conf.data_seed, "test", device)
 
     studied = conf.optimizer.name
     rules, learned_info, tuning = {}, None, {}
-    if isinstance(conf.optimizer, LSTMConfig):
-        rules[studied], learned_info = load_learned(conf, device, explicit_keys)
+    if learned is not None:
+        rules[studied], learned_info = learned
     baseline_cfgs = {name: BASELINE_DEFAULTS[name] for name in conf.eval.baselines}
     if not isinstance(conf.optimizer, LSTMConfig):
         baseline_cfgs = {studied: conf.optimizer, **{k: v for k, v in baseline_cfgs.items() if k != studied}}
@@ -100,6 +159,7 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
                 labels={n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()})
     results = {
         "optimizee": asdict(conf.optimizee),
+        "data": getattr(getattr(family, "pools", None), "record", None),
         "num_steps": num_steps,
         "num_test_functions": len(test_problem),
         "num_validation_functions": len(val_problem),
@@ -137,6 +197,7 @@ def _explicit_optimizer_keys() -> set[str]:
 
 def run(cfg: DictConfig) -> float:
     conf: EvalConfig = to_objects(cfg)
+    conf.threads = job_threads(conf.threads)
     out_dir = output_dir()
     record = record_run(cfg, out_dir)
     torch.manual_seed(conf.seed)

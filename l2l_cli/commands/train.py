@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from l2l_cli.commands import hydra_task
-from l2l_cli.commands.common import output_dir, record_run, resolve_resume
+from l2l_cli.commands.common import job_threads, output_dir, record_run, resolve_resume, write_metrics
 from l2l_cli.config import LEARNED_OPTIMIZERS, ConfigError, EvalConfig, TrainConfig, to_objects
 from l2l_cli.console import fmt, progress
 from l2l_cli.meta.checkpoint import load_checkpoint
@@ -21,12 +21,12 @@ from l2l_cli.writers import TensorBoardWriter
 log = logging.getLogger("l2l.train")
 
 
-def train(conf: TrainConfig, out_dir: Path) -> tuple[float, Path]:
-    """Meta-train; returns (best validation loss, path of best.pt)."""
+def train(conf: TrainConfig, out_dir: Path) -> tuple[MetaTrainer, Path]:
+    """Meta-train; returns (the trainer, path of best.pt)."""
     if conf.optimizer.name not in LEARNED_OPTIMIZERS:
         raise ConfigError(f"optimizer: train needs a learned optimizer, got {conf.optimizer.name!r}, "
                           f"allowed values: {', '.join(LEARNED_OPTIMIZERS)}")
-    configure_torch(conf.threads)
+    configure_torch(job_threads(conf.threads))
     device = resolve_device(conf.device)
     resume_from = resolve_resume(conf.resume, out_dir)
     setup = TrainSetup(family=build_family(conf.optimizee), optimizer=conf.optimizer, schedule=conf.schedule,
@@ -52,22 +52,27 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[float, Path]:
         writer.close()
     log.info("best validation loss %s at iteration %d; checkpoints in %s", fmt(best), trainer.best_iteration,
              trainer.checkpoint_dir)
-    return best, trainer.checkpoint_dir / "best.pt"
+    return trainer, trainer.checkpoint_dir / "best.pt"
 
 
 def run(cfg: DictConfig) -> float:
     conf: TrainConfig = to_objects(cfg)
     out_dir = output_dir()
     record_run(cfg, out_dir)
-    best, best_path = train(conf, out_dir)
+    trainer, best_path = train(conf, out_dir)
+    metrics = {"val_best": trainer.best_val, "best_iteration": trainer.best_iteration,
+               "iterations": trainer.iteration, "skipped_updates": trainer.skipped_total,
+               "validation_history": [list(h) for h in trainer.history]}
+    write_metrics(out_dir, metrics)
     if conf.train.evaluate:
         from l2l_cli.commands.evaluate import evaluate
 
         eval_conf = EvalConfig(seed=conf.seed, data_seed=conf.data_seed, device=conf.device, threads=conf.threads,
                                optimizee=conf.optimizee, optimizer=conf.optimizer, schedule=conf.schedule,
                                eval=conf.eval, checkpoint=str(best_path))
-        evaluate(eval_conf, out_dir / "eval", config_record=None)
-    return best
+        metrics["test_final_mean"] = evaluate(eval_conf, out_dir / "eval", config_record=None)
+        write_metrics(out_dir, metrics)
+    return trainer.best_val
 
 
 main = hydra_task(run)

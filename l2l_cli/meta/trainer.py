@@ -13,7 +13,7 @@ import torch
 from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import check_architecture, save_checkpoint
 from l2l_cli.meta.unroll import RunStats, meta_train_run
-from l2l_cli.optimizees.base import Family
+from l2l_cli.optimizees.base import Family, held_out_problems
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
 from l2l_cli.rollout import mean_final_loss, rollout
 from l2l_cli.seeding import generator
@@ -61,8 +61,8 @@ class MetaTrainer:
         self.net = build_net(setup.optimizer).to(setup.device)
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         self.gen = generator(setup.seed, "train")  # training functions; CPU so runs reproduce across devices
-        self.val_problem = setup.family.sample(setup.loop.val_functions, setup.schedule.num_steps,
-                                               generator(setup.data_seed, "validation"), setup.device)
+        self.val_problem = held_out_problems(setup.family, setup.loop.val_functions, setup.schedule.num_steps,
+                                             setup.data_seed, "validation", setup.device)
         self.writer = writer
         self.iteration = 0
         self.best_val = math.inf

