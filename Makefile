@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff check l2l_cli tests benchmarks
 
 bench: install  ## speed figures, printed and written to benchmarks/results/
-	$(PY) benchmarks/meta_train_speed.py
+	$(PY) benchmarks/speed.py
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1

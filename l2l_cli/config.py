@@ -265,6 +265,8 @@ class CommonConfig:
     data_seed: int = 0  # seeds the fixed validation and test functions, shared by every training seed
     device: str = "cpu"
     threads: Optional[int] = None  # torch.set_num_threads; null keeps torch's default
+    # torch.compile the LSTM step: true | false | null (auto: when the run is long enough to repay compiling)
+    compile: Optional[bool] = None
     optimizee: Any = MISSING
     optimizer: Any = MISSING
     schedule: Any = MISSING

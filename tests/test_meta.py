@@ -122,3 +122,36 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert straight.history == second.history and straight.best_val == second.best_val
+
+
+def test_compiled_step_matches_eager(tmp_path):
+    eager = MetaTrainer(_setup(tmp_path / "eager", iterations=2))
+    setup = _setup(tmp_path / "compiled", iterations=2)
+    setup.compile = True
+    compiled = MetaTrainer(setup)
+    assert type(compiled.net.forward).__name__ == "CompiledForward"
+    eager.fit()
+    compiled.fit()
+    assert not compiled.net.forward.failed
+    for a, b in zip(eager.net.parameters(), compiled.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert compiled.best_val == pytest.approx(eager.best_val, rel=1e-3)
+
+
+def test_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
+    from l2l_cli.optimizers import compiled as compiled_module
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no backend here")
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    setup = _setup(tmp_path, iterations=2)
+    setup.compile = True
+    trainer = MetaTrainer(setup)
+    trainer.fit()
+    assert trainer.net.forward.failed and "continuing without it" in caplog.text
+    monkeypatch.setattr(compiled_module, "compile_available", lambda: (False, "no C++ compiler"))
+    assert compiled_module.maybe_compile(torch.nn.Linear(1, 1), True) is False
+    assert compiled_module.should_compile(None, 1e12) is False and compiled_module.should_compile(True, 0) is True

@@ -21,6 +21,7 @@ from l2l_cli.meta.trainer import build_net
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers import Baseline, LearnedRule
+from l2l_cli.optimizers.compiled import maybe_compile, should_compile
 from l2l_cli.runtime import configure_torch, environment_record, resolve_device
 from l2l_cli.writers import plot_curves, write_curves_csv, write_curves_tensorboard, write_json
 
@@ -42,6 +43,9 @@ def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
     net = build_net(net_cfg)
     net.load_state_dict(payload["model"])
     net.to(device).eval()
+    steps = conf.eval.num_steps or conf.schedule.num_steps
+    work = conf.eval.num_functions * build_family(conf.optimizee).num_params * steps
+    maybe_compile(net, should_compile(conf.compile, work))
     return LearnedRule(net), {"checkpoint": str(path), "iteration": payload["iteration"],
                               "best_val": payload["best_val"], "optimizer": saved}
 

@@ -14,6 +14,7 @@ from l2l_cli.console import fmt, progress
 from l2l_cli.meta.checkpoint import load_checkpoint
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.optimizees import build_family
+from l2l_cli.optimizers.compiled import should_compile
 from l2l_cli.runtime import configure_torch, resolve_device
 from l2l_cli.signals import GracefulStop
 from l2l_cli.writers import TensorBoardWriter
@@ -31,7 +32,10 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[MetaTrainer, Path]:
     resume_from = resolve_resume(conf.resume, out_dir)
     setup = TrainSetup(family=build_family(conf.optimizee), optimizer=conf.optimizer, schedule=conf.schedule,
                        loop=conf.train, batch_size=conf.optimizee.batch_size, seed=conf.seed,
-                       data_seed=conf.data_seed, device=device, out_dir=out_dir, optimizee=conf.optimizee)
+                       data_seed=conf.data_seed, device=device, out_dir=out_dir, optimizee=conf.optimizee,
+                       compile=False)
+    work = conf.optimizee.batch_size * setup.family.num_params * conf.schedule.num_steps * conf.train.iterations
+    setup.compile = should_compile(conf.compile, work)
     writer = TensorBoardWriter(out_dir / "tb")
     try:
         trainer = MetaTrainer(setup, writer)
@@ -68,6 +72,7 @@ def run(cfg: DictConfig) -> float:
         from l2l_cli.commands.evaluate import evaluate
 
         eval_conf = EvalConfig(seed=conf.seed, data_seed=conf.data_seed, device=conf.device, threads=conf.threads,
+                               compile=conf.compile,
                                optimizee=conf.optimizee, optimizer=conf.optimizer, schedule=conf.schedule,
                                eval=conf.eval, checkpoint=str(best_path))
         metrics["test_final_mean"] = evaluate(eval_conf, out_dir / "eval", config_record=None)

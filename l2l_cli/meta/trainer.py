@@ -14,6 +14,7 @@ from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import check_architecture, save_checkpoint
 from l2l_cli.meta.unroll import RunStats, meta_train_run
 from l2l_cli.optimizees.base import Family, held_out_problems
+from l2l_cli.optimizers.compiled import maybe_compile
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
 from l2l_cli.rollout import mean_final_loss, rollout
 from l2l_cli.seeding import generator
@@ -52,6 +53,7 @@ class TrainSetup:
     device: torch.device
     out_dir: Path
     optimizee: Optional[object] = None  # the optimizee config dataclass, recorded in checkpoints
+    compile: bool = False
 
 
 class MetaTrainer:
@@ -59,6 +61,7 @@ class MetaTrainer:
         self.s = setup
         torch.manual_seed(setup.seed)  # LSTM initialisation
         self.net = build_net(setup.optimizer).to(setup.device)
+        maybe_compile(self.net, setup.compile)
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         self.gen = generator(setup.seed, "train")  # training functions; CPU so runs reproduce across devices
         self.val_problem = held_out_problems(setup.family, setup.loop.val_functions, setup.schedule.num_steps,

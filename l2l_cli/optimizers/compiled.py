@@ -38,6 +38,16 @@ class CompiledForward:
         return self.eager(*args, **kwargs)
 
 
+AUTO_MIN_COORDINATE_STEPS = 2e7  # below this much work a one-off compile (~10-20 s) does not pay for itself
+
+
+def should_compile(setting: bool | None, coordinate_steps: float) -> bool:
+    """true/false as set; null (auto): compile when the run does enough coordinate-steps to repay it."""
+    if setting is not None:
+        return setting
+    return coordinate_steps >= AUTO_MIN_COORDINATE_STEPS and compile_available()[0]
+
+
 def maybe_compile(module: torch.nn.Module, enabled: bool) -> bool:
     """Compile ``module.forward`` in place when enabled and possible; returns whether it was compiled."""
     if not enabled:

@@ -1,0 +1,215 @@
+"""Speed and memory of meta-training and of learned-optimizer steps, measured in ONE run on this machine.
+
+Prints, and writes to benchmarks/results/speed.json (torch version, threads and device included):
+- dense fp32 matmul FLOP/s (2048 x 2048), the arithmetic limit the other figures are compared with;
+- per task (default quadratic, default MNIST) and mode (eager, torch.compile): seconds per meta-iteration,
+  coordinate-steps per second (functions x coordinates x optimizee steps / wall s) and model FLOP/s
+  (3 x the LSTM's forward matmul FLOPs per coordinate-step) as a fraction of the matmul FLOP/s;
+- the cost of one evaluation-time (no-grad) learned step relative to one Adam step on the same MNIST optimizee
+  batch, next to the lower bound that arithmetic sets for that ratio, and the learned step's fraction of matmul
+  FLOP/s;
+- peak resident memory of a meta-training run, and the bytes per coordinate per unrolled step (from two unroll
+  lengths, each in a fresh process).
+
+Usage: python benchmarks/speed.py [--tasks quadratic,mnist] [--modes eager,compiled] [--iterations N]
+                                  [--threads T] [--device cpu|cuda|auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from l2l_cli.config import (  # noqa: E402
+    BASELINE_DEFAULTS,
+    LSTMConfig,
+    MLPConfig,
+    QuadraticConfig,
+    TrainLoopConfig,
+    TruncatedScheduleConfig,
+)
+from l2l_cli.meta.trainer import MetaTrainer, TrainSetup, build_net  # noqa: E402
+from l2l_cli.optimizees import build_family, loss_and_grad  # noqa: E402
+from l2l_cli.optimizees.base import held_out_problems  # noqa: E402
+from l2l_cli.optimizers import Baseline, LearnedRule  # noqa: E402
+from l2l_cli.optimizers.compiled import maybe_compile  # noqa: E402
+from l2l_cli.runtime import resolve_device  # noqa: E402
+
+TASKS = {"quadratic": QuadraticConfig(), "mnist": MLPConfig()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def lstm_forward_flops(cfg: LSTMConfig) -> int:
+    """Matmul FLOPs of one coordinate's forward step: each layer's [x, h] @ W (4H gates) and the linear head."""
+    in_size = 1 if cfg.preprocess == "none" else 2
+    flops = 0
+    for _ in range(cfg.layers):
+        flops += 2 * (in_size + cfg.hidden_size) * 4 * cfg.hidden_size
+        in_size = cfg.hidden_size
+    return flops + 2 * cfg.hidden_size
+
+
+def mlp_forward_backward_flops(cfg: MLPConfig, num_params_weights: int) -> int:
+    """Matmul FLOPs of one optimizee's loss and gradient: forward 2 x minibatch x weights, backward twice that."""
+    return 3 * 2 * cfg.minibatch * num_params_weights
+
+
+def trainer_for(task: str, device, compiled: bool, unroll: int | None = None) -> MetaTrainer:
+    cfg = TASKS[task]
+    schedule = TruncatedScheduleConfig(unroll=unroll or 20)
+    setup = TrainSetup(family=build_family(cfg), optimizer=LSTMConfig(), schedule=schedule,
+                       loop=TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9,
+                                            val_functions=1),
+                       batch_size=cfg.batch_size, seed=0, data_seed=0, device=device,
+                       out_dir=ROOT / "benchmarks" / "results" / "tmp", optimizee=cfg, compile=compiled)
+    return MetaTrainer(setup)
+
+
+def bench_meta_training(task: str, device, compiled: bool, iterations: int, peak: float) -> dict:
+    trainer = trainer_for(task, device, compiled)
+    start = time.perf_counter()
+    trainer.train_iteration()  # includes compilation when compiled
+    sync(device)
+    first = time.perf_counter() - start
+    trainer.train_iteration()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        trainer.train_iteration()
+    sync(device)
+    seconds = (time.perf_counter() - start) / iterations
+    coord_steps = trainer.s.batch_size * trainer.s.family.num_params * trainer.s.schedule.num_steps
+    flops = 3 * lstm_forward_flops(trainer.s.optimizer) * coord_steps / seconds
+    return {"seconds_per_meta_iteration": seconds, "first_iteration_seconds": first,
+            "coordinate_steps_per_second": coord_steps / seconds, "model_flops_per_second": flops,
+            "fraction_of_matmul": flops / peak, "functions": trainer.s.batch_size,
+            "coordinates": trainer.s.family.num_params, "steps": trainer.s.schedule.num_steps}
+
+
+@torch.no_grad()
+def bench_step_cost(device, compiled: bool, peak: float, functions: int = 8, repeats: int = 20) -> dict:
+    """One optimizee step (loss + gradient + update) with the learned rule vs with Adam, same MNIST batch."""
+    cfg = MLPConfig()
+    family = build_family(cfg)
+    problem = held_out_problems(family, functions, repeats + 10, 0, "test", device)
+    torch.manual_seed(0)
+    net = build_net(LSTMConfig()).to(device).eval()
+    maybe_compile(net, compiled)
+    timings = {}
+    for name, rule in (("lstm", LearnedRule(net)), ("adam", Baseline(BASELINE_DEFAULTS["adam"], 0.03))):
+        theta = family.initial_params(problem)
+        state = rule.init_state(theta)
+        for t in range(repeats + 5):
+            if t == 5:
+                sync(device)
+                start = time.perf_counter()
+            _, grad = loss_and_grad(family, problem, theta, t)
+            update, state = rule.step(grad, state, t)
+            theta = theta + update
+        sync(device)
+        timings[name] = (time.perf_counter() - start) / repeats
+    params = family.num_params * functions
+    weights = sum(a * b for (a, b), _ in family.shapes)
+    optimizee = mlp_forward_backward_flops(cfg, weights) * functions
+    learned = optimizee + lstm_forward_flops(LSTMConfig()) * params
+    adam = optimizee + 12 * params  # Adam's elementwise update, ~12 FLOPs per parameter
+    return {"functions": functions, "coordinates": params, "lstm_step_seconds": timings["lstm"],
+            "adam_step_seconds": timings["adam"], "lstm_over_adam": timings["lstm"] / timings["adam"],
+            "arithmetic_lower_bound": learned / adam,
+            "within_factor_of_bound": timings["lstm"] / timings["adam"] / (learned / adam),
+            "lstm_step_flops_per_second": learned / timings["lstm"],
+            "fraction_of_matmul": learned / timings["lstm"] / peak}
+
+
+def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None) -> float:
+    """Peak RSS (MiB) of a fresh process that meta-trains `iterations` iterations."""
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report this (parent) process's peak
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]);"
+            + (f"torch.set_num_threads({threads});" if threads else "")
+            + "from benchmarks.speed import trainer_for; t = trainer_for(sys.argv[2], torch.device('cpu'), False,"
+            " int(sys.argv[3]));\n[t.train_iteration() for _ in range(int(sys.argv[4]))];"
+            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), task, str(unroll), str(iterations)],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="quadratic,mnist")
+    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--iterations", type=int, default=None, help="timed meta-iterations (default 20 / 3)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    tasks, modes = args.tasks.split(","), args.modes.split(",")
+    peak = matmul_flops(device)
+    figures = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+               "matmul_flops_per_second": peak, "meta_training": {}, "learned_step": {}, "memory": {}}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    for task in tasks:
+        for mode in modes:
+            iterations = args.iterations or (20 if task == "quadratic" else 3)
+            m = bench_meta_training(task, device, mode == "compiled", iterations, peak)
+            figures["meta_training"][f"{task}/{mode}"] = m
+            print(f"meta-training {task:9s} {mode:8s}: {m['seconds_per_meta_iteration']:7.3f} s/iteration "
+                  f"({m['functions']} x {m['coordinates']} coords x {m['steps']} steps), "
+                  f"{m['coordinate_steps_per_second']:.3g} coord-steps/s, "
+                  f"{m['model_flops_per_second'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% of "
+                  f"matmul (first iteration {m['first_iteration_seconds']:.1f} s)")
+    if "mnist" in tasks:
+        for mode in modes:
+            s = bench_step_cost(device, mode == "compiled", peak)
+            figures["learned_step"][mode] = s
+            print(f"eval step, MNIST x{s['functions']} {mode:8s}: learned {s['lstm_step_seconds'] * 1e3:.1f} ms vs "
+                  f"Adam {s['adam_step_seconds'] * 1e3:.2f} ms = {s['lstm_over_adam']:.1f}x (arithmetic bound "
+                  f"{s['arithmetic_lower_bound']:.1f}x, {s['within_factor_of_bound']:.2f}x of it); "
+                  f"{100 * s['fraction_of_matmul']:.1f}% of matmul")
+    if not args.skip_memory and device.type == "cpu":
+        for task in tasks:
+            short, full = child_peak_rss(task, 10, 2, args.threads), child_peak_rss(task, 20, 2, args.threads)
+            cfg = TASKS[task]
+            coords = cfg.batch_size * build_family(cfg).num_params
+            per = (full - short) * 2**20 / (10 * coords)
+            figures["memory"][task] = {"peak_rss_mib_unroll_20": full, "peak_rss_mib_unroll_10": short,
+                                       "bytes_per_coordinate_per_unrolled_step": per, "coordinates": coords}
+            print(f"memory {task:9s}: peak RSS {full:.0f} MiB (unroll 20) / {short:.0f} MiB (unroll 10) -> "
+                  f"{per:.0f} bytes per coordinate per unrolled step")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
