@@ -25,6 +25,12 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _check_at_least_one(obj, prefix: str, keys: tuple) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        _check(value >= 1, f"{prefix}{key}", f"must be >= 1, got {value}")
+
+
 def _check_choice(value: str, key: str, allowed: tuple) -> None:
     _check(value in allowed, key, f"got {value!r}, allowed values: {', '.join(allowed)}")
 
@@ -45,9 +51,8 @@ class Suggested:
     test_functions: int = 1024
 
     def check(self) -> None:
-        for key in ("iterations", "val_every", "val_functions", "tune_functions", "test_functions"):
-            value = getattr(self, key)
-            _check(value >= 1, f"optimizee.suggested.{key}", f"must be >= 1, got {value}")
+        _check_at_least_one(self, "optimizee.suggested.",
+                            ("iterations", "val_every", "val_functions", "tune_functions", "test_functions"))
 
 
 @dataclass
@@ -63,8 +68,7 @@ class QuadraticConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "optimizee.name", ("quadratic",))
-        _check(self.dim >= 1, "optimizee.dim", f"must be >= 1, got {self.dim}")
-        _check(self.batch_size >= 1, "optimizee.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check_at_least_one(self, "optimizee.", ("dim", "batch_size"))
         _check_choice(self.distribution, "optimizee.distribution", DISTRIBUTIONS)
         _check(self.init_std >= 0, "optimizee.init_std", f"must be >= 0, got {self.init_std}")
         self.suggested = _as(Suggested, self.suggested)
@@ -106,13 +110,10 @@ class MLPConfig:
         self.suggested = _as(Suggested, self.suggested)
         self.suggested.check()
         _check_choice(self.name, "optimizee.name", ("mnist",))
-        for key in ("hidden", "layers", "minibatch", "batch_size"):
-            _check(getattr(self, key) >= 1, f"optimizee.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check_at_least_one(self, "optimizee.", ("hidden", "layers", "minibatch", "batch_size"))
         _check_choice(self.activation, "optimizee.activation", ACTIVATIONS)
         _check(self.init_std >= 0, "optimizee.init_std", f"must be >= 0, got {self.init_std}")
-        for key in ("validation", "test"):
-            value = getattr(self.data, key)
-            _check(value >= 1, f"optimizee.data.{key}", f"must be >= 1, got {value}")
+        _check_at_least_one(self.data, "optimizee.data.", ("validation", "test"))
 
 
 # --- optimizers ---------------------------------------------------------------------------------------------------
@@ -135,8 +136,7 @@ class LSTMConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "optimizer.name", LEARNED_OPTIMIZERS)
-        _check(self.hidden_size >= 1, "optimizer.hidden_size", f"must be >= 1, got {self.hidden_size}")
-        _check(self.layers >= 1, "optimizer.layers", f"must be >= 1, got {self.layers}")
+        _check_at_least_one(self, "optimizer.", ("hidden_size", "layers"))
         _check_choice(self.preprocess, "optimizer.preprocess", PREPROCESSING)
         _check(self.preprocess_p > 0, "optimizer.preprocess_p", f"must be > 0, got {self.preprocess_p}")
         _check(math.isfinite(self.output_scale) and self.output_scale > 0, "optimizer.output_scale",
@@ -197,8 +197,7 @@ class TruncatedScheduleConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "schedule.name", ("truncated",))
-        _check(self.num_steps >= 1, "schedule.num_steps", f"must be >= 1, got {self.num_steps}")
-        _check(self.unroll >= 1, "schedule.unroll", f"must be >= 1, got {self.unroll}")
+        _check_at_least_one(self, "schedule.", ("num_steps", "unroll"))
         _check(self.unroll <= self.num_steps, "schedule.unroll",
                f"must be <= schedule.num_steps ({self.num_steps}), got {self.unroll}")
         _check_choice(self.weighting, "schedule.weighting", WEIGHTINGS)
@@ -222,15 +221,12 @@ class TrainLoopConfig:
     evaluate: bool = True  # run `l2l eval` on best.pt at the end, into <run>/eval
 
     def __post_init__(self) -> None:
-        _check(self.iterations >= 1, "train.iterations", f"must be >= 1, got {self.iterations}")
+        _check_at_least_one(self, "train.", ("iterations", "val_every", "val_functions", "checkpoint_every",
+                                             "max_nonfinite"))
         _check(math.isfinite(self.meta_lr) and self.meta_lr > 0, "train.meta_lr",
                f"must be a positive number, got {self.meta_lr}")
         _check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",
                f"must be > 0 or null (no clipping), got {self.clip_grad}")
-        _check(self.val_every >= 1, "train.val_every", f"must be >= 1, got {self.val_every}")
-        _check(self.val_functions >= 1, "train.val_functions", f"must be >= 1, got {self.val_functions}")
-        _check(self.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
-        _check(self.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {self.max_nonfinite}")
 
 
 def default_lr_grid() -> List[float]:
@@ -248,10 +244,9 @@ class EvalLoopConfig:
     variants: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.num_functions >= 1, "eval.num_functions", f"must be >= 1, got {self.num_functions}")
+        _check_at_least_one(self, "eval.", ("num_functions", "val_functions"))
         _check(self.num_steps is None or self.num_steps >= 1, "eval.num_steps",
                f"must be >= 1 or null, got {self.num_steps}")
-        _check(self.val_functions >= 1, "eval.val_functions", f"must be >= 1, got {self.val_functions}")
         _check(len(self.lr_grid) > 0, "eval.lr_grid", "must not be empty")
         for lr in self.lr_grid:
             _check(math.isfinite(lr) and lr > 0, "eval.lr_grid", f"every value must be positive, got {lr}")
