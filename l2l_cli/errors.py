@@ -24,8 +24,8 @@ def _fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def allowed_keys(parent: str) -> list[str]:
-    """Keys that exist under ``parent`` ('' is the top level) according to the schemas."""
+def allowed_keys(parent: str, root_type: str = "") -> list[str]:
+    """Keys that exist under ``parent`` ('' is the top level of ``root_type``) according to the schemas."""
     if parent in GROUP_SCHEMAS:
         return sorted({name for schema in GROUP_SCHEMAS[parent].values() for name in _fields(schema)})
     if parent == "train":
@@ -33,7 +33,9 @@ def allowed_keys(parent: str) -> list[str]:
     if parent == "eval":
         return _fields(EvalLoopConfig)
     if parent == "":
-        return sorted(set(_fields(TrainConfig)) | set(_fields(EvalConfig)))
+        roots = {"TrainConfig": TrainConfig, "EvalConfig": EvalConfig}
+        chosen = [roots[root_type]] if root_type in roots else list(roots.values())
+        return sorted({name for cls in chosen for name in _fields(cls)})
     return []
 
 
@@ -53,11 +55,11 @@ def describe(exc: BaseException) -> str | None:
             choices = ", ".join(options.group(2).split())
             return f"{missing.group(1)}={missing.group(2)}: no such option, allowed values: {choices}"
         cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else None
-        not_in_struct = re.search(r"Key '([^']+)' (?:is )?not in", str(cause) if cause else text)
+        not_in_struct = re.search(r"Key '([^']+)' (?:is )?not in(?: '(\w+)')?", str(cause) if cause else text)
         if not_in_struct:
             full_key = getattr(cause, "full_key", None) or not_in_struct.group(1)
             parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-            allowed = allowed_keys(parent)
+            allowed = allowed_keys(parent, not_in_struct.group(2) or "")
             hint = f", allowed keys{' under ' + parent if parent else ''}: {', '.join(allowed)}" if allowed else ""
             return f"{full_key}: unknown key{hint}"
         line = _first_line(text)

@@ -17,7 +17,7 @@ MALFORMED = [
     (["train", "schedule=cosine"], "schedule=cosine: no such option, allowed values: truncated"),
     (["train", "optimizee.nope=1"],
      "optimizee.nope: unknown key, allowed keys under optimizee: activation, batch_size"),
-    (["train", "trian.iterations=5"], "trian: unknown key, allowed keys: checkpoint, compile, data_seed, device"),
+    (["train", "trian.iterations=5"], "trian: unknown key, allowed keys: compile, data_seed, device, eval, optimizee"),
     (["train", "train.iteration=5"], "train.iteration: unknown key, allowed keys under train: iterations, meta_lr"),
     (["train", "schedule.unroll=200"], "schedule.unroll: must be <= schedule.num_steps (100), got 200"),
     (["train", "schedule.unroll=0"], "schedule.unroll: must be >= 1, got 0"),
