@@ -119,3 +119,23 @@ def test_plot_rejects_empty_or_missing_dirs(tmp_path):
 def test_collect_runs_orders_by_validation_metric(sweeps):
     records = collect_runs([sweeps["joblib"][0]])
     assert [r.val_best for r in records] == sorted(r.val_best for r in records)
+
+
+@pytest.mark.parametrize("launcher, configured, expected", [
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, None, 1),
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, None, 1),
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 1}, None, 2),
+    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}, None, 1),
+    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 4},
+     None, 4),
+    ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None, None),
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 3, 3),
+])
+def test_job_threads_share_the_cores(monkeypatch, launcher, configured, expected):
+    from types import SimpleNamespace
+
+    from l2l_cli.commands import common
+
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(common.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(launcher=launcher)))
+    assert common.job_threads(configured) == expected

@@ -202,6 +202,7 @@ def _explicit_optimizer_keys() -> set[str]:
 def run(cfg: DictConfig) -> float:
     conf: EvalConfig = to_objects(cfg)
     conf.threads = job_threads(conf.threads)
+    configure_torch(conf.threads)
     out_dir = output_dir()
     record = record_run(cfg, out_dir)
     torch.manual_seed(conf.seed)

@@ -27,7 +27,7 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[MetaTrainer, Path]:
     if conf.optimizer.name not in LEARNED_OPTIMIZERS:
         raise ConfigError(f"optimizer: train needs a learned optimizer, got {conf.optimizer.name!r}, "
                           f"allowed values: {', '.join(LEARNED_OPTIMIZERS)}")
-    configure_torch(job_threads(conf.threads))
+    configure_torch(conf.threads)
     device = resolve_device(conf.device)
     resume_from = resolve_resume(conf.resume, out_dir)
     setup = TrainSetup(family=build_family(conf.optimizee), optimizer=conf.optimizer, schedule=conf.schedule,
@@ -61,6 +61,8 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[MetaTrainer, Path]:
 
 def run(cfg: DictConfig) -> float:
     conf: TrainConfig = to_objects(cfg)
+    conf.threads = job_threads(conf.threads)
+    configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
     out_dir = output_dir()
     record_run(cfg, out_dir)
     trainer, best_path = train(conf, out_dir)

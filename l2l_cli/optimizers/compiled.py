@@ -57,4 +57,5 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> bool:
         log.warning("compile=true but %s; running eagerly", why)
         return False
     module.forward = CompiledForward(module)
+    log.info("torch.compile: the LSTM step is compiled (the first steps of each new shape wait for the compiler)")
     return True

@@ -1,0 +1,37 @@
+"""Where a meta-iteration's time goes: torch.profiler's top operators for the default quadratic meta-iteration,
+eager and with the compiled LSTM step (the README's performance section summarises this output).
+
+Usage: python benchmarks/profile_step.py [--task quadratic|mnist] [--rows 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.speed import trainer_for  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="quadratic")
+    parser.add_argument("--rows", type=int, default=12)
+    args = parser.parse_args()
+    for compiled in (False, True):
+        trainer = trainer_for(args.task, torch.device("cpu"), compiled)
+        for _ in range(2):
+            trainer.train_iteration()  # warm-up (and compilation)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            trainer.train_iteration()
+        print(f"\n=== {args.task}, {'compiled LSTM step' if compiled else 'eager'}: one meta-iteration ===")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
