@@ -3,7 +3,7 @@ functions, per-step statistics that keep non-finite runs visible instead of aver
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -41,7 +41,6 @@ class CurveStats:
     q90: List[float]
     nonfinite: int  # runs whose loss became inf/nan; statistics are over the finite runs, and this count is reported
     runs: int
-    final: List[float] = field(default_factory=list)  # per-function final losses, for paired comparisons
 
     @property
     def final_mean(self) -> float:
@@ -61,7 +60,7 @@ def curve_stats(losses: torch.Tensor) -> CurveStats:
         return CurveStats(nan, nan, nan, nan, nonfinite=losses.shape[1], runs=losses.shape[1])
     q = torch.quantile(kept, torch.tensor([0.1, 0.5, 0.9], dtype=kept.dtype), dim=1)
     return CurveStats(mean=kept.mean(1).tolist(), median=q[1].tolist(), q10=q[0].tolist(), q90=q[2].tolist(),
-                      nonfinite=int((~finite_runs).sum()), runs=losses.shape[1], final=losses[-1].tolist())
+                      nonfinite=int((~finite_runs).sum()), runs=losses.shape[1])
 
 
 def compare(family, test_problem, rules: dict, num_steps: int, on_done=None) -> Dict[str, CurveStats]:

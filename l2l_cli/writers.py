@@ -39,19 +39,6 @@ class TensorBoardWriter:
         self._writer.close()
 
 
-class MemoryWriter:
-    """Keeps scalars in a dict; for tests and for code that only wants the numbers."""
-
-    def __init__(self):
-        self.scalars: Dict[str, list] = {}
-
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        self.scalars.setdefault(tag, []).append((step, value))
-
-    def close(self) -> None:
-        pass
-
-
 def write_curves_tensorboard(tb_dir: str | Path, stats: Dict[str, CurveStats], prefix: str = "loss") -> None:
     """One TensorBoard run per optimizer with the same tags, so the curves overlay in one chart; a custom-scalars
     layout puts the mean and median of all optimizers side by side."""
