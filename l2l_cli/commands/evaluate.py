@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -59,15 +58,15 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
     configure_torch(conf.threads)
     device = resolve_device(conf.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    learned = load_learned(conf, device, explicit_keys) if isinstance(conf.optimizer, LSTMConfig) else None
+    learned_rule = load_learned(conf, device, explicit_keys) if isinstance(conf.optimizer, LSTMConfig) else None
     if not conf.eval.variants:
-        return evaluate_one(conf, out_dir, device, learned, config_record)
+        results = evaluate_one(conf, out_dir, device, learned_rule, config_record)
+        return results["optimizers"][conf.optimizer.name]["final_mean"]
     results = {}
     for name, variant in conf.eval.variants.items():
         log.info("variant %s: %s", name, variant or "the base task")
         variant_conf = apply_variant(conf, name, variant)
-        evaluate_one(variant_conf, out_dir / name, device, learned, config_record)
-        results[name] = json.loads((out_dir / name / "results.json").read_text())
+        results[name] = evaluate_one(variant_conf, out_dir / name, device, learned_rule, config_record)
     write_generalization(out_dir, results, conf.optimizer.name, config_record)
     return results[next(iter(results))]["optimizers"][conf.optimizer.name]["final_mean"]
 
@@ -113,8 +112,9 @@ def write_generalization(out_dir: Path, results: dict, studied: str, config_reco
     })
 
 
-def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None) -> float:
-    """Tune, compare, write TensorBoard/results.json/curves.csv/curves.png, print the table."""
+def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned_rule, config_record: dict | None = None) -> dict:
+    """Tune, compare, write TensorBoard/results.json/curves.csv/curves.png, print the table; returns the results
+    written to results.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
@@ -123,8 +123,8 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
 
     studied = conf.optimizer.name
     rules, learned_info, tuning = {}, None, {}
-    if learned is not None:
-        rules[studied], learned_info = learned
+    if learned_rule is not None:
+        rules[studied], learned_info = learned_rule
     baseline_cfgs = {name: BASELINE_DEFAULTS[name] for name in conf.eval.baselines}
     if not isinstance(conf.optimizer, LSTMConfig):
         baseline_cfgs = {studied: conf.optimizer, **{k: v for k, v in baseline_cfgs.items() if k != studied}}
@@ -185,7 +185,7 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
     }
     write_json(out_dir / "results.json", results)
     log.info("wrote %s (results.json, curves.csv, curves.png, tb/)", out_dir)
-    return stats[studied].final_mean
+    return results
 
 
 def _explicit_optimizer_keys() -> set[str]:
