@@ -42,13 +42,17 @@ DISTRIBUTIONS = ("gaussian", "uniform")
 
 @dataclass
 class Suggested:
-    """A family's sensible budget; train.* and eval.* interpolate these unless set on the command line."""
+    """A family's sensible budget and meta-training recipe; train.*, schedule.* and eval.* interpolate these unless
+    set on the command line."""
 
     iterations: int = 1500
     val_every: int = 50
     val_functions: int = 256  # validation functions for the learned optimizer during meta-training
     tune_functions: int = 256  # validation functions that tune the baselines' learning rates in eval
     test_functions: int = 1024
+    weighting: str = "uniform"  # schedule.weighting
+    meta_lr_schedule: str = "constant"  # train.meta_lr_schedule
+    ema_decay: float = 0.0  # train.ema_decay
 
     def check(self) -> None:
         _check_at_least_one(self, "optimizee.suggested.",
@@ -88,6 +92,9 @@ class DigitsDataConfig:
     validation: int = 1000  # images in the meta-validation pool
     test: int = 1000  # images in the meta-test pool (taken from t10k files when root has them)
     split_seed: int = 0
+    # each function draws its minibatches from its own random subset of this many images of its pool (null: the
+    # whole pool); equal to the held-out pools' size, meta-training functions see each image as often as test ones
+    images_per_function: Optional[int] = 1000
 
 
 @dataclass
@@ -103,7 +110,9 @@ class MLPConfig:
     init_std: float = 0.01
     data: DigitsDataConfig = field(default_factory=DigitsDataConfig)
     suggested: Suggested = field(default_factory=lambda: Suggested(iterations=400, val_every=10, val_functions=8,
-                                                                   tune_functions=32, test_functions=64))
+                                                                   tune_functions=32, test_functions=64,
+                                                                   weighting="log", meta_lr_schedule="cosine",
+                                                                   ema_decay=0.95))
 
     def __post_init__(self) -> None:
         self.data = _as(DigitsDataConfig, self.data)
@@ -114,6 +123,8 @@ class MLPConfig:
         _check_choice(self.activation, "optimizee.activation", ACTIVATIONS)
         _check(self.init_std >= 0, "optimizee.init_std", f"must be >= 0, got {self.init_std}")
         _check_at_least_one(self.data, "optimizee.data.", ("validation", "test"))
+        _check(self.data.images_per_function is None or self.data.images_per_function >= 1,
+               "optimizee.data.images_per_function", f"must be >= 1 or null, got {self.data.images_per_function}")
 
 
 # --- optimizers ---------------------------------------------------------------------------------------------------
@@ -183,7 +194,7 @@ BASELINE_DEFAULTS = {
 
 # --- unroll schedules ---------------------------------------------------------------------------------------------
 
-WEIGHTINGS = ("uniform", "last")
+WEIGHTINGS = ("uniform", "log", "last")
 
 
 @dataclass
@@ -193,7 +204,8 @@ class TruncatedScheduleConfig:
     name: str = "truncated"
     num_steps: int = 100
     unroll: int = 20
-    weighting: str = "uniform"  # w_t over each unroll: uniform (paper, w_t = 1) or last (only its final step)
+    # each unroll's objective: uniform (paper: sum_t f_t), log (sum_t log f_t) or last (only its final step)
+    weighting: str = "uniform"
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "schedule.name", ("truncated",))
@@ -208,10 +220,17 @@ class TruncatedScheduleConfig:
 DEVICES = ("cpu", "cuda", "auto")
 
 
+META_LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainLoopConfig:
     iterations: int = 1500  # optimizee runs; each gives num_steps / unroll meta-updates
     meta_lr: float = 3e-3
+    meta_lr_schedule: str = "constant"  # constant | cosine (from meta_lr down to meta_lr * meta_lr_final)
+    meta_lr_final: float = 0.1
+    # validate and checkpoint an exponential moving average of the LSTM's weights (decay per iteration; 0 = off)
+    ema_decay: float = 0.0
     clip_grad: Optional[float] = 1.0
     second_order: bool = False
     val_every: int = 50
@@ -225,6 +244,9 @@ class TrainLoopConfig:
                                              "max_nonfinite"))
         _check(math.isfinite(self.meta_lr) and self.meta_lr > 0, "train.meta_lr",
                f"must be a positive number, got {self.meta_lr}")
+        _check_choice(self.meta_lr_schedule, "train.meta_lr_schedule", META_LR_SCHEDULES)
+        _check(0 <= self.meta_lr_final <= 1, "train.meta_lr_final", f"must be in [0, 1], got {self.meta_lr_final}")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",
                f"must be > 0 or null (no clipping), got {self.clip_grad}")
 
@@ -239,6 +261,9 @@ class EvalLoopConfig:
     num_steps: Optional[int] = None  # null: schedule.num_steps
     val_functions: int = 256  # validation functions used to tune baseline learning rates
     lr_grid: List[float] = field(default_factory=default_lr_grid)
+    # rounds of refinement after the grid: try the best value x and / 10^(1/4), then 10^(1/8), ..., keeping the
+    # best of all (2: eighth-decade resolution around the optimum for four more runs per baseline; 0 = grid only)
+    refine_lr: int = 2
     baselines: List[str] = field(default_factory=lambda: list(BASELINES))
     # name -> {optimizee: {field: value}, num_steps: N}: evaluate one optimizer on several variants of the task
     variants: Dict[str, Any] = field(default_factory=dict)
@@ -248,6 +273,7 @@ class EvalLoopConfig:
         _check(self.num_steps is None or self.num_steps >= 1, "eval.num_steps",
                f"must be >= 1 or null, got {self.num_steps}")
         _check(len(self.lr_grid) > 0, "eval.lr_grid", "must not be empty")
+        _check(self.refine_lr >= 0, "eval.refine_lr", f"must be >= 0 (rounds of refinement), got {self.refine_lr}")
         for lr in self.lr_grid:
             _check(math.isfinite(lr) and lr > 0, "eval.lr_grid", f"every value must be positive, got {lr}")
         for name in self.baselines:

@@ -3,34 +3,48 @@ functions, per-step statistics that keep non-finite runs visible instead of aver
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 
 from l2l_cli.config import BaselineConfig
 from l2l_cli.optimizers.baselines import Baseline
-from l2l_cli.rollout import mean_final_loss, rollout
+from l2l_cli.rollout import run, selection_score
 
 
 @dataclass
 class TuningResult:
     name: str
     lr: float
-    scores: Dict[float, float]  # lr -> mean final validation loss (+inf where any run diverged)
+    scores: Dict[float, float]  # lr -> validation selection score (+inf where any run diverged)
     tuned: bool = True
+
+    grid: List[float] = field(default_factory=list)  # the grid before refinement
 
     @property
     def at_grid_edge(self) -> bool:
-        grid = sorted(self.scores)
-        return self.tuned and len(grid) > 1 and self.lr in (grid[0], grid[-1])
+        """The best value is at (or refined beyond) an end of a grid of 2+ values: the grid may be too narrow."""
+        return self.tuned and len(self.grid) > 1 and not min(self.grid) < self.lr < max(self.grid)
 
 
-def tune_learning_rate(family, val_problem, cfg: BaselineConfig, grid: List[float], num_steps: int) -> TuningResult:
-    """Pick the grid value with the lowest mean final loss on the validation functions."""
-    scores = {float(lr): mean_final_loss(rollout(family, val_problem, Baseline(cfg, lr), num_steps)) for lr in grid}
-    best = min(scores, key=lambda lr: (scores[lr], lr))
-    return TuningResult(cfg.name, best, scores)
+def tune_learning_rate(family, val_problem, cfg: BaselineConfig, grid: List[float], num_steps: int,
+                       refine: int = 0) -> TuningResult:
+    """Pick the learning rate with the lowest selection score on the validation functions (as the LSTM's checkpoint
+    is picked): the grid, then ``refine`` rounds that try the best value x and / 10^(1/4), 10^(1/8), ..."""
+    scores: Dict[float, float] = {}
+
+    def best_of(lrs) -> float:
+        for lr in lrs:
+            if float(lr) not in scores:
+                scores[float(lr)] = selection_score(family, val_problem, Baseline(cfg, lr), num_steps)
+        return min(scores, key=lambda lr: (scores[lr], lr))
+
+    best = best_of(grid)
+    for level in range(refine):
+        factor = 10 ** (0.25 / 2**level)
+        best = best_of([best / factor, best * factor])
+    return TuningResult(cfg.name, best, scores, grid=[float(lr) for lr in grid])
 
 
 @dataclass
@@ -41,6 +55,8 @@ class CurveStats:
     q90: List[float]
     nonfinite: int  # runs whose loss became inf/nan; statistics are over the finite runs, and this count is reported
     runs: int
+    # mean over the finite runs of the expected final loss (every image a function draws from; see selection_score)
+    final_expected_mean: float = float("nan")
 
     @property
     def final_mean(self) -> float:
@@ -51,7 +67,7 @@ class CurveStats:
         return self.median[-1]
 
 
-def curve_stats(losses: torch.Tensor) -> CurveStats:
+def curve_stats(losses: torch.Tensor, final_expected: Optional[torch.Tensor] = None) -> CurveStats:
     """losses (T+1, B) -> per-step mean / median / 10% / 90% over the runs that stayed finite throughout."""
     finite_runs = torch.isfinite(losses).all(dim=0)
     kept = losses[:, finite_runs].double()
@@ -59,15 +75,18 @@ def curve_stats(losses: torch.Tensor) -> CurveStats:
         nan = [float("nan")] * losses.shape[0]
         return CurveStats(nan, nan, nan, nan, nonfinite=losses.shape[1], runs=losses.shape[1])
     q = torch.quantile(kept, torch.tensor([0.1, 0.5, 0.9], dtype=kept.dtype), dim=1)
+    expected = float("nan") if final_expected is None else float(final_expected[finite_runs].double().mean())
     return CurveStats(mean=kept.mean(1).tolist(), median=q[1].tolist(), q10=q[0].tolist(), q90=q[2].tolist(),
-                      nonfinite=int((~finite_runs).sum()), runs=losses.shape[1])
+                      nonfinite=int((~finite_runs).sum()), runs=losses.shape[1], final_expected_mean=expected)
 
 
 def compare(family, test_problem, rules: dict, num_steps: int, on_done=None) -> Dict[str, CurveStats]:
     """Every optimizer on the same test problems (same W, y, theta_0, data)."""
     results = {}
     for name, rule in rules.items():
-        results[name] = curve_stats(rollout(family, test_problem, rule, num_steps))
+        losses, theta = run(family, test_problem, rule, num_steps)
+        with torch.no_grad():
+            results[name] = curve_stats(losses, family.expected_loss(test_problem, theta))
         if on_done:
             on_done(name)
     return results

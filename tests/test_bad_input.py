@@ -22,7 +22,7 @@ MALFORMED = [
     (["train", "schedule.unroll=200"], "schedule.unroll: must be <= schedule.num_steps (100), got 200"),
     (["train", "schedule.unroll=0"], "schedule.unroll: must be >= 1, got 0"),
     (["train", "schedule.num_steps=-5"], "schedule.num_steps: must be >= 1, got -5"),
-    (["train", "schedule.weighting=final"], "schedule.weighting: got 'final', allowed values: uniform, last"),
+    (["train", "schedule.weighting=final"], "schedule.weighting: got 'final', allowed values: uniform, log, last"),
     (["train", "optimizer.hidden_size=0"], "optimizer.hidden_size: must be >= 1, got 0"),
     (["train", "optimizer.layers=-1"], "optimizer.layers: must be >= 1, got -1"),
     (["train", "optimizer.preprocess=log"], "optimizer.preprocess: got 'log', allowed values: none, paper, deepmind"),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from l2l_cli.config import BASELINE_DEFAULTS, BaselineConfig
+from l2l_cli.evaluation import tune_learning_rate
 from l2l_cli.optimizees import QuadraticFamily
 from l2l_cli.optimizers.baselines import Baseline
 from l2l_cli.rollout import rollout
@@ -45,3 +46,18 @@ def test_nag_differs_from_plain_momentum():
     heavy_ball_cfg = BaselineConfig(name="nag", momentum=0.9, nesterov=False)
     heavy_ball = rollout(family, problem, Baseline(heavy_ball_cfg, 0.01), 10)
     assert not torch.allclose(nag, heavy_ball)
+
+
+def test_learning_rate_refinement_around_the_grid_optimum():
+    family = QuadraticFamily(dim=5)
+    problem = family.sample(16, 20, generator(0, "validation"))
+    cfg = BASELINE_DEFAULTS["adam"]
+    coarse = tune_learning_rate(family, problem, cfg, [0.001, 0.1, 10.0], 20)
+    refined = tune_learning_rate(family, problem, cfg, [0.001, 0.1, 10.0], 20, refine=2)
+    assert set(coarse.scores) < set(refined.scores) and len(refined.scores) == 7
+    assert refined.scores[refined.lr] == min(refined.scores.values()) <= coarse.scores[coarse.lr]
+    factor = 10 ** 0.25
+    assert any(abs(lr - coarse.lr * factor) < 1e-12 or abs(lr - coarse.lr / factor) < 1e-12 for lr in refined.scores)
+    assert not refined.at_grid_edge
+    too_small = tune_learning_rate(family, problem, cfg, [1e-5, 1e-4], 20, refine=1)
+    assert too_small.at_grid_edge and too_small.lr > 1e-4  # refinement went past the grid's end: flagged

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
@@ -44,3 +45,20 @@ def test_state_is_per_coordinate():
     net = CoordinatewiseLSTM(hidden_size=6, layers=3)
     state = net.initial_state(11)
     assert len(state) == 3 and all(h.shape == (11, 6) and c.shape == (11, 6) for h, c in state)
+
+
+@pytest.mark.parametrize("n", [30, 14, 5])
+def test_chunked_evaluation_step_equals_one_call(n):
+    """Fixed-size overlapping chunks and double-buffered state give the single-call result."""
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(hidden_size=6)
+    chunked, whole = LearnedRule(net, chunk=7), LearnedRule(net, chunk=10**9)
+    theta = torch.zeros(2, n)  # 2n coordinates: 60, 28 (a multiple of 7) and 10 (two chunks that overlap)
+    states = [rule.init_state(theta) for rule in (chunked, whole)]
+    with torch.no_grad():
+        for t in range(5):
+            grad = torch.randn(theta.shape) * 10.0 ** -t
+            (u1, states[0]), (u2, states[1]) = chunked.step(grad, states[0], t), whole.step(grad, states[1], t)
+            torch.testing.assert_close(u1, u2)  # to rounding: a matmul on fewer rows may sum in another order
+            for (h1, c1), (h2, c2) in zip(states[0], states[1], strict=True):
+                torch.testing.assert_close((h1, c1), (h2, c2))

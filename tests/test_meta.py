@@ -7,7 +7,7 @@ import torch
 
 from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import load_checkpoint
-from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
+from l2l_cli.meta.trainer import MetaTrainer, StopRequested, TrainSetup
 from l2l_cli.meta.unroll import unroll_objective
 from l2l_cli.optimizees import QuadraticFamily, loss_and_grad
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM
@@ -28,7 +28,7 @@ def _meta_grads(net, objective):
     return torch.cat([p.grad.flatten() for p in net.parameters()])
 
 
-def _reference_objective(family, problem, net, steps, second_order):
+def _reference_objective(family, problem, net, steps, second_order, log=False):
     """Straightforward autograd through f at every step; the optimizee gradient detached unless second_order."""
     theta = family.initial_params(problem).requires_grad_()
     state = net.initial_state(theta.numel(), dtype=theta.dtype)
@@ -38,7 +38,8 @@ def _reference_objective(family, problem, net, steps, second_order):
         (grad,) = torch.autograd.grad(loss, theta, create_graph=second_order)
         update, state = net((grad if second_order else grad.detach()).reshape(-1), state)
         theta = theta + update.view_as(theta)
-        objective = objective + family.loss(problem, theta, t + 1).mean()
+        losses = family.loss(problem, theta, t + 1)
+        objective = objective + (losses.log() if log else losses).mean()
     return objective
 
 
@@ -52,21 +53,26 @@ def small_problem():
     return family, problem, net
 
 
-def _ours(family, problem, net, steps, second_order):
+def _ours(family, problem, net, steps, second_order, weighting="uniform"):
     theta = family.initial_params(problem)
     if second_order:
         theta.requires_grad_()
     state = net.initial_state(theta.numel(), dtype=theta.dtype)
     _, grad = loss_and_grad(family, problem, theta, 0, create_graph=second_order)
-    objective, *_ = unroll_objective(family, problem, net, theta, state, grad, 0, steps, second_order, "uniform")
+    objective, *_ = unroll_objective(family, problem, net, theta, state, grad, 0, steps, second_order, weighting)
     return objective
 
 
-def test_first_order_surrogate_equals_autograd_with_detached_gradients(small_problem):
+@pytest.mark.parametrize("weighting", ["uniform", "log"])
+def test_first_order_surrogate_equals_autograd_with_detached_gradients(small_problem, weighting):
     family, problem, net = small_problem
-    ours = _meta_grads(net, _ours(family, problem, net, 5, second_order=False))
-    reference = _meta_grads(net, _reference_objective(family, problem, net, 5, second_order=False))
+    ours = _meta_grads(net, _ours(family, problem, net, 5, second_order=False, weighting=weighting))
+    reference = _meta_grads(net, _reference_objective(family, problem, net, 5, second_order=False,
+                                                      log=weighting == "log"))
     torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+    if weighting == "log":  # and it is a different meta-gradient from the uniform one
+        uniform = _meta_grads(net, _ours(family, problem, net, 5, second_order=False))
+        assert not torch.allclose(ours, uniform, rtol=1e-3)
 
 
 def test_second_order_flows_through_optimizee_gradients(small_problem):
@@ -99,29 +105,52 @@ def test_meta_training_lowers_validation_loss(tmp_path):
     assert best < 0.7 * before, (before, best)
 
 
-def test_checkpoint_round_trip_reproduces_validation_loss(tmp_path):
-    trainer = MetaTrainer(_setup(tmp_path))
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
+def test_checkpoint_round_trip_reproduces_validation_loss(tmp_path, ema_decay):
+    trainer = MetaTrainer(_setup(tmp_path, ema_decay=ema_decay))
     best = trainer.fit()
     payload = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert payload["best_val"] == best
-    fresh = MetaTrainer(_setup(tmp_path / "other"))
+    fresh = MetaTrainer(_setup(tmp_path / "other", ema_decay=ema_decay))
     assert fresh.validate() != best
     fresh.restore(payload, "best.pt")
     assert fresh.validate() == best
+    # what `l2l eval` loads (payload["model"]) is what was validated: the average when it is on
+    plain = MetaTrainer(_setup(tmp_path / "plain"))
+    plain.net.load_state_dict(payload["model"])
+    assert plain.validate() == best
+    if ema_decay:
+        trained = payload["trained_model"]
+        assert any(not torch.equal(trained[k], payload["model"][k]) for k in trained)
+        before = [p.detach().clone() for p in trainer.net.parameters()]
+        trainer.validate()  # swaps the average in and the trained weights back
+        assert all(torch.equal(a, p) for a, p in zip(before, trainer.net.parameters(), strict=True))
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
-    straight = MetaTrainer(_setup(tmp_path / "straight", iterations=6))
+@pytest.mark.parametrize("loop", [{}, {"ema_decay": 0.7, "meta_lr_schedule": "cosine"}])
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, loop):
+    straight = MetaTrainer(_setup(tmp_path / "straight", iterations=6, **loop))
     straight.fit()
-    first = MetaTrainer(_setup(tmp_path / "split", iterations=3))
-    first.fit()
-    second = MetaTrainer(_setup(tmp_path / "split", iterations=6))
+    first = MetaTrainer(_setup(tmp_path / "split", iterations=6, **loop))
+    with pytest.raises(StopRequested):  # interrupted after iteration 3, as by a signal
+        first.fit(should_stop=lambda: 15 if first.iteration == 3 else 0)
+    second = MetaTrainer(_setup(tmp_path / "split", iterations=6, **loop))
     second.restore(load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt"), "last.pt")
     assert second.iteration == 3
     second.fit()
     for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert straight.history == second.history and straight.best_val == second.best_val
+
+
+def test_cosine_meta_lr_is_a_function_of_the_iteration(tmp_path):
+    setup = _setup(tmp_path, iterations=4, meta_lr_schedule="cosine", meta_lr_final=0.1)
+    trainer = MetaTrainer(setup)
+    lrs = [trainer.meta_lr(i) for i in range(5)]
+    assert lrs[0] == setup.loop.meta_lr and abs(lrs[4] - 0.1 * setup.loop.meta_lr) < 1e-12
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    trainer.fit()
+    assert trainer.meta_opt.param_groups[0]["lr"] == lrs[3]  # the last iteration (index 3) ran at lrs[3]
 
 
 def test_compiled_step_matches_eager(tmp_path):

@@ -145,6 +145,31 @@ def test_optimizees_differ_in_init_and_minibatches():
     assert not torch.equal(problem.batches[0], problem.batches[1])  # a fresh minibatch every step
 
 
+def test_each_training_function_draws_from_its_own_image_subset():
+    family = build_family(MLPConfig(hidden=5, minibatch=64, data={"images_per_function": 100}))
+    problem = family.sample(3, 40, generator(0, "train"))
+    used = [set(problem.batches[:, i].flatten().tolist()) for i in range(3)]
+    assert all(80 <= len(u) <= 100 for u in used)  # 2600 draws from 100 images: nearly all of them, none else
+    assert len(used[0] | used[1] | used[2]) > 250  # different functions, different subsets of the 3000
+    # the default subset size is the held-out pools' size: validation and test functions are unchanged by it
+    plain = build_family(MLPConfig(hidden=5, minibatch=64)).sample(2, 40, generator(0, "test"), split="test")
+    same = build_family(MLPConfig(hidden=5, minibatch=64, data={"images_per_function": 1000}))
+    assert torch.equal(same.sample(2, 40, generator(0, "test"), split="test").batches, plain.batches)
+
+
+@pytest.mark.parametrize("images_per_function", [None, 50])
+def test_expected_loss_is_the_mean_over_the_functions_images(images_per_function):
+    family = build_family(MLPConfig(hidden=5, minibatch=8, data={"images_per_function": images_per_function}))
+    problem = family.sample(2, 3, generator(0, "train"))
+    theta = problem.theta0 + 0.3 * torch.randn(problem.theta0.shape, generator=torch.Generator().manual_seed(1))
+    expected = family.expected_loss(problem, theta, chunk=7)  # chunks that do not divide the image count
+    for i in range(2):
+        images = problem.subsets[i] if images_per_function else torch.arange(3000)
+        assert len(images) == (images_per_function or 3000)
+        logits = family.logits(theta[i: i + 1], problem.images[images].unsqueeze(0))[0]
+        torch.testing.assert_close(expected[i], nn.functional.cross_entropy(logits, problem.labels[images]))
+
+
 def _mnist_setup(tmp_path, iterations, batch_size=2):
     """Two small MLPs (784-10-10) side by side, 30 steps: the smallest setting seen to leave chance quickly."""
     cfg = MLPConfig(hidden=10, minibatch=32, batch_size=batch_size)
@@ -184,6 +209,10 @@ def test_generalization_experiment_end_to_end(tmp_path):
     for variant in variants:
         per_variant = json.loads((out / variant / "results.json").read_text())
         assert per_variant["optimizers"]["lstm"]["final_mean"] == summary["generalization"][variant]["lstm"]
+        expected = [s["final_expected_mean"] for s in per_variant["optimizers"].values()]
+        assert all(0 < e < float("inf") for e in expected), per_variant["optimizers"]
+        assert expected != [s["final_mean"] for s in
+                                                                  per_variant["optimizers"].values()]
         assert (out / variant / "tb" / "adam").is_dir()
     for variant in variants:
         assert variant in result.stdout

@@ -136,7 +136,7 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned_rule, config_r
                                                                      "validation functions")
         for name, cfg in baseline_cfgs.items():
             if cfg.lr is None:
-                tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps)
+                tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps, conf.eval.refine_lr)
                 bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(tuning[name].lr)}")
             else:
                 tuning[name] = TuningResult(name, cfg.lr, {}, tuned=False)
@@ -175,7 +175,8 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned_rule, config_r
         "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": {str(k): v for k, v in
                                                                                      r.scores.items()}}
                            for n, r in tuning.items()},
-        "optimizers": {n: {"final_mean": s.final_mean, "final_median": s.final_median, "nonfinite": s.nonfinite,
+        "optimizers": {n: {"final_mean": s.final_mean, "final_median": s.final_median,
+                           "final_expected_mean": s.final_expected_mean, "nonfinite": s.nonfinite,
                            "runs": s.runs, "mean": s.mean, "median": s.median, "q10": s.q10, "q90": s.q90}
                        for n, s in stats.items()},
         "config": config_record if config_record is not None else {

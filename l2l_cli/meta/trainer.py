@@ -16,7 +16,7 @@ from l2l_cli.meta.unroll import RunStats, meta_train_run
 from l2l_cli.optimizees.base import Family, held_out_problems
 from l2l_cli.optimizers.compiled import maybe_compile
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
-from l2l_cli.rollout import mean_final_loss, rollout
+from l2l_cli.rollout import selection_score
 from l2l_cli.seeding import generator
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class MetaTrainer:
         self.val_problem = held_out_problems(setup.family, setup.loop.val_functions, setup.schedule.num_steps,
                                              setup.data_seed, "validation", setup.device)
         self.writer = writer
+        # the averaged weights are what validation, best.pt and evaluation see; the raw ones keep training
+        self.ema = [p.detach().clone() for p in self.net.parameters()] if setup.loop.ema_decay > 0 else None
         self.iteration = 0
         self.best_val = math.inf
         self.best_iteration = -1
@@ -84,7 +86,8 @@ class MetaTrainer:
             "optimizer": asdict(self.s.optimizer),
             "optimizee": asdict(self.s.optimizee) if self.s.optimizee is not None else {},
             "schedule": asdict(self.s.schedule),
-            "model": self.net.state_dict(),
+            "model": self.evaluated_state(),
+            **({"trained_model": self.net.state_dict()} if self.ema is not None else {}),
             "meta_optimizer": self.meta_opt.state_dict(),
             "rng": self.gen.get_state(),
             "iteration": self.iteration,
@@ -101,10 +104,11 @@ class MetaTrainer:
 
     def restore(self, payload: dict, path) -> None:
         check_architecture(path, payload["optimizer"], self.s.optimizer.architecture())
-        self.net.load_state_dict(payload["model"])
+        self.net.load_state_dict(payload.get("trained_model", payload["model"]))
+        if self.ema is not None:
+            averaged = payload["model"]
+            self.ema = [averaged[name].clone() for name, _ in self.net.named_parameters()]
         self.meta_opt.load_state_dict(payload["meta_optimizer"])
-        for group in self.meta_opt.param_groups:  # the configured meta lr wins over the saved one
-            group["lr"] = self.s.loop.meta_lr
         self.gen.set_state(payload["rng"])
         self.iteration = int(payload["iteration"])
         self.best_val = float(payload["best_val"])
@@ -112,15 +116,54 @@ class MetaTrainer:
         self.skipped_total = int(payload.get("skipped_total", 0))
         self.history = [tuple(h) for h in payload.get("history", [])]
 
+    # -- weight averaging -------------------------------------------------------------------------------------
+    def evaluated_state(self) -> dict:
+        """The weights validation and evaluation use: the moving average when it is on, else the trained ones."""
+        state = self.net.state_dict()
+        if self.ema is not None:
+            names = [name for name, _ in self.net.named_parameters()]
+            state.update({name: avg.clone() for name, avg in zip(names, self.ema, strict=True)})
+        return state
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        if self.ema is not None:
+            # warm-up (as TensorFlow's ExponentialMovingAverage with num_updates): early on, the average must not
+            # hold on to the untrained initial weights
+            decay = min(self.s.loop.ema_decay, (1 + self.iteration) / (10 + self.iteration))
+            for avg, p in zip(self.ema, self.net.parameters(), strict=True):
+                avg.lerp_(p.detach(), 1 - decay)
+
     # -- loop -------------------------------------------------------------------------------------------------
     def validate(self) -> float:
+        trained = [p.detach().clone() for p in self.net.parameters()] if self.ema is not None else []
+        if self.ema is not None:  # swap the average in, in place: the compiled step keeps its parameter tensors
+            self._load_weights(self.ema)
         self.net.eval()
-        losses = rollout(self.s.family, self.val_problem, LearnedRule(self.net), self.s.schedule.num_steps)
-        self.net.train()
-        return mean_final_loss(losses)
+        try:
+            return selection_score(self.s.family, self.val_problem, LearnedRule(self.net), self.s.schedule.num_steps)
+        finally:
+            self.net.train()
+            if self.ema is not None:
+                self._load_weights(trained)
+
+    @torch.no_grad()
+    def _load_weights(self, tensors) -> None:
+        for p, value in zip(self.net.parameters(), tensors, strict=True):
+            p.copy_(value)
+
+    def meta_lr(self, iteration: int) -> float:
+        """The meta learning rate for an iteration: a function of the iteration alone, so resume reproduces it."""
+        loop = self.s.loop
+        if loop.meta_lr_schedule == "constant":
+            return loop.meta_lr
+        progress = min(iteration / max(loop.iterations, 1), 1.0)
+        return loop.meta_lr * (loop.meta_lr_final + (1 - loop.meta_lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def train_iteration(self) -> RunStats:
         s = self.s
+        for group in self.meta_opt.param_groups:
+            group["lr"] = self.meta_lr(self.iteration)
         problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
         return meta_train_run(s.family, problem, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
                               second_order=s.loop.second_order, clip_grad=s.loop.clip_grad,
@@ -138,6 +181,7 @@ class MetaTrainer:
             self._log("val/final_loss", self.history[-1][1])
         while self.iteration < loop.iterations:
             stats = self.train_iteration()
+            self.update_average()
             self.iteration += 1
             self.skipped_total += stats.skipped_updates
             for ok in stats.finite:
@@ -145,6 +189,7 @@ class MetaTrainer:
             self._log("train/mean_loss", stats.mean_loss)
             self._log("train/final_loss", stats.final_loss)
             self._log("train/meta_grad_norm", stats.grad_norm)
+            self._log("train/meta_lr", self.meta_opt.param_groups[0]["lr"])
             self._log("train/skipped_updates_total", float(self.skipped_total))
             if stats.skipped_updates:
                 log.warning("iteration %d: skipped %d meta-update(s) with a non-finite loss or meta-gradient",

@@ -20,6 +20,23 @@ class RunStats:
     grad_norm: float  # last meta-gradient norm before clipping
 
 
+def step_objective(losses, grad, theta, batch: int, second_order: bool, log: bool):
+    """One step's term: mean_b f_b(theta), or mean_b log f_b(theta) (log weighting), or their first-order surrogate.
+
+    d log f / d theta = g / f: the log objective is the uniform one with each function's term weighted by 1/f,
+    so late steps (small losses) count as much as early ones, relative to their size.
+    """
+    if second_order:
+        return losses.clamp_min(MIN_LOSS).log().mean() if log else losses.mean()
+    per_function = (grad * theta).sum(dim=1)
+    if log:
+        per_function = per_function / losses.detach().clamp_min(MIN_LOSS)
+    return per_function.sum() / batch
+
+
+MIN_LOSS = 1e-12  # log weighting: keeps 1/f finite for a loss of exactly 0
+
+
 def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, state, grad, first_step: int,
                      steps: int, second_order: bool, weighting: str):
     """Run ``steps`` optimizee steps from (theta, state, grad) and return what the meta-update needs.
@@ -35,11 +52,9 @@ def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, st
     for k in range(steps):
         update, state = net(grad.reshape(-1), state)
         theta = theta + update.view_as(theta)
-        weight = 1.0 if weighting == "uniform" or k == steps - 1 else 0.0
         losses, grad = loss_and_grad(family, problem, theta, first_step + k + 1, create_graph=second_order)
-        if weight:
-            term = losses.mean() if second_order else (grad * theta).sum() / batch
-            objective = objective + weight * term
+        if weighting != "last" or k == steps - 1:
+            objective = objective + step_objective(losses, grad, theta, batch, second_order, weighting == "log")
         loss_sum = loss_sum + losses.detach().mean()
     return objective, loss_sum, losses.detach(), theta, state, grad
 

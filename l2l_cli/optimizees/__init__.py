@@ -22,7 +22,8 @@ def build_family(cfg) -> Family:
 
         pools = _pools(cfg.data.root, cfg.data.split_seed, cfg.data.validation, cfg.data.test)
         return MLPFamily(pools, hidden=cfg.hidden, layers=cfg.layers, activation=cfg.activation,
-                         minibatch=cfg.minibatch, init_std=cfg.init_std)
+                         minibatch=cfg.minibatch, init_std=cfg.init_std,
+                         images_per_function=cfg.data.images_per_function)
     raise ValueError(f"optimizee.name: unknown family {cfg.name!r}")
 
 

@@ -29,6 +29,10 @@ class Family(Protocol):
     def analytic_loss_and_grad(self, problem: Any, theta: torch.Tensor, step: int):
         """(losses, grads) without autograd, or None where the family has no closed form."""
 
+    def expected_loss(self, problem: Any, theta: torch.Tensor) -> torch.Tensor:
+        """Per-function loss at theta averaged over the function's data randomness (its whole image set where it
+        draws minibatches; the loss itself for deterministic functions), shape (n,)."""
+
 
 def loss_and_grad(family: Family, problem: Any, theta: torch.Tensor, step: int, create_graph: bool = False):
     """Per-function losses and d loss / d theta.

@@ -7,6 +7,7 @@ matmul over all of them, and theta is an (n, num_params) tensor like any other f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ class MLPProblems:
     batches: torch.Tensor  # (num_steps + 1, n, minibatch) indices into the pool: a fresh minibatch every step
     images: torch.Tensor  # the pool (N, 784)
     labels: torch.Tensor  # (N,)
+    subsets: Optional[torch.Tensor] = None  # (n, S) each function's own images, when it uses part of the pool
 
     def __len__(self) -> int:
         return self.theta0.shape[0]
@@ -31,8 +33,9 @@ class MLPFamily:
     """Cross-entropy of an MLP 784 -> hidden x layers -> 10 on a minibatch of a fixed image pool."""
 
     def __init__(self, pools: Pools, hidden: int = 20, layers: int = 1, activation: str = "sigmoid",
-                 minibatch: int = 128, init_std: float = 0.01):
+                 minibatch: int = 128, init_std: float = 0.01, images_per_function: int | None = None):
         self.pools = pools
+        self.images_per_function = images_per_function
         self.activation = ACTIVATIONS[activation]
         self.minibatch = minibatch
         self.init_std = init_std
@@ -46,8 +49,16 @@ class MLPFamily:
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu", split: str = "train"):
         images, labels = self.pools.pool(split)
         theta0 = torch.randn(n, self.num_params, generator=gen) * self.init_std
-        batches = torch.randint(len(images), (num_steps + 1, n, self.minibatch), generator=gen)
-        return MLPProblems(theta0.to(device), batches.to(device), images.to(device), labels.to(device))
+        size = len(images) if self.images_per_function is None else min(self.images_per_function, len(images))
+        batches = torch.randint(size, (num_steps + 1, n, self.minibatch), generator=gen)
+        subsets = None
+        if size < len(images):
+            # each function is a classifier on its own random subset: with the subset as large as the held-out
+            # pools, meta-training functions see each image as often as test functions do (same memorisation)
+            subsets = torch.rand(n, len(images), generator=gen).argsort(dim=1)[:, :size]
+            batches = subsets[torch.arange(n).view(1, n, 1), batches]
+            subsets = subsets.to(device)
+        return MLPProblems(theta0.to(device), batches.to(device), images.to(device), labels.to(device), subsets)
 
     def initial_params(self, problem: MLPProblems) -> torch.Tensor:
         return problem.theta0.clone()
@@ -72,12 +83,27 @@ class MLPFamily:
         w, b = layers[-1]
         return torch.baddbmm(b, h, w)
 
-    def loss(self, problem: MLPProblems, theta: torch.Tensor, step: int) -> torch.Tensor:
-        idx = problem.batches[step]
+    def example_losses(self, problem: MLPProblems, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of function i on images idx[i], shape (n, k)."""
         logits = self.logits(theta, problem.images[idx])
-        n, batch, classes = logits.shape
-        losses = F.cross_entropy(logits.reshape(-1, classes), problem.labels[idx].reshape(-1), reduction="none")
-        return losses.view(n, batch).mean(1)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), problem.labels[idx].reshape(-1),
+                               reduction="none").view(idx.shape)
+
+    def loss(self, problem: MLPProblems, theta: torch.Tensor, step: int) -> torch.Tensor:
+        return self.example_losses(problem, theta, problem.batches[step]).mean(1)
+
+    def expected_loss(self, problem: MLPProblems, theta: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Each function's mean cross-entropy over all the images it draws minibatches from."""
+        n = theta.shape[0]
+        if problem.subsets is None:
+            idx = torch.arange(len(problem.images), device=theta.device).expand(n, -1)
+        else:
+            idx = problem.subsets
+        total = theta.new_zeros(n)
+        chunk = chunk or max(1, 2**16 // n)  # images per pass: at most ~2^16 gathered images (200 MB) at once
+        for start in range(0, idx.shape[1], chunk):
+            total += self.example_losses(problem, theta, idx[:, start: start + chunk]).sum(1)
+        return total / idx.shape[1]
 
     def analytic_loss_and_grad(self, problem, theta, step):
         return None  # autograd (loss_and_grad) handles it

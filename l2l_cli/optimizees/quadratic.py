@@ -46,6 +46,9 @@ class QuadraticFamily:
     def loss(self, problem: QuadraticProblems, theta: torch.Tensor, step: int) -> torch.Tensor:
         return self._residual(problem, theta).pow(2).sum(-1)
 
+    def expected_loss(self, problem: QuadraticProblems, theta: torch.Tensor) -> torch.Tensor:
+        return self.loss(problem, theta, 0)  # deterministic: no data randomness
+
     def analytic_loss_and_grad(self, problem: QuadraticProblems, theta: torch.Tensor, step: int):
         r = self._residual(problem, theta)
         grad = 2.0 * torch.bmm(r.unsqueeze(1), problem.W).squeeze(1)  # 2 W^T r

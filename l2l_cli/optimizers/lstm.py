@@ -62,17 +62,52 @@ def detach_state(state: State) -> State:
     return [(h.detach(), c.detach()) for h, c in state]
 
 
+EVAL_CHUNK = 16384  # coordinates per LSTM call in evaluation: a layer's gates (chunk x 4H floats) stay in cache
+
+
 class LearnedRule:
-    """The step interface (see ``l2l_cli.optimizers``) around a CoordinatewiseLSTM."""
+    """The step interface (see ``l2l_cli.optimizers``) around a CoordinatewiseLSTM.
+
+    Without autograd (validation, evaluation) a large batch of coordinates goes through the LSTM in fixed-size
+    chunks: on many coordinates the step is bound by memory traffic, and a chunk's gates never leave the cache.
+    The state is double-buffered (each step writes the buffers the step before last returned), so chunked steps
+    allocate nothing; callers must not keep a state once they have passed it back in.
+    """
 
     name = "lstm"
 
-    def __init__(self, net: CoordinatewiseLSTM):
+    def __init__(self, net: CoordinatewiseLSTM, chunk: int = EVAL_CHUNK):
         self.net = net
+        self.chunk = chunk
+        self._spare: State | None = None
 
     def init_state(self, theta: torch.Tensor) -> State:
+        self._spare = None
         return self.net.initial_state(theta.numel(), theta.device, theta.dtype)
 
     def step(self, grad: torch.Tensor, state: State, t: int):
-        update, state = self.net(grad.reshape(-1), state)
-        return update.view_as(grad), state
+        flat = grad.reshape(-1)
+        if torch.is_grad_enabled() or flat.numel() <= self.chunk:
+            update, state = self.net(flat, state)
+            return update.view_as(grad), state
+        return self._chunked_step(flat, state).view_as(grad), self._swap(state)
+
+    def _chunked_step(self, flat: torch.Tensor, state: State) -> torch.Tensor:
+        if self._spare is None or self._spare[0][0].shape != state[0][0].shape:
+            self._spare = [(torch.empty_like(h), torch.empty_like(c)) for h, c in state]
+        n, size = flat.numel(), self.chunk
+        update = torch.empty_like(flat)
+        # the last chunk overlaps the one before, so every call has one shape (one compiled graph); the overlap
+        # reads the old state and writes the same values twice
+        for start in [*range(0, n - size, size), n - size]:
+            part = slice(start, start + size)
+            out, new = self.net(flat[part], [(h[part], c[part]) for h, c in state])
+            update[part] = out
+            for (h, c), (new_h, new_c) in zip(self._spare, new, strict=True):
+                h[part] = new_h
+                c[part] = new_c
+        return update
+
+    def _swap(self, state: State) -> State:
+        written, self._spare = self._spare, state
+        return written
