@@ -112,10 +112,8 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, peak
 
 
 @torch.no_grad()
-def bench_step_cost(device, compiled: bool, chunked: bool, peak: float, functions: int = 8, repeats: int = 20) -> dict:
-    """One optimizee step (loss + gradient + update) with the learned rule vs with Adam, same MNIST batch.
-
-    chunked: the LSTM runs over the coordinates in cache-sized chunks (what evaluation does); else in one call."""
+def bench_step_cost(device, compiled: bool, peak: float, functions: int = 8, repeats: int = 20) -> dict:
+    """One optimizee step (loss + gradient + update) with the learned rule vs with Adam, same MNIST batch."""
     cfg = MLPConfig()
     family = build_family(cfg)
     problem = held_out_problems(family, functions, repeats + 10, 0, "test", device)
@@ -123,8 +121,7 @@ def bench_step_cost(device, compiled: bool, chunked: bool, peak: float, function
     net = build_net(LSTMConfig()).to(device).eval()
     maybe_compile(net, compiled)
     timings = {}
-    learned_rule = LearnedRule(net) if chunked else LearnedRule(net, chunk=2**62)
-    for name, rule in (("lstm", learned_rule), ("adam", Baseline(BASELINE_DEFAULTS["adam"], 0.03))):
+    for name, rule in (("lstm", LearnedRule(net)), ("adam", Baseline(BASELINE_DEFAULTS["adam"], 0.03))):
         theta = family.initial_params(problem)
         state = rule.init_state(theta)
         for t in range(repeats + 5):
@@ -141,8 +138,7 @@ def bench_step_cost(device, compiled: bool, chunked: bool, peak: float, function
     optimizee = mlp_forward_backward_flops(cfg, weights) * functions
     learned = optimizee + lstm_forward_flops(LSTMConfig()) * params
     adam = optimizee + 12 * params  # Adam's elementwise update, ~12 FLOPs per parameter
-    return {"functions": functions, "coordinates": params, "chunk": learned_rule.chunk if chunked else None,
-            "lstm_step_seconds": timings["lstm"],
+    return {"functions": functions, "coordinates": params, "lstm_step_seconds": timings["lstm"],
             "adam_step_seconds": timings["adam"], "lstm_over_adam": timings["lstm"] / timings["adam"],
             "arithmetic_lower_bound": learned / adam,
             "within_factor_of_bound": timings["lstm"] / timings["adam"] / (learned / adam),
@@ -193,11 +189,10 @@ def main() -> None:
                   f"{m['model_flops_per_second'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% of "
                   f"matmul (first iteration {m['first_iteration_seconds']:.1f} s)")
     if "mnist" in tasks:
-        for mode, chunked in ((m, c) for m in modes for c in (False, True)):
-            s = bench_step_cost(device, mode == "compiled", chunked, peak)
-            key = f"{mode}/{'chunked' if chunked else 'one_call'}"
-            figures["learned_step"][key] = s
-            print(f"eval step, MNIST x{s['functions']} {key:17s}: learned {s['lstm_step_seconds'] * 1e3:.1f} ms vs "
+        for mode in modes:
+            s = bench_step_cost(device, mode == "compiled", peak)
+            figures["learned_step"][mode] = s
+            print(f"eval step, MNIST x{s['functions']} {mode:8s}: learned {s['lstm_step_seconds'] * 1e3:.1f} ms vs "
                   f"Adam {s['adam_step_seconds'] * 1e3:.2f} ms = {s['lstm_over_adam']:.1f}x (arithmetic bound "
                   f"{s['arithmetic_lower_bound']:.1f}x, {s['within_factor_of_bound']:.2f}x of it); "
                   f"{100 * s['fraction_of_matmul']:.1f}% of matmul")

@@ -110,9 +110,7 @@ class MLPConfig:
     init_std: float = 0.01
     data: DigitsDataConfig = field(default_factory=DigitsDataConfig)
     suggested: Suggested = field(default_factory=lambda: Suggested(iterations=400, val_every=10, val_functions=8,
-                                                                   tune_functions=32, test_functions=64,
-                                                                   weighting="log", meta_lr_schedule="cosine",
-                                                                   ema_decay=0.95))
+                                                                   tune_functions=32, test_functions=64))
 
     def __post_init__(self) -> None:
         self.data = _as(DigitsDataConfig, self.data)

@@ -1,5 +1,5 @@
-import pytest
 import torch
+from torch import nn
 
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
 
@@ -44,21 +44,35 @@ def test_batch_of_functions_equals_separate_runs():
 def test_state_is_per_coordinate():
     net = CoordinatewiseLSTM(hidden_size=6, layers=3)
     state = net.initial_state(11)
-    assert len(state) == 3 and all(h.shape == (11, 6) and c.shape == (11, 6) for h, c in state)
+    assert len(state) == 3 and all(h.shape == (6, 11) and c.shape == (6, 11) for h, c in state)
 
 
-@pytest.mark.parametrize("n", [30, 14, 5])
-def test_chunked_evaluation_step_equals_one_call(n):
-    """Fixed-size overlapping chunks and double-buffered state give the single-call result."""
+def test_matches_torch_lstm_cells_per_coordinate():
+    """The stacked LSTM equals torch.nn.LSTMCell layers (gate order i, f, g, o there; i, f, o, g here) applied to
+    each coordinate as a batch row, followed by the linear head."""
     torch.manual_seed(0)
-    net = CoordinatewiseLSTM(hidden_size=6)
-    chunked, whole = LearnedRule(net, chunk=7), LearnedRule(net, chunk=10**9)
-    theta = torch.zeros(2, n)  # 2n coordinates: 60, 28 (a multiple of 7) and 10 (two chunks that overlap)
-    states = [rule.init_state(theta) for rule in (chunked, whole)]
-    with torch.no_grad():
-        for t in range(5):
-            grad = torch.randn(theta.shape) * 10.0 ** -t
-            (u1, states[0]), (u2, states[1]) = chunked.step(grad, states[0], t), whole.step(grad, states[1], t)
-            torch.testing.assert_close(u1, u2)  # to rounding: a matmul on fewer rows may sum in another order
-            for (h1, c1), (h2, c2) in zip(states[0], states[1], strict=True):
-                torch.testing.assert_close((h1, c1), (h2, c2))
+    H = 5
+    net = CoordinatewiseLSTM(hidden_size=H, layers=2, preprocess="none", output_scale=0.5).double()
+    cells = []
+    for weight, bias in zip(net.weights, net.biases, strict=True):
+        in_size = weight.shape[0] - H
+        cell = nn.LSTMCell(in_size, H).double()
+        order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+        with torch.no_grad():
+            cell.weight_ih.copy_(weight[:in_size].t()[order])
+            cell.weight_hh.copy_(weight[in_size:].t()[order])
+            cell.bias_ih.copy_(bias[order])
+            cell.bias_hh.zero_()
+        cells.append(cell)
+    state = net.initial_state(7, dtype=torch.float64)
+    ref = [(torch.zeros(7, H, dtype=torch.float64), torch.zeros(7, H, dtype=torch.float64)) for _ in cells]
+    for _ in range(3):
+        grad = torch.randn(7, dtype=torch.float64)
+        update, state = net(grad, state)
+        x = grad.unsqueeze(1)
+        for i, cell in enumerate(cells):
+            ref[i] = cell(x, ref[i])
+            x = ref[i][0]
+        torch.testing.assert_close(update, net.head(x).squeeze(1) * 0.5)
+        for (h, c), (rh, rc) in zip(state, ref, strict=True):
+            torch.testing.assert_close((h, c), (rh.t(), rc.t()))
