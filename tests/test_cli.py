@@ -53,7 +53,9 @@ def test_eval_outputs_and_table(trained_and_evaluated):
         assert entry["runs"] == 32
     for name in ("sgd", "nag", "rmsprop", "adam"):
         lr = results["learning_rates"][name]
-        assert lr["tuned"] and lr["lr"] in (0.01, 0.1, 1.0) and len(lr["validation_scores"]) == 3
+        tried = sorted(float(v) for v in lr["validation_scores"])
+        assert lr["tuned"] and len(tried) == 3 + 2 * 2  # the grid, then two refinement rounds of two values each
+        assert {0.01, 0.1, 1.0} <= set(tried) and 0.01 / 10**0.25 - 1e-12 <= lr["lr"] <= 10**0.25 + 1e-12
         assert lr["validation_scores"][str(lr["lr"])] == min(lr["validation_scores"].values())
     header = (out / "curves.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "step" and "lstm_mean" in header and "adam_q10" in header
