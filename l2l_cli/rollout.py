@@ -27,14 +27,6 @@ def run(family: Family, problem, rule, num_steps: int):
     return torch.stack(record), theta
 
 
-def mean_final_loss(losses: torch.Tensor) -> float:
-    """Mean loss at the last step; a non-finite run makes it +inf."""
-    final = losses[-1]
-    if not torch.isfinite(final).all():
-        return float("inf")
-    return float(final.mean())
-
-
 @torch.no_grad()
 def selection_score(family: Family, problem, rule, num_steps: int) -> float:
     """What validation selects on, for the learned optimizer's checkpoints and the baselines' learning rates alike:

@@ -136,16 +136,21 @@ class MetaTrainer:
 
     # -- loop -------------------------------------------------------------------------------------------------
     def validate(self) -> float:
-        trained = [p.detach().clone() for p in self.net.parameters()] if self.ema is not None else []
-        if self.ema is not None:  # swap the average in, in place: the compiled step keeps its parameter tensors
-            self._load_weights(self.ema)
+        if self.ema is None:
+            return self._score()
+        trained = [p.detach().clone() for p in self.net.parameters()]
+        self._load_weights(self.ema)  # swap the average in, in place: the compiled step keeps its parameter tensors
+        try:
+            return self._score()
+        finally:
+            self._load_weights(trained)
+
+    def _score(self) -> float:
         self.net.eval()
         try:
             return selection_score(self.s.family, self.val_problem, LearnedRule(self.net), self.s.schedule.num_steps)
         finally:
             self.net.train()
-            if self.ema is not None:
-                self._load_weights(trained)
 
     @torch.no_grad()
     def _load_weights(self, tensors) -> None:
