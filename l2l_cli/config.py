@@ -46,6 +46,7 @@ class Suggested:
     set on the command line."""
 
     iterations: int = 1500
+    population: int = 1  # train.population
     val_every: int = 50
     val_functions: int = 256  # validation functions for the learned optimizer during meta-training
     tune_functions: int = 256  # validation functions that tune the baselines' learning rates in eval
@@ -56,7 +57,8 @@ class Suggested:
 
     def check(self) -> None:
         _check_at_least_one(self, "optimizee.suggested.",
-                            ("iterations", "val_every", "val_functions", "tune_functions", "test_functions"))
+                            ("iterations", "population", "val_every", "val_functions", "tune_functions",
+                             "test_functions"))
 
 
 @dataclass
@@ -109,8 +111,9 @@ class MLPConfig:
     batch_size: int = 1  # optimizees trained side by side in each meta-iteration
     init_std: float = 0.01
     data: DigitsDataConfig = field(default_factory=DigitsDataConfig)
-    suggested: Suggested = field(default_factory=lambda: Suggested(iterations=400, val_every=10, val_functions=8,
-                                                                   tune_functions=32, test_functions=64))
+    suggested: Suggested = field(default_factory=lambda: Suggested(
+        iterations=200, population=2, val_every=10, val_functions=8, tune_functions=32, test_functions=64,
+        weighting="log", meta_lr_schedule="cosine", ema_decay=0.95))
 
     def __post_init__(self) -> None:
         self.data = _as(DigitsDataConfig, self.data)
@@ -223,7 +226,10 @@ META_LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class TrainLoopConfig:
-    iterations: int = 1500  # optimizee runs; each gives num_steps / unroll meta-updates
+    iterations: int = 1500  # optimizee runs (per population member); each gives num_steps / unroll meta-updates
+    # independent meta-trainings (own initialisation and training functions), one after another; the one with the
+    # best validation score becomes the run's best.pt
+    population: int = 1
     meta_lr: float = 3e-3
     meta_lr_schedule: str = "constant"  # constant | cosine (from meta_lr down to meta_lr * meta_lr_final)
     meta_lr_final: float = 0.1
@@ -238,8 +244,8 @@ class TrainLoopConfig:
     evaluate: bool = True  # run `l2l eval` on best.pt at the end, into <run>/eval
 
     def __post_init__(self) -> None:
-        _check_at_least_one(self, "train.", ("iterations", "val_every", "val_functions", "checkpoint_every",
-                                             "max_nonfinite"))
+        _check_at_least_one(self, "train.", ("iterations", "population", "val_every", "val_functions",
+                                             "checkpoint_every", "max_nonfinite"))
         _check(math.isfinite(self.meta_lr) and self.meta_lr > 0, "train.meta_lr",
                f"must be a positive number, got {self.meta_lr}")
         _check_choice(self.meta_lr_schedule, "train.meta_lr_schedule", META_LR_SCHEDULES)

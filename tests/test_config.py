@@ -83,7 +83,9 @@ def test_budgets_follow_the_optimizee_family(compose_cfg):
     mnist = to_objects(compose_cfg("train", ["optimizee=mnist"]))
     assert (quad.train.iterations, quad.eval.num_functions) == (1500, 1024)
     assert (mnist.train.iterations, mnist.train.val_every, mnist.eval.num_functions, mnist.eval.val_functions) == (
-        400, 10, 64, 32)
+        200, 10, 64, 32)
+    assert (quad.train.population, mnist.train.population) == (1, 2)
+    assert (mnist.schedule.weighting, mnist.train.meta_lr_schedule, mnist.train.ema_decay) == ("log", "cosine", 0.95)
     explicit = to_objects(compose_cfg("train", ["optimizee=mnist", "train.iterations=7", "eval.num_functions=3"]))
     assert (explicit.train.iterations, explicit.eval.num_functions) == (7, 3)
 

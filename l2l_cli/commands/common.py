@@ -26,23 +26,23 @@ def record_run(cfg: DictConfig, out_dir: Path) -> dict:
     return record
 
 
-def resolve_resume(resume, out_dir: Path) -> Path | None:
-    """false -> None; true -> this run dir's last.pt, else the newest run beside it that has one; a path -> that
-    file, or <dir>/checkpoints/last.pt."""
+def resolve_resume(resume, out_dir: Path, last: str = "checkpoints/last.pt") -> Path | None:
+    """false -> None; true -> this run dir's ``last`` file, else the newest run beside it that has one; a path ->
+    that file, or <dir>/``last``. (A population run's ``last`` is its first member's last.pt.)"""
     if resume is False or resume is None:
         return None
     if resume is True:
-        candidates = [out_dir / "checkpoints" / "last.pt"]
-        siblings = sorted((p for p in out_dir.parent.glob("*/checkpoints/last.pt") if out_dir not in p.parents),
+        candidates = [out_dir / last]
+        siblings = sorted((p for p in out_dir.parent.glob(f"*/{last}") if out_dir not in p.parents),
                           key=lambda p: p.stat().st_mtime, reverse=True)
         for path in candidates + siblings:
             if path.is_file():
                 return path
-        raise ConfigError(f"resume: true, but no checkpoints/last.pt in {out_dir} or beside it; "
+        raise ConfigError(f"resume: true, but no {last} in {out_dir} or beside it; "
                           "pass resume=PATH (a run dir or a .pt file)")
     path = Path(str(resume))
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = path / last
     if not path.is_file():
         raise ConfigError(f"resume: no checkpoint at {path}")
     return path

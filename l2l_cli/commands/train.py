@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -12,6 +13,14 @@ from l2l_cli.commands.common import job_threads, output_dir, record_run, resolve
 from l2l_cli.config import LEARNED_OPTIMIZERS, ConfigError, EvalConfig, TrainConfig, to_objects
 from l2l_cli.console import fmt, progress
 from l2l_cli.meta.checkpoint import load_checkpoint
+from l2l_cli.meta.population import (
+    FIRST_MEMBER_LAST,
+    best_member,
+    member_dir,
+    member_tb_dir,
+    promote,
+    run_dir_of,
+)
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizers.compiled import should_compile
@@ -22,41 +31,69 @@ from l2l_cli.writers import TensorBoardWriter
 log = logging.getLogger("l2l.train")
 
 
-def train(conf: TrainConfig, out_dir: Path) -> tuple[MetaTrainer, Path]:
-    """Meta-train; returns (the trainer, path of best.pt)."""
+def train(conf: TrainConfig, out_dir: Path) -> tuple[list[MetaTrainer], int, Path]:
+    """Meta-train every member of the population; returns (the trainers, the winner's index, the run's best.pt)."""
     if conf.optimizer.name not in LEARNED_OPTIMIZERS:
         raise ConfigError(f"optimizer: train needs a learned optimizer, got {conf.optimizer.name!r}, "
                           f"allowed values: {', '.join(LEARNED_OPTIMIZERS)}")
     configure_torch(conf.threads)
     device = resolve_device(conf.device)
-    resume_from = resolve_resume(conf.resume, out_dir)
+    population, iterations = conf.train.population, conf.train.iterations
+    resume_files = member_resume_files(conf.resume, out_dir, population)
     setup = TrainSetup(family=build_family(conf.optimizee), optimizer=conf.optimizer, schedule=conf.schedule,
                        loop=conf.train, batch_size=conf.optimizee.batch_size, seed=conf.seed,
                        data_seed=conf.data_seed, device=device, out_dir=out_dir, optimizee=conf.optimizee,
                        compile=False)
-    work = conf.optimizee.batch_size * setup.family.num_params * conf.schedule.num_steps * conf.train.iterations
+    work = conf.optimizee.batch_size * setup.family.num_params * conf.schedule.num_steps * iterations
     setup.compile = should_compile(conf.compile, work)
-    writer = TensorBoardWriter(out_dir / "tb")
-    try:
-        trainer = MetaTrainer(setup, writer)
-        if resume_from is not None:
-            trainer.restore(load_checkpoint(resume_from), resume_from)
-            log.info("resumed from %s at iteration %d (best validation loss %s)", resume_from, trainer.iteration,
-                     fmt(trainer.best_val))
-        with GracefulStop() as stopper, progress() as bar:
-            task = bar.add_task("meta-train", total=conf.train.iterations, completed=trainer.iteration, info="")
+    members: list[MetaTrainer] = []
+    with GracefulStop() as stopper, progress() as bar:
+        task = bar.add_task("meta-train", total=population * iterations, completed=0, info="")
+        for k, resume_from in enumerate(resume_files):
+            done = k * iterations
+            name = "" if population == 1 else f"member {k}: "
 
-            def on_iteration(t: MetaTrainer, stats) -> None:
+            def on_iteration(t: MetaTrainer, stats, done=done, name=name) -> None:
                 val = t.history[-1][1] if t.history else float("nan")
-                bar.update(task, completed=t.iteration,
-                           info=f"loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
+                bar.update(task, completed=done + t.iteration,
+                           info=f"{name}loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
 
-            best = trainer.fit(on_iteration, should_stop=stopper.stop)
-    finally:
-        writer.close()
-    log.info("best validation loss %s at iteration %d; checkpoints in %s", fmt(best), trainer.best_iteration,
-             trainer.checkpoint_dir)
-    return trainer, trainer.checkpoint_dir / "best.pt"
+            writer = TensorBoardWriter(member_tb_dir(out_dir, k, population))
+            try:
+                trainer = MetaTrainer(replace(setup, member=k, out_dir=member_dir(out_dir, k, population)), writer)
+                if resume_from is not None:
+                    trainer.restore(load_checkpoint(resume_from), resume_from)
+                    log.info("%sresumed from %s at iteration %d (best validation loss %s)", name, resume_from,
+                             trainer.iteration, fmt(trainer.best_val))
+                bar.update(task, completed=done + trainer.iteration)
+                trainer.fit(on_iteration, should_stop=stopper.stop)
+            finally:
+                writer.close()
+            log.info("%sbest validation loss %s at iteration %d; checkpoints in %s", name, fmt(trainer.best_val),
+                     trainer.best_iteration, trainer.checkpoint_dir)
+            members.append(trainer)
+    winner = best_member([t.best_val for t in members])
+    best_path = members[winner].checkpoint_dir / "best.pt"
+    if population > 1:
+        best_path = promote(best_path, out_dir / "checkpoints" / "best.pt")
+        log.info("member %d is best (validation loss %s); its best.pt is %s", winner, fmt(members[winner].best_val),
+                 best_path)
+    return members, winner, best_path
+
+
+def member_resume_files(resume, out_dir: Path, population: int) -> list[Path | None]:
+    """Each member's last.pt to resume from (None: the member starts fresh)."""
+    if population == 1:
+        return [resolve_resume(resume, out_dir)]
+    first = resolve_resume(resume, out_dir, FIRST_MEMBER_LAST)
+    if first is None:
+        return [None] * population
+    run_dir = run_dir_of(first, population)
+    if first != run_dir / FIRST_MEMBER_LAST:
+        raise ConfigError(f"resume: with train.population={population} pass a run directory (its members resume "
+                          f"together), got {first}")
+    files = [member_dir(run_dir, k, population) / "checkpoints" / "last.pt" for k in range(population)]
+    return [path if path.is_file() else None for path in files]
 
 
 def run(cfg: DictConfig) -> float:
@@ -65,10 +102,16 @@ def run(cfg: DictConfig) -> float:
     configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
     out_dir = output_dir()
     record_run(cfg, out_dir)
-    trainer, best_path = train(conf, out_dir)
-    metrics = {"val_best": trainer.best_val, "best_iteration": trainer.best_iteration,
-               "iterations": trainer.iteration, "skipped_updates": trainer.skipped_total,
-               "validation_history": [list(h) for h in trainer.history]}
+    members, winner, best_path = train(conf, out_dir)
+    best = members[winner]
+    metrics = {"val_best": best.best_val, "best_iteration": best.best_iteration,
+               "iterations": best.iteration, "skipped_updates": sum(t.skipped_total for t in members),
+               "validation_history": [list(h) for h in best.history]}
+    if len(members) > 1:
+        metrics["best_member"] = winner
+        metrics["members"] = [{"member": k, "val_best": t.best_val, "best_iteration": t.best_iteration,
+                               "iterations": t.iteration, "validation_history": [list(h) for h in t.history]}
+                              for k, t in enumerate(members)]
     write_metrics(out_dir, metrics)
     if conf.train.evaluate:
         from l2l_cli.commands.evaluate import evaluate
@@ -79,7 +122,7 @@ def run(cfg: DictConfig) -> float:
                                eval=conf.eval, checkpoint=str(best_path))
         metrics["test_final_mean"] = evaluate(eval_conf, out_dir / "eval", config_record=None)
         write_metrics(out_dir, metrics)
-    return trainer.best_val
+    return best.best_val
 
 
 main = hydra_task(run)

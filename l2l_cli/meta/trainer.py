@@ -11,13 +11,13 @@ from typing import Callable, Optional
 import torch
 
 from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.meta.checkpoint import check_architecture, save_checkpoint
+from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
 from l2l_cli.meta.unroll import RunStats, meta_train_run
 from l2l_cli.optimizees.base import Family, held_out_problems
 from l2l_cli.optimizers.compiled import maybe_compile
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
 from l2l_cli.rollout import selection_score
-from l2l_cli.seeding import generator
+from l2l_cli.seeding import generator, stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,19 @@ class TrainSetup:
     out_dir: Path
     optimizee: Optional[object] = None  # the optimizee config dataclass, recorded in checkpoints
     compile: bool = False
+    member: int = 0  # index in a population of independent meta-trainings (0: the run's seed itself)
 
 
 class MetaTrainer:
     def __init__(self, setup: TrainSetup, writer=None):
         self.s = setup
-        torch.manual_seed(setup.seed)  # LSTM initialisation
+        # member 0 is exactly a single run with this seed; the others draw independent initialisations and functions
+        torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
         self.net = build_net(setup.optimizer).to(setup.device)
         maybe_compile(self.net, setup.compile)
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
-        self.gen = generator(setup.seed, "train")  # training functions; CPU so runs reproduce across devices
+        # training functions; a CPU generator so runs reproduce across devices
+        self.gen = generator(setup.seed, "train", setup.member)
         self.val_problem = held_out_problems(setup.family, setup.loop.val_functions, setup.schedule.num_steps,
                                              setup.data_seed, "validation", setup.device)
         self.writer = writer
@@ -96,6 +99,7 @@ class MetaTrainer:
             "skipped_total": self.skipped_total,
             "history": [list(h) for h in self.history],
             "seed": self.s.seed,
+            "member": self.s.member,
             "data_seed": self.s.data_seed,
         }
 
@@ -104,6 +108,9 @@ class MetaTrainer:
 
     def restore(self, payload: dict, path) -> None:
         check_architecture(path, payload["optimizer"], self.s.optimizer.architecture())
+        if int(payload.get("member", 0)) != self.s.member:
+            raise CheckpointError(f"checkpoint {path}: it is population member {payload.get('member', 0)}'s, "
+                                  f"not member {self.s.member}'s")
         self.net.load_state_dict(payload.get("trained_model", payload["model"]))
         if self.ema is not None:
             averaged = payload["model"]
@@ -115,6 +122,19 @@ class MetaTrainer:
         self.best_iteration = int(payload["best_iteration"])
         self.skipped_total = int(payload.get("skipped_total", 0))
         self.history = [tuple(h) for h in payload.get("history", [])]
+        self._carry_over(Path(path).with_name("best.pt"))
+
+    def _carry_over(self, source: Path) -> None:
+        """Resuming into another run dir: bring the checkpoints along, so the new run is complete even when no
+        later validation beats the best; without a best.pt, forget the old best so the next validation writes one."""
+        target = self.checkpoint_dir / "best.pt"
+        if source.resolve() == target.resolve():
+            return
+        self.save("last.pt")
+        if source.is_file():
+            save_checkpoint(load_checkpoint(source), target)
+        else:
+            self.best_val, self.best_iteration = math.inf, -1
 
     # -- weight averaging -------------------------------------------------------------------------------------
     def evaluated_state(self) -> dict:
