@@ -1,9 +1,9 @@
 """A population: several independent meta-trainings in one run, the best on validation kept as the run's best.pt.
 
 Meta-training a learned optimizer lands in optima of very different quality from seed to seed (measured on MNIST:
-validation losses settling at 0.035-0.04 for one seed and 0.07-0.09 for another, both curves smooth), and the
-validation score ranks them reliably, so training a few members and keeping the best is far more reproducible than
-one long meta-training of the same total length.
+validation losses settling at 0.035-0.04 for one seed and 0.07-0.09 for another, both curves smooth), and validation
+tells such members apart, so training a few and keeping the best beats tuned baselines more often than one long
+meta-training of the same total length (README, "Results").
 
 Layout of a run with train.population > 1 (a population of 1 keeps the plain single-run layout):
   members/<k>/checkpoints/{best,last}.pt   each member's own checkpoints (resume continues every member)
