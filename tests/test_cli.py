@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAIN, run_cli
+import yaml
+from conftest import ROOT, TINY_TRAIN, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 OPTIMIZERS = ["lstm", "sgd", "nag", "rmsprop", "adam"]
@@ -147,6 +148,21 @@ def test_hydra_flags_still_work(tmp_path):
     assert job.returncode == 0 and "hidden_size: 40" in job.stdout
     help_text = run_cli("eval", "--help")
     assert help_text.returncode == 0 and "optimizee: mnist, quadratic" in help_text.stdout
+    assert "schema" not in help_text.stdout.split("== Config ==")[0]  # the dataclass schemas are not choices
+
+
+def test_help_lists_every_config_group_option():
+    """The help template names the groups by hand (to leave the schemas out); it must match conf/."""
+    template = yaml.safe_load((ROOT / "conf" / "hydra" / "help" / "l2l.yaml").read_text())["template"]
+    section = template.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = {}
+    for line in section.splitlines():
+        if ": " in line and not line.startswith("Compose"):
+            group, options = line.split(": ", 1)
+            listed[group] = options.split(" (")[0].split(", ")
+    on_disk = {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+               for d in (ROOT / "conf").iterdir() if d.is_dir() and d.name != "hydra"}
+    assert listed == on_disk
 
 
 def test_installed_wheel_runs_from_any_directory(tmp_path):
