@@ -12,14 +12,13 @@ from l2l_cli.commands import hydra_task
 from l2l_cli.commands.common import job_threads, output_dir, record_run, resolve_resume, write_metrics
 from l2l_cli.config import LEARNED_OPTIMIZERS, ConfigError, EvalConfig, TrainConfig, to_objects
 from l2l_cli.console import fmt, progress
-from l2l_cli.meta.checkpoint import load_checkpoint
+from l2l_cli.meta.checkpoint import copy_checkpoint, load_checkpoint
 from l2l_cli.meta.population import (
     FIRST_MEMBER_LAST,
     best_member,
     member_dir,
     member_tb_dir,
-    promote,
-    run_dir_of,
+    population_run_dir,
 )
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.optimizees import build_family
@@ -75,7 +74,7 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[list[MetaTrainer], int, Pat
     winner = best_member([t.best_val for t in members])
     best_path = members[winner].checkpoint_dir / "best.pt"
     if population > 1:
-        best_path = promote(best_path, out_dir / "checkpoints" / "best.pt")
+        best_path = copy_checkpoint(best_path, out_dir / "checkpoints" / "best.pt")  # it records its member index
         log.info("member %d is best (validation loss %s); its best.pt is %s", winner, fmt(members[winner].best_val),
                  best_path)
     return members, winner, best_path
@@ -88,8 +87,8 @@ def member_resume_files(resume, out_dir: Path, population: int) -> list[Path | N
     first = resolve_resume(resume, out_dir, FIRST_MEMBER_LAST)
     if first is None:
         return [None] * population
-    run_dir = run_dir_of(first, population)
-    if first != run_dir / FIRST_MEMBER_LAST:
+    run_dir = population_run_dir(first)
+    if run_dir is None:
         raise ConfigError(f"resume: with train.population={population} pass a run directory (its members resume "
                           f"together), got {first}")
     files = [member_dir(run_dir, k, population) / "checkpoints" / "last.pt" for k in range(population)]

@@ -55,6 +55,11 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def copy_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Another run's checkpoint into this one: read safely (it is validated like any load), written atomically."""
+    return save_checkpoint(load_checkpoint(source), target)
+
+
 def check_architecture(path: str | Path, saved: dict, wanted: dict) -> None:
     """Fail with one line when the config asks for a different network than the checkpoint holds."""
     for key, value in wanted.items():

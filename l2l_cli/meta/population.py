@@ -13,9 +13,8 @@ Layout of a run with train.population > 1 (a population of 1 keeps the plain sin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-
-from l2l_cli.meta.checkpoint import load_checkpoint, save_checkpoint
 
 FIRST_MEMBER_LAST = "members/0/checkpoints/last.pt"  # where `resume` looks for a population run
 
@@ -28,17 +27,13 @@ def member_tb_dir(run_dir: Path, member: int, population: int) -> Path:
     return run_dir / "tb" if population == 1 else run_dir / "tb" / f"member_{member}"
 
 
-def run_dir_of(last_checkpoint: Path, population: int) -> Path:
-    """The run directory a resumed checkpoint belongs to (a population's checkpoints sit 4 levels down)."""
-    return last_checkpoint.parent.parent if population == 1 else last_checkpoint.parents[3]
+def population_run_dir(first_member_last: Path) -> Path | None:
+    """The run directory whose first member's last.pt this is, or None when the file is not in that layout."""
+    run_dir = first_member_last.parents[3] if len(first_member_last.parents) > 3 else None
+    return run_dir if run_dir is not None and first_member_last == run_dir / FIRST_MEMBER_LAST else None
 
 
 def best_member(best_scores: list) -> int:
     """Index of the lowest validation score; non-finite scores (a diverged member) never win over finite ones."""
-    finite = [(score, k) for k, score in enumerate(best_scores) if score == score and score != float("inf")]
+    finite = [(score, k) for k, score in enumerate(best_scores) if math.isfinite(score)]
     return min(finite)[1] if finite else 0
-
-
-def promote(member_best: Path, run_best: Path) -> Path:
-    """Write the winning member's best.pt (which records its member index) as the run's best.pt, atomically."""
-    return save_checkpoint(load_checkpoint(member_best), run_best)

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
+from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
 from l2l_cli.meta.unroll import RunStats, meta_train_run
 from l2l_cli.optimizees.base import Family, held_out_problems
 from l2l_cli.optimizers.compiled import maybe_compile
@@ -132,7 +132,7 @@ class MetaTrainer:
             return
         self.save("last.pt")
         if source.is_file():
-            save_checkpoint(load_checkpoint(source), target)
+            copy_checkpoint(source, target)
         else:
             self.best_val, self.best_iteration = math.inf, -1
 
