@@ -222,6 +222,7 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 META_LR_SCHEDULES = ("constant", "cosine")
+BPTT_METHODS = ("manual", "autograd")
 
 
 @dataclass
@@ -237,6 +238,9 @@ class TrainLoopConfig:
     ema_decay: float = 0.0
     clip_grad: Optional[float] = 1.0
     second_order: bool = False
+    # how the first-order meta-gradient is computed: manual (hand-written BPTT, no autograd graph; faster, less
+    # memory) | autograd (the reference). second_order: true always uses autograd.
+    bptt: str = "manual"
     val_every: int = 50
     val_functions: int = 256
     checkpoint_every: int = 50
@@ -249,6 +253,7 @@ class TrainLoopConfig:
         _check(math.isfinite(self.meta_lr) and self.meta_lr > 0, "train.meta_lr",
                f"must be a positive number, got {self.meta_lr}")
         _check_choice(self.meta_lr_schedule, "train.meta_lr_schedule", META_LR_SCHEDULES)
+        _check_choice(self.bptt, "train.bptt", BPTT_METHODS)
         _check(0 <= self.meta_lr_final <= 1, "train.meta_lr_final", f"must be in [0, 1], got {self.meta_lr_final}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",

@@ -35,6 +35,7 @@ MALFORMED = [
     (["train", "train.clip_grad=0"], "train.clip_grad: must be > 0 or null (no clipping), got 0.0"),
     (["train", "train.val_every=0"], "train.val_every: must be >= 1, got 0"),
     (["train", "train.meta_lr_schedule=step"], "train.meta_lr_schedule: got 'step', allowed values: constant, cosine"),
+    (["train", "train.bptt=magic"], "train.bptt: got 'magic', allowed values: manual, autograd"),
     (["train", "train.ema_decay=1"], "train.ema_decay: must be in [0, 1), got 1.0"),
     (["train", "eval.refine_lr=-1"], "eval.refine_lr: must be >= 0 (rounds of refinement), got -1"),
     (["train", "optimizee=mnist", "optimizee.data.images_per_function=0"],

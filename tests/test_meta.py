@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
+from l2l_cli.config import LSTMConfig, MLPConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import load_checkpoint
+from l2l_cli.meta.manual_bptt import ManualBPTT
 from l2l_cli.meta.trainer import MetaTrainer, StopRequested, TrainSetup
 from l2l_cli.meta.unroll import unroll_objective
-from l2l_cli.optimizees import QuadraticFamily, loss_and_grad
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM
+from l2l_cli.optimizees import QuadraticFamily, build_family, loss_and_grad
+from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, detach_state
 from l2l_cli.seeding import generator
 
 
@@ -82,6 +83,71 @@ def test_second_order_flows_through_optimizee_gradients(small_problem):
     reference = _meta_grads(net, _reference_objective(family, problem, net, 5, second_order=True))
     torch.testing.assert_close(second, reference, rtol=1e-10, atol=1e-12)
     assert (second - first).abs().max() > 1e-6 * first.abs().max()  # the extra term is really there
+
+
+def _started_run(family, problem, net, steps):
+    """theta, LSTM state and gradient after `steps` steps, so an unroll starts from a non-zero state."""
+    theta = family.initial_params(problem)
+    state = net.initial_state(theta.numel(), dtype=theta.dtype)
+    _, grad = loss_and_grad(family, problem, theta, 0)
+    if steps:
+        _, _, _, theta, state, grad = unroll_objective(family, problem, net, theta, state, grad, 0, steps, False,
+                                                       "uniform")
+    return theta.detach(), detach_state(state), grad
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "log", "last"])
+@pytest.mark.parametrize("family_name,preprocess,layers", [("quadratic", "none", 2), ("quadratic", "paper", 1),
+                                                           ("quadratic", "deepmind", 3), ("mlp", "paper", 2)])
+def test_manual_bptt_equals_autograd(family_name, preprocess, layers, weighting):
+    """The hand-written first-order BPTT gives autograd's meta-gradient and the same unroll (float64, to rounding),
+    from a mid-run start (non-zero state carried in), for every weighting, depth and preprocessing, and on a family
+    whose gradients come from autograd on minibatches (the step index must match)."""
+    torch.manual_seed(0)
+    if family_name == "mlp":
+        family = build_family(MLPConfig(hidden=3, minibatch=8))
+        problem = family.sample(2, 12, generator(0, "train"))
+        net = CoordinatewiseLSTM(hidden_size=6, layers=layers, preprocess=preprocess)
+    else:
+        family = QuadraticFamily(dim=4)
+        problem = family.sample(3, 12, generator(0, "train"))
+        problem.W, problem.y, problem.theta0 = problem.W.double(), problem.y.double(), problem.theta0.double()
+        net = CoordinatewiseLSTM(hidden_size=6, layers=layers, preprocess=preprocess, output_scale=0.3).double()
+    theta, state, grad = _started_run(family, problem, net, 3)
+    objective, loss_sum, final, theta_a, state_a, grad_a = unroll_objective(family, problem, net, theta, state, grad,
+                                                                            3, 6, False, weighting)
+    reference = _meta_grads(net, objective)
+    result = ManualBPTT(net).unroll(family, problem, theta, state, grad, 3, 6, weighting)
+    ours = torch.cat([g.flatten() for g in result.grads])
+    exact = dict(rtol=1e-10, atol=1e-13) if family_name == "quadratic" else dict(rtol=1e-4, atol=1e-7)  # float32
+    torch.testing.assert_close(ours, reference, **exact)
+    assert ours.abs().max() > 0
+    torch.testing.assert_close(result.loss_sum, loss_sum.detach(), **exact)
+    for a, b in zip([result.final, result.theta, result.grad], [final, theta_a, grad_a], strict=True):
+        torch.testing.assert_close(a, b.detach(), **exact)
+    for (h, c), (h_a, c_a) in zip(result.state, state_a, strict=True):
+        torch.testing.assert_close(h, h_a.detach(), **exact)
+        torch.testing.assert_close(c, c_a.detach(), **exact)
+
+
+def test_manual_bptt_rejects_other_networks():
+    with pytest.raises(TypeError, match="CoordinatewiseLSTM"):
+        ManualBPTT(torch.nn.Linear(2, 2))
+
+
+def test_trainer_uses_manual_bptt_for_first_order_only(tmp_path):
+    """bptt=manual and bptt=autograd train to the same weights (float rounding apart); second_order uses autograd
+    whatever bptt says."""
+    runs = {}
+    for bptt, second_order in (("manual", False), ("autograd", False), ("manual", True), ("autograd", True)):
+        trainer = MetaTrainer(_setup(tmp_path / f"{bptt}{second_order}", iterations=3, bptt=bptt,
+                                     second_order=second_order))
+        assert (trainer.manual is not None) == (bptt == "manual")
+        trainer.fit()
+        runs[bptt, second_order] = torch.cat([p.detach().flatten() for p in trainer.net.parameters()])
+    torch.testing.assert_close(runs["manual", False], runs["autograd", False], rtol=1e-4, atol=1e-6)
+    assert torch.equal(runs["manual", True], runs["autograd", True])
+    assert not torch.allclose(runs["manual", True], runs["manual", False], rtol=1e-4, atol=1e-6)
 
 
 def test_optimizer_input_carries_graph_only_with_second_order(small_problem, monkeypatch):
@@ -158,10 +224,11 @@ def test_compiled_step_matches_eager(tmp_path):
     setup = _setup(tmp_path / "compiled", iterations=2)
     setup.compile = True
     compiled = MetaTrainer(setup)
-    assert type(compiled.net.forward).__name__ == "CompiledForward"
+    assert type(compiled.net.forward).__name__ == "Compiled"
+    assert type(compiled.manual.forward).__name__ == type(compiled.manual.backward).__name__ == "Compiled"
     eager.fit()
     compiled.fit()
-    assert not compiled.net.forward.failed
+    assert not (compiled.net.forward.failed or compiled.manual.forward.failed or compiled.manual.backward.failed)
     for a, b in zip(eager.net.parameters(), compiled.net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
     assert compiled.best_val == pytest.approx(eager.best_val, rel=1e-3)
@@ -180,7 +247,25 @@ def test_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     setup.compile = True
     trainer = MetaTrainer(setup)
     trainer.fit()
-    assert trainer.net.forward.failed and "continuing without it" in caplog.text
+    assert trainer.net.forward.failed and trainer.manual.forward.failed and "continuing without it" in caplog.text
     monkeypatch.setattr(compiled_module, "compile_available", lambda: (False, "no C++ compiler"))
     assert compiled_module.maybe_compile(torch.nn.Linear(1, 1), True) is False
     assert compiled_module.should_compile(None, 1e12) is False and compiled_module.should_compile(True, 0) is True
+
+
+def test_freed_memory_is_reused_without_page_faults():
+    """keep_freed_memory (glibc): a 64 MB block malloc'ed again after free reuses the freed pages instead of faulting
+    in a fresh mmap (~16k page faults per allocation without it). In a fresh process, as `l2l` calls it first."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes, resource; from l2l_cli.runtime import keep_freed_memory; assert keep_freed_memory()\n"
+            "libc = ctypes.CDLL('libc.so.6'); libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.free.argtypes = [ctypes.c_void_p]; faults = []\n"
+            "for _ in range(3):\n"
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    p = libc.malloc(2**26); ctypes.memset(p, 1, 2**26); libc.free(p)\n"
+            "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+            "print(faults[1] + faults[2])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) < 1000

@@ -12,6 +12,7 @@ import torch
 
 from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
+from l2l_cli.meta.manual_bptt import ManualBPTT
 from l2l_cli.meta.unroll import RunStats, meta_train_run
 from l2l_cli.optimizees.base import Family, held_out_problems
 from l2l_cli.optimizers.compiled import maybe_compile
@@ -63,7 +64,8 @@ class MetaTrainer:
         # member 0 is exactly a single run with this seed; the others draw independent initialisations and functions
         torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
         self.net = build_net(setup.optimizer).to(setup.device)
-        maybe_compile(self.net, setup.compile)
+        compiled = maybe_compile(self.net, setup.compile)
+        self.manual = ManualBPTT(self.net, compiled) if setup.loop.bptt == "manual" else None
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
@@ -192,7 +194,7 @@ class MetaTrainer:
         problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
         return meta_train_run(s.family, problem, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
                               second_order=s.loop.second_order, clip_grad=s.loop.clip_grad,
-                              weighting=s.schedule.weighting)
+                              weighting=s.schedule.weighting, manual=self.manual)
 
     def _log(self, tag: str, value: float) -> None:
         if self.writer is not None and math.isfinite(value):

@@ -61,8 +61,12 @@ def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, st
 
 def meta_train_run(family: Family, problem, net: CoordinatewiseLSTM, meta_opt: torch.optim.Optimizer,
                    num_steps: int, unroll: int, second_order: bool = False, clip_grad: float | None = None,
-                   weighting: str = "uniform") -> RunStats:
-    """Truncated BPTT over one optimizee run: theta and the LSTM state carry on across unrolls, graph cut."""
+                   weighting: str = "uniform", manual=None) -> RunStats:
+    """Truncated BPTT over one optimizee run: theta and the LSTM state carry on across unrolls, graph cut.
+
+    ``manual``: a ``manual_bptt.ManualBPTT`` for ``net``, which computes the first-order meta-gradient without
+    autograd (the same numbers, faster); None or second_order: autograd through ``unroll_objective``.
+    """
     theta = family.initial_params(problem)
     state = net.initial_state(theta.numel(), theta.device, theta.dtype)
     _, grad = loss_and_grad(family, problem, theta, 0)
@@ -72,11 +76,17 @@ def meta_train_run(family: Family, problem, net: CoordinatewiseLSTM, meta_opt: t
     params = list(net.parameters())
     for start in range(0, num_steps, unroll):
         steps = min(unroll, num_steps - start)
-        objective, loss_sum, final, theta, state, grad = unroll_objective(
-            family, problem, net, theta, state, grad if second_order else grad.detach(), start, steps,
-            second_order, weighting)
         meta_opt.zero_grad(set_to_none=True)
-        objective.backward()
+        if manual is not None and not second_order:
+            result = manual.unroll(family, problem, theta, state, grad, start, steps, weighting)
+            for p, g in zip(params, result.grads, strict=True):
+                p.grad = g
+            loss_sum, final, theta, state, grad = result.loss_sum, result.final, result.theta, result.state, result.grad
+        else:
+            objective, loss_sum, final, theta, state, grad = unroll_objective(
+                family, problem, net, theta, state, grad if second_order else grad.detach(), start, steps,
+                second_order, weighting)
+            objective.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
         # one host sync per unroll: a non-finite loss or meta-gradient must never reach the parameters
         finite.append(bool(torch.isfinite(norm + loss_sum).item()))

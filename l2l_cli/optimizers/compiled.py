@@ -19,12 +19,18 @@ def compile_available() -> tuple[bool, str]:
     return True, ""
 
 
-class CompiledForward:
-    """Replaces ``module.forward``: the compiled version while it works, the eager one after any failure."""
+# tanh as 2 / (1 + e^-2x) - 1: one vectorised exp instead of Sleef's tanh. The LSTM's elementwise work is mostly
+# sigmoid and tanh; this cut a compiled layer step's elementwise time from 164 to 98 us (1 thread, 20 x 1280
+# coordinates). Absolute error ~1e-7, below float32 rounding of the values it feeds.
+INDUCTOR_OPTIONS = {"cpp.use_decompose_tanh": True}
 
-    def __init__(self, module: torch.nn.Module):
-        self.eager = module.forward
-        self.compiled = torch.compile(module.forward, dynamic=False)
+
+class Compiled:
+    """``fn`` compiled while that works, ``fn`` itself after any failure (logged once)."""
+
+    def __init__(self, fn):
+        self.eager = fn
+        self.compiled = torch.compile(fn, dynamic=False, options=INDUCTOR_OPTIONS)
         self.failed = False
 
     def __call__(self, *args, **kwargs):
@@ -56,6 +62,6 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> bool:
     if not ok:
         log.warning("compile=true but %s; running eagerly", why)
         return False
-    module.forward = CompiledForward(module)
+    module.forward = Compiled(module.forward)
     log.info("torch.compile: the LSTM step is compiled (the first steps of each new shape wait for the compiler)")
     return True

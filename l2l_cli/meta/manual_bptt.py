@@ -1,0 +1,146 @@
+"""First-order meta-gradients of the coordinatewise LSTM written out by hand: no autograd graph over the unroll.
+
+Without second derivatives the gradient g_t fed to the LSTM is a constant and theta_{t+1} = theta_t + u_t, so the
+meta-objective J = sum_t sum_b c_tb f_b(theta_t) (c: the weighting's per-function coefficients) has
+
+    dJ / du_k = sum_{t > k} c_t g_t,
+
+a reverse running sum of gradients the unroll computes anyway. What is left is plain BPTT through the LSTM with
+known output gradients. Written out, the forward keeps only what the backward reads (~300 floats per coordinate
+per step for the default 2 x 20 LSTM, not autograd's whole graph), each step's forward and backward are one
+function each (compiled into a few fused kernels when compile is on), and each layer's weight gradient grows by
+one matmul over all coordinates per step. ``unroll.unroll_objective`` computes the same meta-gradient with
+autograd; tests compare the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import torch
+
+from l2l_cli.meta.unroll import MIN_LOSS
+from l2l_cli.optimizees.base import Family, loss_and_grad
+from l2l_cli.optimizers.compiled import Compiled
+from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, State, cell_forward
+from l2l_cli.optimizers.preprocessing import preprocess
+
+
+def forward_step(weights: List[torch.Tensor], biases: List[torch.Tensor], head_w, head_b, theta, grad, state: State,
+                 kind: str, p: float, scale: float, hidden: int):
+    """theta_{t+1} = theta_t + LSTM(g_t), and per layer what its backward needs: ([x; h], ifo, g, c_prev, tanh c)."""
+    x = preprocess(grad.reshape(-1), kind, p).t()
+    saved, new_state = [], []
+    for weight, bias, (h, c) in zip(weights, biases, state, strict=True):
+        inp, ifo, g, tanh_c, h, c_new = cell_forward(weight, bias, x, h, c, hidden)
+        saved.append((inp, ifo, g, c, tanh_c))
+        new_state.append((h, c_new))
+        x = h
+    update = torch.addmm(head_b.unsqueeze(1), head_w, x).squeeze(0) * scale
+    return theta + update.view_as(theta), saved, new_state
+
+
+def backward_step(weights: List[torch.Tensor], head_w, saved, h_top, losses, grad, dtheta, dh: List[torch.Tensor],
+                  dc: List[torch.Tensor], grads: List[torch.Tensor], weighting: str, last: bool, scale: float,
+                  hidden: int):
+    """One step of BPTT, latest step first.
+
+    losses, grad: f and g at theta_{t+1}, for this step's own term c_t g. dtheta: dJ/dtheta_{t+1} from the later
+    steps. dh, dc: per layer, the gradient carried back from step t+1 into h_t and c_t. grads: the running
+    [dW_l..., db_l..., dhead_w, dhead_b].
+    """
+    H, L = hidden, len(weights)
+    dtheta = dtheta + _coefficients(losses, weighting, last).unsqueeze(1) * grad
+    dupdate = dtheta.reshape(1, -1) * scale  # dJ/du_t, so through the output scale
+    dW, db = list(grads[:L]), list(grads[L:2 * L])
+    dhead_w = torch.addmm(grads[2 * L], dupdate, h_top.t())
+    dhead_b = grads[2 * L + 1] + dupdate.sum(1)
+    dx = head_w.t() * dupdate  # (H, N): the head is a (1, H) map
+    new_dh, new_dc = list(dh), list(dc)
+    for layer in reversed(range(L)):
+        inp, ifo, g, c, tanh_c = saved[layer]
+        i, f, o = ifo[:H], ifo[H:2 * H], ifo[2 * H:]
+        dh_l = dx + dh[layer]
+        dc_l = dc[layer] + dh_l * o * (1 - tanh_c * tanh_c)
+        dgates = torch.cat((dc_l * g * i * (1 - i), dc_l * c * f * (1 - f), dh_l * tanh_c * o * (1 - o),
+                            dc_l * i * (1 - g * g)), 0)
+        dW[layer] = torch.addmm(dW[layer], inp, dgates.t())
+        db[layer] = db[layer] + dgates.sum(1)
+        n_in = inp.shape[0] - H
+        # the first layer's input (the preprocessed gradient) is a constant: only its h rows need a gradient
+        dinp = weights[layer] @ dgates if layer > 0 else weights[layer][n_in:] @ dgates
+        new_dh[layer], new_dc[layer] = dinp[-H:], dc_l * f
+        dx = dinp[:-H]
+    return dtheta, new_dh, new_dc, dW + db + [dhead_w, dhead_b]
+
+
+@dataclass
+class UnrollResult:
+    grads: List[torch.Tensor]  # dJ/dphi in net.parameters() order
+    loss_sum: torch.Tensor  # sum over the unroll's steps of the mean loss
+    final: torch.Tensor  # per-function losses after the last step
+    theta: torch.Tensor
+    state: State
+    grad: torch.Tensor  # the gradient at theta, input of the next step
+
+
+class ManualBPTT:
+    """The first-order meta-gradient of one unroll for ``net``, without autograd. ``compiled``: torch.compile both
+    step functions (falling back to eager if compilation fails)."""
+
+    def __init__(self, net: CoordinatewiseLSTM, compiled: bool = False):
+        if not isinstance(net, CoordinatewiseLSTM) or _parameter_names(net) != _expected_names(len(net.weights)):
+            raise TypeError("ManualBPTT needs CoordinatewiseLSTM's parameters (weights.*, biases.*, head.*)")
+        self.net = net
+        self.forward = Compiled(forward_step) if compiled else forward_step
+        self.backward = Compiled(backward_step) if compiled else backward_step
+
+    @torch.no_grad()
+    def unroll(self, family: Family, problem, theta, state: State, grad, first_step: int, steps: int,
+               weighting: str) -> UnrollResult:
+        net, H = self.net, self.net.hidden_size
+        weights = [w.detach() for w in net.weights]
+        biases = [b.detach() for b in net.biases]
+        head_w, head_b = net.head.weight.detach(), net.head.bias.detach()
+        saved, tops, losses, grads_seen = [], [], [], []
+        for k in range(steps):
+            theta, step_saved, state = self.forward(weights, biases, head_w, head_b, theta, grad, state,
+                                                    net.preprocess_kind, net.preprocess_p, net.output_scale, H)
+            step_losses, grad = loss_and_grad(family, problem, theta, first_step + k + 1)
+            saved.append(step_saved)
+            tops.append(state[-1][0])
+            losses.append(step_losses)
+            grads_seen.append(grad)
+        n = theta.numel()
+        dtheta = torch.zeros_like(theta)
+        dh = [theta.new_zeros(H, n) for _ in weights]
+        dc = [theta.new_zeros(H, n) for _ in weights]
+        grads = [torch.zeros_like(p) for p in net.parameters()]
+        for k in reversed(range(steps)):
+            dtheta, dh, dc, grads = self.backward(weights, head_w, saved[k], tops[k], losses[k], grads_seen[k],
+                                                  dtheta, dh, dc, grads, weighting, k == steps - 1,
+                                                  net.output_scale, H)
+            saved[k] = None  # free the step's activations as soon as they are used
+        loss_sum = torch.stack(losses).mean(dim=1).sum()
+        return UnrollResult(grads, loss_sum, losses[-1], theta, state, grad)
+
+
+def _coefficients(losses, weighting: str, last: bool):
+    """Per-function weights c_t of the meta-objective's step term: 1/B (uniform), 1/(B f) (log, since
+    d log f = df / f), and for 'last' 1/B at the unroll's last step only."""
+    batch = losses.shape[0]
+    if weighting == "log":
+        return 1.0 / (batch * losses.clamp_min(MIN_LOSS))
+    if weighting == "last" and not last:
+        return torch.zeros_like(losses)
+    return torch.full_like(losses, 1.0 / batch)
+
+
+def _parameter_names(net) -> List[str]:
+    return [name for name, _ in net.named_parameters()]
+
+
+def _expected_names(layers: int) -> List[str]:
+    return ([f"weights.{i}" for i in range(layers)] + [f"biases.{i}" for i in range(layers)]
+            + ["head.weight", "head.bias"])
