@@ -1,4 +1,4 @@
-"""Optional torch.compile of the LSTM's step, with a clean fall-back to eager when compilation fails."""
+"""Optional torch.compile of the LSTM's steps, with a clean fall-back to eager when compilation fails."""
 
 from __future__ import annotations
 
@@ -63,5 +63,5 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> bool:
         log.warning("compile=true but %s; running eagerly", why)
         return False
     module.forward = Compiled(module.forward)
-    log.info("torch.compile: the LSTM step is compiled (the first steps of each new shape wait for the compiler)")
+    log.info("torch.compile: the LSTM's steps are compiled (the first steps of each new shape wait for the compiler)")
     return True
