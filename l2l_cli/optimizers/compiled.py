@@ -21,7 +21,7 @@ def compile_available() -> tuple[bool, str]:
 
 # tanh as 2 / (1 + e^-2x) - 1: one vectorised exp instead of Sleef's tanh. The LSTM's elementwise work is mostly
 # sigmoid and tanh; this cut a compiled layer step's elementwise time from 164 to 98 us (1 thread, 20 x 1280
-# coordinates). Absolute error ~1e-7, below float32 rounding of the values it feeds.
+# coordinates). Absolute error at most 1.8e-7 (torch.tanh: 6e-8), measured in float32 over [-20, 20].
 INDUCTOR_OPTIONS = {"cpp.use_decompose_tanh": True}
 
 
