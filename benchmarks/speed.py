@@ -11,8 +11,11 @@ Prints, and writes to benchmarks/results/speed.json (torch version, threads and 
 - peak resident memory of a meta-training run, and the bytes per coordinate per unrolled step (from two unroll
   lengths, each in a fresh process).
 
+Each figure is timed in --blocks blocks, each right after its own matmul measurement, and reported as the block
+with the highest fraction of matmul (the least disturbed by other load on a shared machine) next to the median.
+
 Usage: python benchmarks/speed.py [--tasks quadratic,mnist] [--modes eager,compiled] [--iterations N]
-                                  [--threads T] [--device cpu|cuda|auto]
+                                  [--blocks B] [--threads T] [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations

@@ -43,6 +43,17 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def release_freed_memory() -> None:
+    """Hand the memory freed so far back to the OS (glibc's malloc_trim), between phases of a run (a population
+    member's meta-training, meta-training before evaluation, a generalisation variant): with keep_freed_memory the
+    heap keeps each phase's high-water mark, and the next phase's differently sized blocks pile on top of it (a
+    default MNIST run peaked at 5.5 GB without this)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -269,3 +269,20 @@ def test_freed_memory_is_reused_without_page_faults():
             "print(faults[1] + faults[2])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout.strip()) < 1000
+
+
+def test_release_freed_memory_hands_kept_memory_back():
+    """Between phases of a run, release_freed_memory returns what keep_freed_memory kept: a freed 256 MB block stays
+    resident until the release, and is gone after it."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes, os; from l2l_cli.runtime import keep_freed_memory, release_freed_memory\n"
+            "assert keep_freed_memory(); libc = ctypes.CDLL('libc.so.6'); libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.free.argtypes = [ctypes.c_void_p]\n"
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 2**20\n"
+            "p = libc.malloc(2**28); ctypes.memset(p, 1, 2**28); libc.free(p); kept = rss()\n"
+            "release_freed_memory(); print(kept, rss())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    kept, released = map(int, out.stdout.split())
+    assert kept - released > 200, (kept, released)  # MiB

@@ -21,7 +21,7 @@ from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers import Baseline, LearnedRule
 from l2l_cli.optimizers.compiled import maybe_compile, should_compile
-from l2l_cli.runtime import configure_torch, environment_record, resolve_device
+from l2l_cli.runtime import configure_torch, environment_record, release_freed_memory, resolve_device
 from l2l_cli.writers import plot_curves, write_curves_csv, write_curves_tensorboard, write_json
 
 log = logging.getLogger("l2l.eval")
@@ -67,6 +67,7 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
         log.info("variant %s: %s", name, variant or "the base task")
         variant_conf = apply_variant(conf, name, variant)
         results[name] = evaluate_one(variant_conf, out_dir / name, device, learned_rule, config_record)
+        release_freed_memory()
     write_generalization(out_dir, results, conf.optimizer.name, config_record)
     return results[next(iter(results))]["optimizers"][conf.optimizer.name]["final_mean"]
 

@@ -23,7 +23,7 @@ from l2l_cli.meta.population import (
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizers.compiled import should_compile
-from l2l_cli.runtime import configure_torch, resolve_device
+from l2l_cli.runtime import configure_torch, release_freed_memory, resolve_device
 from l2l_cli.signals import GracefulStop
 from l2l_cli.writers import TensorBoardWriter
 
@@ -71,6 +71,7 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[list[MetaTrainer], int, Pat
             log.info("%sbest validation loss %s at iteration %d; checkpoints in %s", name, fmt(trainer.best_val),
                      trainer.best_iteration, trainer.checkpoint_dir)
             members.append(trainer)
+            release_freed_memory()
     winner = best_member([t.best_val for t in members])
     best_path = members[winner].checkpoint_dir / "best.pt"
     if population > 1:
