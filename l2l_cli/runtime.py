@@ -46,8 +46,8 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> None:
     """Hand the memory freed so far back to the OS (glibc's malloc_trim), between phases of a run (a population
     member's meta-training, meta-training before evaluation, a generalisation variant): with keep_freed_memory the
-    heap keeps each phase's high-water mark, and the next phase's differently sized blocks pile on top of it (a
-    default MNIST run peaked at 5.5 GB without this)."""
+    heap keeps each phase's high-water mark, and the next phase's differently sized blocks pile on top of it
+    (measured: `l2l train optimizee=mnist seed=1 threads=1` peaked at 5.5 GB without this, 3.7 GB with it)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
