@@ -20,7 +20,7 @@ from typing import List
 
 import torch
 
-from l2l_cli.meta.unroll import MIN_LOSS
+from l2l_cli.meta.unroll import step_weights
 from l2l_cli.optimizees.base import Family, loss_and_grad
 from l2l_cli.optimizers.compiled import Compiled
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, State, cell_forward
@@ -51,7 +51,7 @@ def backward_step(weights: List[torch.Tensor], head_w, saved, h_top, losses, gra
     [dW_l..., db_l..., dhead_w, dhead_b].
     """
     H, L = hidden, len(weights)
-    dtheta = dtheta + _coefficients(losses, weighting, last).unsqueeze(1) * grad
+    dtheta = dtheta + step_weights(losses, weighting, last).unsqueeze(1) * grad
     dupdate = dtheta.reshape(1, -1) * scale  # dJ/du_t, so through the output scale
     dW, db = list(grads[:L]), list(grads[L:2 * L])
     dhead_w = torch.addmm(grads[2 * L], dupdate, h_top.t())
@@ -90,8 +90,8 @@ class ManualBPTT:
     step functions (falling back to eager if compilation fails)."""
 
     def __init__(self, net: CoordinatewiseLSTM, compiled: bool = False):
-        if not isinstance(net, CoordinatewiseLSTM) or _parameter_names(net) != _expected_names(len(net.weights)):
-            raise TypeError("ManualBPTT needs CoordinatewiseLSTM's parameters (weights.*, biases.*, head.*)")
+        if type(net) is not CoordinatewiseLSTM:  # its math, written out below: a subclass may compute otherwise
+            raise TypeError(f"ManualBPTT implements CoordinatewiseLSTM's backward, got {type(net).__name__}")
         self.net = net
         self.forward = Compiled(forward_step) if compiled else forward_step
         self.backward = Compiled(backward_step) if compiled else backward_step
@@ -124,23 +124,3 @@ class ManualBPTT:
             saved[k] = None  # free the step's activations as soon as they are used
         loss_sum = torch.stack(losses).mean(dim=1).sum()
         return UnrollResult(grads, loss_sum, losses[-1], theta, state, grad)
-
-
-def _coefficients(losses, weighting: str, last: bool):
-    """Per-function weights c_t of the meta-objective's step term: 1/B (uniform), 1/(B f) (log, since
-    d log f = df / f), and for 'last' 1/B at the unroll's last step only."""
-    batch = losses.shape[0]
-    if weighting == "log":
-        return 1.0 / (batch * losses.clamp_min(MIN_LOSS))
-    if weighting == "last" and not last:
-        return torch.zeros_like(losses)
-    return torch.full_like(losses, 1.0 / batch)
-
-
-def _parameter_names(net) -> List[str]:
-    return [name for name, _ in net.named_parameters()]
-
-
-def _expected_names(layers: int) -> List[str]:
-    return ([f"weights.{i}" for i in range(layers)] + [f"biases.{i}" for i in range(layers)]
-            + ["head.weight", "head.bias"])

@@ -20,18 +20,26 @@ class RunStats:
     grad_norm: float  # last meta-gradient norm before clipping
 
 
-def step_objective(losses, grad, theta, batch: int, second_order: bool, log: bool):
+def step_weights(losses, weighting: str, last: bool):
+    """Per-function weights c_b of a step's first-order term sum_b c_b <g_b, theta_b>: 1/B (uniform), 1/(B f_b) (log,
+    since d log f = df / f), and for 'last' 1/B at the unroll's last step, 0 before it."""
+    batch = losses.shape[0]
+    if weighting == "log":
+        return 1.0 / (batch * losses.clamp_min(MIN_LOSS))
+    if weighting == "last" and not last:
+        return torch.zeros_like(losses)
+    return torch.full_like(losses, 1.0 / batch)
+
+
+def step_objective(losses, grad, theta, second_order: bool, weighting: str, last: bool):
     """One step's term: mean_b f_b(theta), or mean_b log f_b(theta) (log weighting), or their first-order surrogate.
 
     d log f / d theta = g / f: the log objective is the uniform one with each function's term weighted by 1/f,
     so late steps (small losses) count as much as early ones, relative to their size.
     """
     if second_order:
-        return losses.clamp_min(MIN_LOSS).log().mean() if log else losses.mean()
-    per_function = (grad * theta).sum(dim=1)
-    if log:
-        per_function = per_function / losses.detach().clamp_min(MIN_LOSS)
-    return per_function.sum() / batch
+        return losses.clamp_min(MIN_LOSS).log().mean() if weighting == "log" else losses.mean()
+    return (step_weights(losses.detach(), weighting, last) * (grad * theta).sum(dim=1)).sum()
 
 
 MIN_LOSS = 1e-12  # log weighting: keeps 1/f finite for a loss of exactly 0
@@ -46,7 +54,6 @@ def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, st
     g_t . d theta_t / d phi, and the surrogate sum_t w_t <stopgrad(g_t), theta_t> / B has exactly that gradient
     without keeping the optimizee's forward pass in the graph.
     """
-    batch = theta.shape[0]
     objective = theta.new_zeros(())
     loss_sum = theta.new_zeros(())
     for k in range(steps):
@@ -54,7 +61,7 @@ def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, st
         theta = theta + update.view_as(theta)
         losses, grad = loss_and_grad(family, problem, theta, first_step + k + 1, create_graph=second_order)
         if weighting != "last" or k == steps - 1:
-            objective = objective + step_objective(losses, grad, theta, batch, second_order, weighting == "log")
+            objective = objective + step_objective(losses, grad, theta, second_order, weighting, k == steps - 1)
         loss_sum = loss_sum + losses.detach().mean()
     return objective, loss_sum, losses.detach(), theta, state, grad
 
