@@ -14,7 +14,10 @@ Prints, and writes to benchmarks/results/speed.json (torch version, threads and 
 Each figure is timed in --blocks blocks, each right after its own matmul measurement, and reported as the block
 with the highest fraction of matmul (the least disturbed by other load on a shared machine) next to the median.
 
-Usage: python benchmarks/speed.py [--tasks quadratic,mnist] [--modes eager,compiled] [--iterations N]
+Modes: eager and compiled run in this process; default is what `l2l train optimizee=<task>` does with these threads
+(compiled, and train.workers: null, which gives the quadratic task one worker process per thread).
+
+Usage: python benchmarks/speed.py [--tasks quadratic,mnist] [--modes eager,compiled,default] [--iterations N]
                                   [--blocks B] [--threads T] [--device cpu|cuda|auto]
 """
 
@@ -41,6 +44,7 @@ from l2l_cli.config import (  # noqa: E402
     TrainLoopConfig,
     TruncatedScheduleConfig,
 )
+from l2l_cli.meta.parallel import resolve_workers  # noqa: E402
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup, build_net  # noqa: E402
 from l2l_cli.optimizees import build_family, loss_and_grad  # noqa: E402
 from l2l_cli.optimizees.base import held_out_problems  # noqa: E402
@@ -83,14 +87,23 @@ def mlp_forward_backward_flops(cfg: MLPConfig, num_params_weights: int) -> int:
     return 3 * 2 * cfg.minibatch * num_params_weights
 
 
-def trainer_for(task: str, device, compiled: bool, unroll: int | None = None) -> MetaTrainer:
+def default_workers(task: str, device) -> int:
+    """The worker processes `l2l train optimizee=<task>` uses with these threads (train.workers: null)."""
+    cfg = TASKS[task]
+    family = build_family(cfg)
+    work = cfg.batch_size * family.num_params * TruncatedScheduleConfig().num_steps * cfg.suggested.iterations
+    return resolve_workers(None, torch.get_num_threads(), cfg.batch_size, family.num_params, work, device)
+
+
+def trainer_for(task: str, device, compiled: bool, unroll: int | None = None, workers: int = 1) -> MetaTrainer:
     cfg = TASKS[task]
     schedule = TruncatedScheduleConfig(unroll=unroll or 20)
     setup = TrainSetup(family=build_family(cfg), optimizer=LSTMConfig(), schedule=schedule,
                        loop=TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9,
                                             val_functions=1),
                        batch_size=cfg.batch_size, seed=0, data_seed=0, device=device,
-                       out_dir=ROOT / "benchmarks" / "results" / "tmp", optimizee=cfg, compile=compiled)
+                       out_dir=ROOT / "benchmarks" / "results" / "tmp", optimizee=cfg, compile=compiled,
+                       workers=workers, threads=max(1, torch.get_num_threads() // workers))
     return MetaTrainer(setup)
 
 
@@ -114,8 +127,8 @@ def summarise(blocks: list, flops: float) -> tuple[int, dict]:
                   "blocks": [{"seconds": sec, "matmul_flops_per_second": pk} for sec, pk in blocks]}
 
 
-def bench_meta_training(task: str, device, compiled: bool, iterations: int, blocks: int) -> dict:
-    trainer = trainer_for(task, device, compiled)
+def bench_meta_training(task: str, device, compiled: bool, iterations: int, blocks: int, workers: int = 1) -> dict:
+    trainer = trainer_for(task, device, compiled, workers=workers)
     start = time.perf_counter()
     trainer.train_iteration()  # includes compilation when compiled
     sync(device)
@@ -134,11 +147,13 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, bloc
     model_flops = 3 * lstm_forward_flops(trainer.s.optimizer) * coord_steps
     _, figures = summarise(blocks_of(one_block, blocks, device), model_flops)
     seconds = figures.pop("seconds")
+    trainer.close()
     return {"seconds_per_meta_iteration": seconds,
             "seconds_per_meta_iteration_median": statistics.median(b["seconds"] for b in figures["blocks"]),
             "first_iteration_seconds": first, "coordinate_steps_per_second": coord_steps / seconds,
             "model_flops_per_second": model_flops / seconds, **figures, "functions": trainer.s.batch_size,
-            "coordinates": trainer.s.family.num_params, "steps": trainer.s.schedule.num_steps}
+            "coordinates": trainer.s.family.num_params, "steps": trainer.s.schedule.num_steps, "workers": workers,
+            "threads_per_worker": trainer.s.threads if workers > 1 else torch.get_num_threads()}
 
 
 @torch.no_grad()
@@ -200,7 +215,7 @@ def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="quadratic,mnist")
-    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--modes", default="eager,compiled,default")
     parser.add_argument("--iterations", type=int, default=None,
                         help="timed meta-iterations per block (default 5 quadratic / 1 MNIST)")
     parser.add_argument("--blocks", type=int, default=4, help="timed blocks, each with its own matmul reference")
@@ -222,16 +237,20 @@ def main() -> None:
     for task in tasks:
         for mode in modes:
             iterations = args.iterations or (5 if task == "quadratic" else 1)
-            m = bench_meta_training(task, device, mode == "compiled", iterations, args.blocks)
+            workers = default_workers(task, device) if mode == "default" else 1
+            if mode == "default" and workers == 1 and "compiled" in modes:
+                print(f"meta-training {task:9s} default : compiled in one process, as above")
+                continue
+            m = bench_meta_training(task, device, mode != "eager", iterations, args.blocks, workers)
             figures["meta_training"][f"{task}/{mode}"] = m
             print(f"meta-training {task:9s} {mode:8s}: {m['seconds_per_meta_iteration']:6.3f} s/iteration "
                   f"({m['seconds_per_meta_iteration_median']:.3f}) ({m['functions']} x {m['coordinates']} coords x "
                   f"{m['steps']} steps), {m['coordinate_steps_per_second']:.3g} coord-steps/s, "
                   f"{m['model_flops_per_second'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% "
                   f"({100 * m['fraction_of_matmul_median']:.1f}%) of matmul; first iteration "
-                  f"{m['first_iteration_seconds']:.1f} s")
+                  f"{m['first_iteration_seconds']:.1f} s" + (f"; {workers} worker processes" if workers > 1 else ""))
     if "mnist" in tasks:
-        for mode in modes:
+        for mode in (m for m in modes if m != "default"):  # evaluation runs in one process whatever the mode
             s = bench_step_cost(device, mode == "compiled", args.blocks)
             figures["learned_step"][mode] = s
             print(f"eval step, MNIST x{s['functions']} {mode:8s}: learned {s['lstm_step_seconds'] * 1e3:.1f} ms vs "

@@ -241,6 +241,9 @@ class TrainLoopConfig:
     # how the first-order meta-gradient is computed: manual (hand-written BPTT, no autograd graph; faster, less
     # memory) | autograd (the reference). second_order: true always uses autograd.
     bptt: str = "manual"
+    # processes sharing each batch's functions on the CPU, each with threads / workers torch threads; null (auto):
+    # one per thread for runs long enough to repay their start, when each gets >= 512 coordinates; 1: no workers
+    workers: Optional[int] = None
     val_every: int = 50
     val_functions: int = 256
     checkpoint_every: int = 50
@@ -254,6 +257,8 @@ class TrainLoopConfig:
                f"must be a positive number, got {self.meta_lr}")
         _check_choice(self.meta_lr_schedule, "train.meta_lr_schedule", META_LR_SCHEDULES)
         _check_choice(self.bptt, "train.bptt", BPTT_METHODS)
+        _check(self.workers is None or self.workers >= 1, "train.workers",
+               f"must be >= 1 or null (auto), got {self.workers}")
         _check(0 <= self.meta_lr_final <= 1, "train.meta_lr_final", f"must be in [0, 1], got {self.meta_lr_final}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",

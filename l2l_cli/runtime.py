@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import platform
 import subprocess
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -19,6 +20,17 @@ def configure_torch(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     keep_freed_memory()
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n for a block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # glibc mallopt parameters (malloc.h)

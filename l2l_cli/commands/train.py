@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from l2l_cli.commands import hydra_task
@@ -13,6 +14,7 @@ from l2l_cli.commands.common import job_threads, output_dir, record_run, resolve
 from l2l_cli.config import LEARNED_OPTIMIZERS, ConfigError, EvalConfig, TrainConfig, to_objects
 from l2l_cli.console import fmt, progress
 from l2l_cli.meta.checkpoint import copy_checkpoint, load_checkpoint
+from l2l_cli.meta.parallel import resolve_workers
 from l2l_cli.meta.population import (
     FIRST_MEMBER_LAST,
     best_member,
@@ -45,6 +47,10 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[list[MetaTrainer], int, Pat
                        compile=False)
     work = conf.optimizee.batch_size * setup.family.num_params * conf.schedule.num_steps * iterations
     setup.compile = should_compile(conf.compile, work)
+    threads = torch.get_num_threads()
+    setup.workers = resolve_workers(conf.train.workers, threads, conf.optimizee.batch_size, setup.family.num_params,
+                                    work, device)
+    setup.threads = max(1, threads // setup.workers)
     members: list[MetaTrainer] = []
     with GracefulStop() as stopper, progress() as bar:
         task = bar.add_task("meta-train", total=population * iterations, completed=0, info="")
@@ -58,6 +64,7 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[list[MetaTrainer], int, Pat
                            info=f"{name}loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
 
             writer = TensorBoardWriter(member_tb_dir(out_dir, k, population))
+            trainer = None
             try:
                 trainer = MetaTrainer(replace(setup, member=k, out_dir=member_dir(out_dir, k, population)), writer)
                 if resume_from is not None:
@@ -68,6 +75,8 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[list[MetaTrainer], int, Pat
                 trainer.fit(on_iteration, should_stop=stopper.stop)
             finally:
                 writer.close()
+                if trainer is not None:
+                    trainer.close()
             log.info("%sbest validation loss %s at iteration %d; checkpoints in %s", name, fmt(trainer.best_val),
                      trainer.best_iteration, trainer.checkpoint_dir)
             members.append(trainer)

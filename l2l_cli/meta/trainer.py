@@ -13,11 +13,13 @@ import torch
 from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
 from l2l_cli.meta.manual_bptt import ManualBPTT
-from l2l_cli.meta.unroll import RunStats, meta_train_run
+from l2l_cli.meta.parallel import WorkerPool, WorkerSpec
+from l2l_cli.meta.unroll import OptimizeeRun, RunStats, meta_train_run
 from l2l_cli.optimizees.base import Family, held_out_problems
 from l2l_cli.optimizers.compiled import maybe_compile
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
 from l2l_cli.rollout import selection_score
+from l2l_cli.runtime import torch_threads
 from l2l_cli.seeding import generator, stream_seed
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class TrainSetup:
     optimizee: Optional[object] = None  # the optimizee config dataclass, recorded in checkpoints
     compile: bool = False
     member: int = 0  # index in a population of independent meta-trainings (0: the run's seed itself)
+    workers: int = 1  # processes sharing each batch's functions (parallel.resolve_workers); 1: this process alone
+    threads: int = 1  # torch threads of each worker when workers > 1
 
 
 class MetaTrainer:
@@ -66,6 +70,7 @@ class MetaTrainer:
         self.net = build_net(setup.optimizer).to(setup.device)
         compiled = maybe_compile(self.net, setup.compile)
         self.manual = ManualBPTT(self.net, compiled) if setup.loop.bptt == "manual" else None
+        self.pool: Optional[WorkerPool] = None  # started by the first iteration that needs it
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
@@ -191,10 +196,36 @@ class MetaTrainer:
         s = self.s
         for group in self.meta_opt.param_groups:
             group["lr"] = self.meta_lr(self.iteration)
-        problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
-        return meta_train_run(s.family, problem, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
-                              second_order=s.loop.second_order, clip_grad=s.loop.clip_grad,
-                              weighting=s.schedule.weighting, manual=self.manual)
+        if s.workers == 1:
+            problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
+            run = OptimizeeRun(s.family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
+            return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
+                                  clip_grad=s.loop.clip_grad)
+        # one thread here while the workers compute: this process's idle OpenMP threads spin after each of its own
+        # small operations, on the workers' cores (measured 0.118 vs 0.089 s per quadratic meta-iteration)
+        with torch_threads(1):
+            run = self.worker_pool().run(self.gen.get_state(), s.schedule.num_steps, self.net)
+            # the workers draw the batch from the generator's state; drawing it here too moves the generator on
+            # exactly as a single-process run does (resume, checkpoints)
+            s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, torch.device("cpu"))
+            return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
+                                  clip_grad=s.loop.clip_grad)
+
+    def worker_pool(self) -> WorkerPool:
+        if self.pool is None:
+            s = self.s
+            spec = WorkerSpec(family=s.family, optimizer=s.optimizer, dtype=next(self.net.parameters()).dtype,
+                              compiled=s.compile, manual=s.loop.bptt == "manual", second_order=s.loop.second_order,
+                              weighting=s.schedule.weighting, threads=s.threads)
+            num_weights = sum(p.numel() for p in self.net.parameters())
+            self.pool = WorkerPool(spec, s.batch_size, s.workers, num_weights)
+        return self.pool
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (a later iteration would start them again)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def _log(self, tag: str, value: float) -> None:
         if self.writer is not None and math.isfinite(value):

@@ -66,41 +66,70 @@ def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, st
     return objective, loss_sum, losses.detach(), theta, state, grad
 
 
-def meta_train_run(family: Family, problem, net: CoordinatewiseLSTM, meta_opt: torch.optim.Optimizer,
-                   num_steps: int, unroll: int, second_order: bool = False, clip_grad: float | None = None,
-                   weighting: str = "uniform", manual=None) -> RunStats:
-    """Truncated BPTT over one optimizee run: theta and the LSTM state carry on across unrolls, graph cut.
+@dataclass
+class UnrollGradient:
+    grads: list  # dJ/dphi in net.parameters() order
+    loss_sum: torch.Tensor  # sum over the unroll's steps of the mean loss over functions
+    final: torch.Tensor  # per-function losses after the unroll's last step
+
+
+class OptimizeeRun:
+    """One optimizee run of a batch of functions in this process, cut into truncated unrolls: theta, the LSTM's state
+    and the gradient at theta carry over from one unroll to the next, the graph does not.
 
     ``manual``: a ``manual_bptt.ManualBPTT`` for ``net``, which computes the first-order meta-gradient without
     autograd (the same numbers, faster); None or second_order: autograd through ``unroll_objective``.
     """
-    theta = family.initial_params(problem)
-    state = net.initial_state(theta.numel(), theta.device, theta.dtype)
-    _, grad = loss_and_grad(family, problem, theta, 0)
-    loss_total = theta.new_zeros(())
+
+    def __init__(self, family: Family, problem, net: CoordinatewiseLSTM, second_order: bool = False,
+                 weighting: str = "uniform", manual=None):
+        self.family, self.problem, self.net = family, problem, net
+        self.second_order, self.weighting = second_order, weighting
+        self.manual = None if second_order else manual
+        self.theta = family.initial_params(problem)
+        self.state = net.initial_state(self.theta.numel(), self.theta.device, self.theta.dtype)
+        _, self.grad = loss_and_grad(family, problem, self.theta, 0)
+
+    def unroll(self, start: int, steps: int) -> UnrollGradient:
+        """Steps start+1 .. start+steps, and the meta-gradient of their objective (each function's term a mean over
+        this run's functions)."""
+        if self.manual is not None:
+            result = self.manual.unroll(self.family, self.problem, self.theta, self.state, self.grad, start, steps,
+                                        self.weighting)
+            grads, loss_sum, final = result.grads, result.loss_sum, result.final
+            theta, state, grad = result.theta, result.state, result.grad
+        else:
+            grad = self.grad if self.second_order else self.grad.detach()
+            objective, loss_sum, final, theta, state, grad = unroll_objective(
+                self.family, self.problem, self.net, self.theta, self.state, grad, start, steps, self.second_order,
+                self.weighting)
+            params = list(self.net.parameters())
+            grads = torch.autograd.grad(objective, params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        self.theta, self.state, self.grad = theta.detach(), detach_state(state), grad.detach()
+        return UnrollGradient(grads, loss_sum.detach(), final.detach())
+
+
+def meta_train_run(run, net: CoordinatewiseLSTM, meta_opt: torch.optim.Optimizer, num_steps: int, unroll: int,
+                   clip_grad: float | None = None) -> RunStats:
+    """Truncated BPTT over one optimizee run with a meta-update after each unroll. ``run``: an ``OptimizeeRun``, or
+    anything with its ``unroll(start, steps)`` (``parallel.ShardedRun`` spreads the functions over processes)."""
+    loss_total = 0.0
     finite = []
     norm = torch.zeros(())
     params = list(net.parameters())
     for start in range(0, num_steps, unroll):
         steps = min(unroll, num_steps - start)
         meta_opt.zero_grad(set_to_none=True)
-        if manual is not None and not second_order:
-            result = manual.unroll(family, problem, theta, state, grad, start, steps, weighting)
-            for p, g in zip(params, result.grads, strict=True):
-                p.grad = g
-            loss_sum, final, theta, state, grad = result.loss_sum, result.final, result.theta, result.state, result.grad
-        else:
-            objective, loss_sum, final, theta, state, grad = unroll_objective(
-                family, problem, net, theta, state, grad if second_order else grad.detach(), start, steps,
-                second_order, weighting)
-            objective.backward()
+        result = run.unroll(start, steps)
+        for p, g in zip(params, result.grads, strict=True):
+            p.grad = g
         norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
         # one host sync per unroll: a non-finite loss or meta-gradient must never reach the parameters
-        finite.append(bool(torch.isfinite(norm + loss_sum).item()))
+        finite.append(bool(torch.isfinite(norm + result.loss_sum).item()))
         if finite[-1]:
             meta_opt.step()
-        loss_total = loss_total + loss_sum
-        theta, state, grad = theta.detach(), detach_state(state), grad.detach()
-    return RunStats(mean_loss=float(loss_total) / num_steps, final_loss=float(final.mean()),
+        loss_total = loss_total + result.loss_sum
+    return RunStats(mean_loss=float(loss_total) / num_steps, final_loss=float(result.final.mean()),
                     skipped_updates=finite.count(False), updates=finite.count(True), finite=finite,
                     grad_norm=float(norm))

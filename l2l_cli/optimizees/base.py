@@ -15,6 +15,9 @@ class Family(Protocol):
     """A distribution over functions. A batch of B problems has parameters theta of shape (B, num_params)."""
 
     num_params: int
+    # the loss does not depend on the step (no minibatches): the hand-written BPTT may then evaluate the closed-form
+    # gradient inside its compiled step
+    stationary: bool
 
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device: torch.device, split: str = "train") -> Any:
         """n problems with everything they need for num_steps steps (data, minibatch order, theta_0), drawn from
@@ -22,6 +25,9 @@ class Family(Protocol):
 
     def initial_params(self, problem: Any) -> torch.Tensor:
         """theta_0, shape (n, num_params)."""
+
+    def select(self, problem: Any, start: int, stop: int) -> Any:
+        """Functions start..stop-1 of a batch of problems, exactly as they are in it (a worker's share)."""
 
     def loss(self, problem: Any, theta: torch.Tensor, step: int) -> torch.Tensor:
         """Per-function losses, shape (n,), differentiable in theta."""

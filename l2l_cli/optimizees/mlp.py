@@ -32,6 +32,8 @@ class MLPProblems:
 class MLPFamily:
     """Cross-entropy of an MLP 784 -> hidden x layers -> 10 on a minibatch of a fixed image pool."""
 
+    stationary = False  # a new minibatch every step
+
     def __init__(self, pools: Pools, hidden: int = 20, layers: int = 1, activation: str = "sigmoid",
                  minibatch: int = 128, init_std: float = 0.01, images_per_function: int | None = None):
         self.pools = pools
@@ -62,6 +64,11 @@ class MLPFamily:
 
     def initial_params(self, problem: MLPProblems) -> torch.Tensor:
         return problem.theta0.clone()
+
+    def select(self, problem: MLPProblems, start: int, stop: int) -> MLPProblems:
+        subsets = None if problem.subsets is None else problem.subsets[start:stop]
+        return MLPProblems(problem.theta0[start:stop], problem.batches[:, start:stop], problem.images,
+                           problem.labels, subsets)
 
     def unflatten(self, theta: torch.Tensor):
         """Views of theta (n, P) as [(W (n, in, out), b (n, 1, out)), ...]."""

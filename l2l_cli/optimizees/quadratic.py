@@ -23,6 +23,8 @@ class QuadraticFamily:
     theta_0 ~ N(0, init_std^2) per coordinate (the code uses 0.01).
     """
 
+    stationary = True  # the same function at every step
+
     def __init__(self, dim: int = 10, distribution: str = "gaussian", init_std: float = 0.01):
         self.dim = dim
         self.num_params = dim
@@ -39,6 +41,9 @@ class QuadraticFamily:
 
     def initial_params(self, problem: QuadraticProblems) -> torch.Tensor:
         return problem.theta0.clone()
+
+    def select(self, problem: QuadraticProblems, start: int, stop: int) -> QuadraticProblems:
+        return QuadraticProblems(problem.W[start:stop], problem.y[start:stop], problem.theta0[start:stop])
 
     def _residual(self, problem: QuadraticProblems, theta: torch.Tensor) -> torch.Tensor:
         return torch.bmm(problem.W, theta.unsqueeze(-1)).squeeze(-1) - problem.y
