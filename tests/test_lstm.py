@@ -76,3 +76,35 @@ def test_matches_torch_lstm_cells_per_coordinate():
         torch.testing.assert_close(update, net.head(x).squeeze(1) * 0.5)
         for (h, c), (rh, rc) in zip(state, ref, strict=True):
             torch.testing.assert_close((h, c), (rh.t(), rc.t()))
+
+
+def test_chunked_forward_equals_one_pass(monkeypatch):
+    """Many coordinates go through in chunks (cache-sized gate matrices): the same updates, state and gradients as one
+    pass over all of them, including a last partial chunk."""
+    from l2l_cli.optimizers import lstm as lstm_module
+
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(hidden_size=5, layers=2).double()
+    n = 2 * lstm_module.CHUNK + 123
+    grads = [torch.randn(n, dtype=torch.float64) * 10.0 ** -k for k in range(3)]
+
+    def run():
+        net.zero_grad()
+        state = net.initial_state(n, dtype=torch.float64)
+        updates = []
+        for g in grads:
+            update, state = net(g, state)
+            updates.append(update)
+        torch.stack(updates).pow(2).sum().backward()
+        return updates, state, [p.grad.clone() for p in net.parameters()]
+
+    chunked = run()
+    monkeypatch.setattr(lstm_module, "CHUNK", n)
+    whole = run()
+    for a, b in zip(chunked[0], whole[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    for (h, c), (h1, c1) in zip(chunked[1], whole[1], strict=True):
+        torch.testing.assert_close(h, h1, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(c, c1, rtol=1e-12, atol=1e-15)
+    for a, b in zip(chunked[2], whole[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -102,7 +102,8 @@ def _started_run(family, problem, net, steps):
 def test_manual_bptt_equals_autograd(family_name, preprocess, layers, weighting):
     """The hand-written first-order BPTT gives autograd's meta-gradient and the same unroll (float64, to rounding),
     from a mid-run start (non-zero state carried in), for every weighting, depth and preprocessing, and on a family
-    whose gradients come from autograd on minibatches (the step index must match)."""
+    whose gradients come from autograd on minibatches (the step index must match). 7 steps: groups of GROUP=2 steps
+    per call and a last group of one."""
     torch.manual_seed(0)
     if family_name == "mlp":
         family = build_family(MLPConfig(hidden=3, minibatch=8))
@@ -115,9 +116,9 @@ def test_manual_bptt_equals_autograd(family_name, preprocess, layers, weighting)
         net = CoordinatewiseLSTM(hidden_size=6, layers=layers, preprocess=preprocess, output_scale=0.3).double()
     theta, state, grad = _started_run(family, problem, net, 3)
     objective, loss_sum, final, theta_a, state_a, grad_a = unroll_objective(family, problem, net, theta, state, grad,
-                                                                            3, 6, False, weighting)
+                                                                            3, 7, False, weighting)
     reference = _meta_grads(net, objective)
-    result = ManualBPTT(net).unroll(family, problem, theta, state, grad, 3, 6, weighting)
+    result = ManualBPTT(net).unroll(family, problem, theta, state, grad, 3, 7, weighting)
     ours = torch.cat([g.flatten() for g in result.grads])
     exact = dict(rtol=1e-10, atol=1e-13) if family_name == "quadratic" else dict(rtol=1e-4, atol=1e-7)  # float32
     torch.testing.assert_close(ours, reference, **exact)
@@ -227,7 +228,7 @@ def test_compiled_step_matches_eager(tmp_path):
     assert type(compiled.net.forward).__name__ == "Compiled"
     assert type(compiled.manual.forward).__name__ == type(compiled.manual.backward).__name__ == "Compiled"
     # one thread (as tests run): the quadratic's closed-form loss and gradient are folded into the compiled step
-    assert type(compiled.manual.forward_loss).__name__ == "Compiled" and eager.manual.forward_loss is None
+    assert type(compiled.manual.forward_loss).__name__ == "Compiled"
     eager.fit()
     compiled.fit()
     assert not (compiled.net.forward.failed or compiled.manual.forward_loss.failed or compiled.manual.backward.failed)
@@ -237,10 +238,12 @@ def test_compiled_step_matches_eager(tmp_path):
 
 
 def test_closed_form_folding_is_for_one_thread_only():
-    """On more threads inductor splits the quadratic's tiny per-function sums into OpenMP regions (2x slower)."""
+    """On more threads inductor splits the quadratic's tiny per-function sums into OpenMP regions (2x slower).
+    Eager, folding is the same operations in the same order: always on (so the equality tests above cover it)."""
     net = CoordinatewiseLSTM(hidden_size=4)
     torch.set_num_threads(2)
     assert ManualBPTT(net, compiled=True).forward_loss is None
+    assert ManualBPTT(net, compiled=False).forward_loss is not None
     torch.set_num_threads(1)
     assert ManualBPTT(net, compiled=True).forward_loss is not None
 

@@ -41,14 +41,20 @@ def forward_step(weights: List[torch.Tensor], biases: List[torch.Tensor], head_w
     return theta + update.view_as(theta), saved, new_state
 
 
-def forward_loss_step(weights: List[torch.Tensor], biases: List[torch.Tensor], head_w, head_b, theta, grad,
-                      state: State, kind: str, p: float, scale: float, hidden: int, family: Family, problem):
-    """forward_step, then the loss and gradient at the new theta, for a stationary family with a closed-form gradient
-    (its step argument does not matter): compiled, one call instead of a compiled one and ~10 eager operations per
-    step (a quadratic meta-iteration on one thread 0.070 -> 0.065 s)."""
-    theta, saved, state = forward_step(weights, biases, head_w, head_b, theta, grad, state, kind, p, scale, hidden)
-    losses, grad = family.analytic_loss_and_grad(problem, theta, 0)
-    return theta, saved, state, losses, grad
+def forward_loss_steps(weights: List[torch.Tensor], biases: List[torch.Tensor], head_w, head_b, theta, grad,
+                       state: State, kind: str, p: float, scale: float, hidden: int, family: Family, problem,
+                       count: int):
+    """``count`` times forward_step and then the loss and gradient at the new theta, for a stationary family with a
+    closed-form gradient (its step argument does not matter). Compiled, one call instead of a compiled call and ~10
+    eager operations per step. Returns theta, state, grad after the last step and per step
+    (saved, h of the top layer, losses, grad)."""
+    steps = []
+    for _ in range(count):
+        theta, saved, state = forward_step(weights, biases, head_w, head_b, theta, grad, state, kind, p, scale,
+                                           hidden)
+        losses, grad = family.analytic_loss_and_grad(problem, theta, 0)
+        steps.append((saved, state[-1][0], losses, grad))
+    return theta, state, grad, steps
 
 
 def backward_step(weights: List[torch.Tensor], head_w, saved, h_top, losses, grad, dtheta, dh: List[torch.Tensor],
@@ -85,6 +91,22 @@ def backward_step(weights: List[torch.Tensor], head_w, saved, h_top, losses, gra
     return dtheta, new_dh, new_dc, dW + db + [dhead_w, dhead_b]
 
 
+def backward_steps(weights: List[torch.Tensor], head_w, steps, dtheta, dh: List[torch.Tensor], dc: List[torch.Tensor],
+                   grads: List[torch.Tensor], weighting: str, lasts: tuple, scale: float, hidden: int):
+    """backward_step over a group of consecutive steps (as forward_loss_steps returns them), latest first; lasts[j]:
+    whether steps[j] is the unroll's last step."""
+    for (saved, h_top, losses, grad), last in zip(reversed(steps), reversed(lasts), strict=True):
+        dtheta, dh, dc, grads = backward_step(weights, head_w, saved, h_top, losses, grad, dtheta, dh, dc, grads,
+                                              weighting, last, scale, hidden)
+    return dtheta, dh, dc, grads
+
+
+# Steps per compiled call: each call costs ~30 us of dispatch (dynamo's guards, the compiled region's wrappers), and
+# inside one graph the compiler fuses across the steps. Two per call: 0.065 -> 0.060 s per quadratic meta-iteration
+# in two one-thread processes; four: no faster, a longer compile.
+GROUP = 2
+
+
 @dataclass
 class UnrollResult:
     grads: List[torch.Tensor]  # dJ/dphi in net.parameters() order
@@ -104,10 +126,12 @@ class ManualBPTT:
             raise TypeError(f"ManualBPTT implements CoordinatewiseLSTM's backward, got {type(net).__name__}")
         self.net = net
         self.forward = Compiled(forward_step) if compiled else forward_step
-        # only on one thread: on more, inductor runs each function's 10-term sums of the quadratic's gradient as an
-        # OpenMP region of their own (measured 2x slower per meta-iteration on 2 threads)
-        self.forward_loss = Compiled(forward_loss_step) if compiled and torch.get_num_threads() == 1 else None
-        self.backward = Compiled(backward_step) if compiled else backward_step
+        # folding the closed-form loss into the compiled step pays on one thread only: on more, inductor runs each
+        # function's 10-term sums of the quadratic's gradient as an OpenMP region of their own (2x slower per
+        # meta-iteration on 2 threads). Eager, folding changes nothing (the same operations), so always fold.
+        fold = not compiled or torch.get_num_threads() == 1
+        self.forward_loss = (Compiled(forward_loss_steps) if compiled else forward_loss_steps) if fold else None
+        self.backward = Compiled(backward_steps) if compiled else backward_steps
 
     @torch.no_grad()
     def unroll(self, family: Family, problem, theta, state: State, grad, first_step: int, steps: int,
@@ -116,31 +140,33 @@ class ManualBPTT:
         weights = [w.detach() for w in net.weights]
         biases = [b.detach() for b in net.biases]
         head_w, head_b = net.head.weight.detach(), net.head.bias.detach()
-        saved, tops, losses, grads_seen = [], [], [], []
         closed_form = (self.forward_loss is not None and getattr(family, "stationary", False)
                        and family.analytic_loss_and_grad(problem, theta, 0) is not None)
         lstm = (weights, biases, head_w, head_b)
         config = (net.preprocess_kind, net.preprocess_p, net.output_scale, H)
-        for k in range(steps):
+        groups = []  # per group of up to GROUP steps: [(saved, h of the top layer, losses, grad) per step]
+        for start in range(0, steps, GROUP):
+            count = min(GROUP, steps - start)
             if closed_form:
-                theta, step_saved, state, step_losses, grad = self.forward_loss(*lstm, theta, grad, state, *config,
-                                                                                family, problem)
+                theta, state, grad, group = self.forward_loss(*lstm, theta, grad, state, *config, family, problem,
+                                                              count)
             else:
-                theta, step_saved, state = self.forward(*lstm, theta, grad, state, *config)
-                step_losses, grad = loss_and_grad(family, problem, theta, first_step + k + 1)
-            saved.append(step_saved)
-            tops.append(state[-1][0])
-            losses.append(step_losses)
-            grads_seen.append(grad)
+                group = []
+                for k in range(start, start + count):
+                    theta, saved, state = self.forward(*lstm, theta, grad, state, *config)
+                    losses, grad = loss_and_grad(family, problem, theta, first_step + k + 1)
+                    group.append((saved, state[-1][0], losses, grad))
+            groups.append(group)
+        losses = [step[2] for group in groups for step in group]
         n = theta.numel()
         dtheta = torch.zeros_like(theta)
         dh = [theta.new_zeros(H, n) for _ in weights]
         dc = [theta.new_zeros(H, n) for _ in weights]
         grads = [torch.zeros_like(p) for p in net.parameters()]
-        for k in reversed(range(steps)):
-            dtheta, dh, dc, grads = self.backward(weights, head_w, saved[k], tops[k], losses[k], grads_seen[k],
-                                                  dtheta, dh, dc, grads, weighting, k == steps - 1,
+        for g in reversed(range(len(groups))):
+            lasts = tuple(g * GROUP + j == steps - 1 for j in range(len(groups[g])))
+            dtheta, dh, dc, grads = self.backward(weights, head_w, groups[g], dtheta, dh, dc, grads, weighting, lasts,
                                                   net.output_scale, H)
-            saved[k] = None  # free the step's activations as soon as they are used
+            groups[g] = None  # free the group's activations as soon as they are used
         loss_sum = torch.stack(losses).mean(dim=1).sum()
         return UnrollResult(grads, loss_sum, losses[-1], theta, state, grad)

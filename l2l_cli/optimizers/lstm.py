@@ -12,6 +12,8 @@ from l2l_cli.optimizers.preprocessing import num_features, preprocess
 
 State = List[Tuple[torch.Tensor, torch.Tensor]]
 
+CHUNK = 8192  # coordinates per pass of CoordinatewiseLSTM.forward (4096-16384 measured alike, 127280 at once 8% slower)
+
 
 class CoordinatewiseLSTM(nn.Module):
     """Stacked LSTM over N independent coordinates at once, followed by a linear map to one update each.
@@ -46,7 +48,22 @@ class CoordinatewiseLSTM(nn.Module):
         return [(zeros(), zeros()) for _ in self.weights]
 
     def forward(self, grad: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
-        """grad (N,) -> update (N,) = output_scale * linear(LSTM(preprocess(grad)))."""
+        """grad (N,) -> update (N,) = output_scale * linear(LSTM(preprocess(grad))).
+
+        Many coordinates go through in chunks of CHUNK: each chunk's (4H, CHUNK) gate matrix is still in the cache
+        when its activations read it, where the whole (4H, N) one (40 MB for 8 MNIST optimizees) goes out to memory
+        and back. Measured on 127280 coordinates, 2 threads: compiled 26.3 -> 24.2 ms per step, eager 48.0 -> 42.8.
+        """
+        n = grad.shape[0]
+        if n <= CHUNK:
+            return self._forward(grad, state)
+        pieces = [self._forward(grad[s: s + CHUNK], [(h[:, s: s + CHUNK], c[:, s: s + CHUNK]) for h, c in state])
+                  for s in range(0, n, CHUNK)]
+        update = torch.cat([u for u, _ in pieces])
+        return update, [tuple(torch.cat([st[layer][k] for _, st in pieces], 1) for k in (0, 1))
+                        for layer in range(len(state))]
+
+    def _forward(self, grad: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         x = preprocess(grad, self.preprocess_kind, self.preprocess_p).t()
         new_state: State = []
         for weight, bias, (h, c) in zip(self.weights, self.biases, state, strict=True):
