@@ -12,7 +12,10 @@ from l2l_cli.optimizers.preprocessing import num_features, preprocess
 
 State = List[Tuple[torch.Tensor, torch.Tensor]]
 
-CHUNK = 8192  # coordinates per pass of CoordinatewiseLSTM.forward (4096-16384 measured alike, 127280 at once 8% slower)
+# coordinates per pass of CoordinatewiseLSTM.forward. Compiled, 127280 coordinates, 2 threads: 8192 26.7 ms per eval
+# step, 16384 27.0, 32768 28.1, all at once 30.2. Each chunk is its own OpenMP regions, and on this VM, when the host
+# deschedules a vCPU, every region's barrier waits (8192 then ran 67-72 ms, all at once 30-39): the larger chunk.
+CHUNK = 16384
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -52,7 +55,8 @@ class CoordinatewiseLSTM(nn.Module):
 
         Many coordinates go through in chunks of CHUNK: each chunk's (4H, CHUNK) gate matrix is still in the cache
         when its activations read it, where the whole (4H, N) one (40 MB for 8 MNIST optimizees) goes out to memory
-        and back. Measured on 127280 coordinates, 2 threads: compiled 26.3 -> 24.2 ms per step, eager 48.0 -> 42.8.
+        and back. Measured on 127280 coordinates, 2 threads, the LSTM alone: compiled 26.3 -> 24.2 ms per step,
+        eager 48.0 -> 42.8 (chunks of 8192).
         """
         n = grad.shape[0]
         if n <= CHUNK:
