@@ -11,8 +11,9 @@ Prints, and writes to benchmarks/results/speed.json (torch version, threads and 
 - peak resident memory of a meta-training run, and the bytes per coordinate per unrolled step (from two unroll
   lengths, each in a fresh process).
 
-Each figure is timed in --blocks blocks, each right after its own matmul measurement, and reported as the block
-with the highest fraction of matmul (the least disturbed by other load on a shared machine) next to the median.
+Each figure is timed in --blocks blocks, each right after its own matmul measurement, and reported as the fastest
+block against the fastest matmul of the run (each the least disturbed by other load on a shared machine), next to
+the median of each block's fraction of its own matmul.
 
 Modes: eager and compiled run in this process; default is what `l2l train optimizee=<task>` does with these threads
 (compiled, and train.workers: null, which gives the quadratic task one worker process per thread).
@@ -118,12 +119,15 @@ def blocks_of(measure, blocks: int, device) -> list:
 
 
 def summarise(blocks: list, flops: float) -> tuple[int, dict]:
-    """(index, figures) of the block with the highest fraction of matmul (the least disturbed by other load),
-    with the median fraction. blocks: (seconds for `flops` of model work, matmul FLOP/s)."""
-    fractions = [flops / seconds / peak for seconds, peak in blocks]
-    best = max(range(len(blocks)), key=fractions.__getitem__)
-    return best, {"seconds": blocks[best][0], "fraction_of_matmul": fractions[best],
-                  "fraction_of_matmul_median": statistics.median(fractions), "matmul_flops_per_second": blocks[best][1],
+    """(index, figures) of the fastest block, its fraction of the fastest matmul of the run (each the least disturbed
+    by other load; pairing the fastest block with its own matmul would flatter it whenever that matmul was slowed),
+    and the median of each block's fraction of its own matmul. blocks: (seconds for `flops` of model work, matmul
+    FLOP/s)."""
+    best = min(range(len(blocks)), key=lambda k: blocks[k][0])
+    peak = max(pk for _, pk in blocks)
+    return best, {"seconds": blocks[best][0], "fraction_of_matmul": flops / blocks[best][0] / peak,
+                  "fraction_of_matmul_median": statistics.median(flops / sec / pk for sec, pk in blocks),
+                  "matmul_flops_per_second": peak,
                   "blocks": [{"seconds": sec, "matmul_flops_per_second": pk} for sec, pk in blocks]}
 
 
@@ -231,8 +235,9 @@ def main() -> None:
     figures = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                "matmul_flops_per_second": peak, "blocks": args.blocks, "meta_training": {}, "learned_step": {},
                "memory": {}}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; each figure is the best of "
-          f"{args.blocks} blocks, each block against a matmul measured just before it (median in brackets)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; each figure is the fastest "
+          f"of {args.blocks} blocks against the fastest of the matmuls measured before each block (in brackets: the "
+          f"median of each block against its own matmul)")
     print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
     for task in tasks:
         for mode in modes:

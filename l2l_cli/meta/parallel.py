@@ -172,22 +172,26 @@ class ShardedRun:
             total = grad if total is None else total + grad
             loss_sum += worker_loss_sum * share
             finals.append(torch.from_numpy(final))
-        grads, offset = [], 0
-        for p in params:
-            grads.append(total[offset: offset + p.numel()].view_as(p).to(p.device))
-            offset += p.numel()
+        grads = [g.to(p.device) for g, p in zip(_split_like(total, params), params, strict=True)]
         device = params[0].device
         return UnrollGradient(grads, torch.tensor(loss_sum, dtype=total.dtype, device=device),
                               torch.cat(finals).to(device))
 
 
+def _split_like(flat: torch.Tensor, params) -> list:
+    """Views of a flat vector shaped as each parameter in turn (the inverse of parameters_to_vector)."""
+    views, offset = [], 0
+    for p in params:
+        views.append(flat[offset: offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return views
+
+
 @torch.no_grad()
 def _load_flat(params, flat: torch.Tensor) -> None:
     """In place: the compiled steps keep reading the same parameter tensors."""
-    offset = 0
-    for p in params:
-        p.copy_(flat[offset: offset + p.numel()].view_as(p))
-        offset += p.numel()
+    for p, value in zip(params, _split_like(flat, params), strict=True):
+        p.copy_(value)
 
 
 def _worker_main(conn, spec: WorkerSpec, index: int, start: int, stop: int, cpus, weights, grads) -> None:
