@@ -4,6 +4,8 @@ errors when a worker fails or dies, and the auto setting's rules. Real spawned p
 from __future__ import annotations
 
 import math
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,6 +109,25 @@ def test_a_dead_worker_is_an_error_not_a_hang(tmp_path):
     finally:
         pool.close()
     assert all(not proc.is_alive() for proc in pool.procs)
+
+
+def test_workers_leave_ctrl_c_and_sigterm_to_the_main_process():
+    """A terminal's Ctrl-C goes to the whole process group: the workers must survive it, also while they are still
+    starting (importing torch), so that the main process can finish its iteration and checkpoint."""
+    pool = _pool(QuadraticFamily(dim=3))
+    try:
+        for proc in pool.procs:
+            os.kill(proc.pid, signal.SIGINT)  # right after the start: still in the interpreter's bootstrap
+        net = _net()
+        run = pool.run(generator(0, "test").get_state(), 8, net)
+        run.unroll(0, 4)
+        for proc in pool.procs:
+            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signal.SIGTERM)
+        run.unroll(4, 4)
+        assert all(proc.is_alive() for proc in pool.procs)
+    finally:
+        pool.close()
 
 
 def test_shares_cover_the_batch_in_order():

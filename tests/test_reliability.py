@@ -20,10 +20,11 @@ from l2l_cli.meta.trainer import DivergenceError, MetaTrainer
 LONG = [*TINY_TRAIN, "train.iterations=400", "train.val_every=100", "train.checkpoint_every=5"]
 
 
-def _start_train(run_dir: Path, *extra):
+def _start_train(run_dir: Path, *extra, new_session=False):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "l2l_cli", "train", *LONG, *extra, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
 
 
 def _wait_for(path: Path, proc, timeout=120):
@@ -61,6 +62,26 @@ def test_signal_writes_last_checkpoint_and_resume_matches_uninterrupted(tmp_path
     assert f"resumed from {tmp_path / 'checkpoints' / 'last.pt'} at iteration {stopped_at}" in " ".join(
         resumed.stdout.split())
     final, reference = _final_model(tmp_path), _final_model(uninterrupted)
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly_and_resumes_exactly(tmp_path):
+    """A terminal's Ctrl-C reaches the worker processes too: they leave it to the main process, which finishes its
+    iteration, checkpoints and stops; resuming (with workers again) ends where the uninterrupted run ends."""
+    workers = ["train.workers=2", "threads=2"]
+    straight = run_cli("train", *LONG, *workers, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+    proc = _start_train(tmp_path / "run", *workers, new_session=True)
+    _wait_for(tmp_path / "run" / "checkpoints" / "last.pt", proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert "last checkpoint written to" in stderr and "Traceback" not in stderr and "WorkerError" not in stderr
+    stopped_at = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"]
+    assert 5 <= stopped_at < 400
+    resumed = run_cli("train", *LONG, *workers, "resume=true", f"hydra.run.dir={tmp_path / 'run'}")
+    assert resumed.returncode == 0, resumed.stderr
+    final, reference = _final_model(tmp_path / "run"), _final_model(tmp_path / "straight")
     assert all(torch.equal(final[k], reference[k]) for k in reference)
 
 

@@ -23,6 +23,7 @@ import signal
 import traceback
 import weakref
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 
 import torch
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 AUTO_MIN_COORDINATE_STEPS = 2e7
 # fewer coordinates than this per worker and each step is all per-call overhead (measured gain at 640)
 MIN_COORDINATES_PER_WORKER = 512
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the main process's to handle (signals.GracefulStop)
 
 
 class WorkerError(RuntimeError):
@@ -97,15 +99,25 @@ class WorkerPool:
         pin = workers * spec.threads <= len(cpus)
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools in an unusable state
         self.procs, self.conns = [], []
-        for k in range(workers):
-            parent, child = ctx.Pipe()
-            own_cpus = cpus[k * spec.threads: (k + 1) * spec.threads] if pin else None
-            proc = ctx.Process(target=_worker_main, daemon=True, name=f"l2l-meta-worker-{k}",
-                               args=(child, spec, k, bounds[k], bounds[k + 1], own_cpus, self.weights, self.grads))
-            proc.start()
-            child.close()  # so this end sees EOF when the worker dies
-            self.procs.append(proc)
-            self.conns.append(parent)
+        # Workers start with Ctrl-C and SIGTERM blocked (the mask is inherited), so one sent to the process group
+        # while they are still starting cannot kill them before they ignore it. multiprocessing's resource tracker
+        # unblocks both when it starts (on the first spawn, in whichever process unpickles shared tensors first):
+        # started here before the mask, and the workers' start takes plain arguments only.
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for k in range(workers):
+                parent, child = ctx.Pipe()
+                own_cpus = cpus[k * spec.threads: (k + 1) * spec.threads] if pin else None
+                proc = ctx.Process(target=_worker_main, daemon=True, name=f"l2l-meta-worker-{k}",
+                                   args=(child, k, bounds[k], bounds[k + 1], own_cpus))
+                proc.start()
+                child.close()  # so this end sees EOF when the worker dies
+                self.procs.append(proc)
+                self.conns.append(parent)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self.broadcast(("init", spec, self.weights, self.grads))
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns)
         log.info("meta-training on %d worker processes, %d thread(s) each%s", workers, spec.threads,
                  ", pinned to cores" if pin else "")
@@ -194,14 +206,16 @@ def _load_flat(params, flat: torch.Tensor) -> None:
         p.copy_(value)
 
 
-def _worker_main(conn, spec: WorkerSpec, index: int, start: int, stop: int, cpus, weights, grads) -> None:
+def _worker_main(conn, index: int, start: int, stop: int, cpus) -> None:
     # the main process handles Ctrl-C and SIGTERM (it finishes the iteration, then checkpoints); a worker that died
     # of them would leave it mid-unroll. Workers end when told, or when the main process's end of the pipe closes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # also discards one that arrived while blocked
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         if cpus:
             os.sched_setaffinity(0, cpus)
+        _, spec, weights, grads = conn.recv()  # ("init", ...)
         _serve(conn, spec, start, stop, weights, grads[index])
     except EOFError:
         pass
