@@ -151,6 +151,8 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, bloc
     model_flops = 3 * lstm_forward_flops(trainer.s.optimizer) * coord_steps
     _, figures = summarise(blocks_of(one_block, blocks, device), model_flops)
     seconds = figures.pop("seconds")
+    if trainer.pool is not None:  # each worker's own peak (the main process's includes this benchmark's other runs)
+        figures["worker_peak_rss_mib"] = [peak_rss_mib(proc.pid) for proc in trainer.pool.procs]
     trainer.close()
     return {"seconds_per_meta_iteration": seconds,
             "seconds_per_meta_iteration_median": statistics.median(b["seconds"] for b in figures["blocks"]),
@@ -203,17 +205,24 @@ def bench_step_cost(device, compiled: bool, blocks: int, functions: int = 8, rep
             "lstm_step_flops_per_second": learned / lstm_s, **figures}
 
 
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """A process's peak resident set (VmHWM; ru_maxrss would survive exec and report a parent's peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
 def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None) -> float:
-    """Peak RSS (MiB) of a fresh process that meta-trains `iterations` iterations."""
-    # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report this (parent) process's peak
+    """Peak RSS (MiB) of a fresh process that meta-trains `iterations` iterations (in that process: no workers)."""
     code = ("import sys, torch; sys.path.insert(0, sys.argv[1]);"
             + f"from l2l_cli.runtime import configure_torch; configure_torch({threads});"
-            + "from benchmarks.speed import trainer_for; t = trainer_for(sys.argv[2], torch.device('cpu'), False,"
-            " int(sys.argv[3]));\n[t.train_iteration() for _ in range(int(sys.argv[4]))];"
-            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+            + "from benchmarks.speed import peak_rss_mib, trainer_for;"
+            " t = trainer_for(sys.argv[2], torch.device('cpu'), False, int(sys.argv[3]));\n"
+            "[t.train_iteration() for _ in range(int(sys.argv[4]))]; print(peak_rss_mib())")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), task, str(unroll), str(iterations)],
                          capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -253,7 +262,9 @@ def main() -> None:
                   f"{m['steps']} steps), {m['coordinate_steps_per_second']:.3g} coord-steps/s, "
                   f"{m['model_flops_per_second'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% "
                   f"({100 * m['fraction_of_matmul_median']:.1f}%) of matmul; first iteration "
-                  f"{m['first_iteration_seconds']:.1f} s" + (f"; {workers} worker processes" if workers > 1 else ""))
+                  f"{m['first_iteration_seconds']:.1f} s" + (f"; {workers} worker processes, peak RSS "
+                                                            + " / ".join(f"{r:.0f}" for r in m["worker_peak_rss_mib"])
+                                                            + " MiB" if workers > 1 else ""))
     if "mnist" in tasks:
         for mode in (m for m in modes if m != "default"):  # evaluation runs in one process whatever the mode
             s = bench_step_cost(device, mode == "compiled", args.blocks)
