@@ -7,10 +7,11 @@ meta-objective J = sum_t sum_b c_tb f_b(theta_t) (c: the weighting's per-functio
 
 a reverse running sum of gradients the unroll computes anyway. What is left is plain BPTT through the LSTM with
 known output gradients. Written out, the forward keeps only what the backward reads (~300 floats per coordinate
-per step for the default 2 x 20 LSTM, not autograd's whole graph), each step's forward and backward are one
-function each (compiled into a few fused kernels when compile is on), and each layer's weight gradient grows by
-one matmul over all coordinates per step. ``unroll.unroll_objective`` computes the same meta-gradient with
-autograd; tests compare the two.
+per step for the default 2 x 20 LSTM, not autograd's whole graph), the forward and the backward of each group of
+GROUP steps are one function each (compiled into a few fused kernels when compile is on; for a stationary family
+with a closed-form gradient the forward includes the optimizee's loss and gradient), and each layer's weight
+gradient grows by one matmul over all coordinates per step. ``unroll.unroll_objective`` computes the same
+meta-gradient with autograd; tests compare the two.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ class UnrollResult:
 
 
 class ManualBPTT:
-    """The first-order meta-gradient of one unroll for ``net``, without autograd. ``compiled``: torch.compile both
-    step functions (falling back to eager if compilation fails)."""
+    """The first-order meta-gradient of one unroll for ``net``, without autograd. ``compiled``: torch.compile the
+    step functions (each falling back to eager if its compilation fails)."""
 
     def __init__(self, net: CoordinatewiseLSTM, compiled: bool = False):
         if type(net) is not CoordinatewiseLSTM:  # its math, written out below: a subclass may compute otherwise
