@@ -104,7 +104,7 @@ def trainer_for(task: str, device, compiled: bool, unroll: int | None = None, wo
                                             val_functions=1),
                        batch_size=cfg.batch_size, seed=0, data_seed=0, device=device,
                        out_dir=ROOT / "benchmarks" / "results" / "tmp", optimizee=cfg, compile=compiled,
-                       workers=workers, threads=max(1, torch.get_num_threads() // workers))
+                       workers=workers)
     return MetaTrainer(setup)
 
 
@@ -159,7 +159,7 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, bloc
             "first_iteration_seconds": first, "coordinate_steps_per_second": coord_steps / seconds,
             "model_flops_per_second": model_flops / seconds, **figures, "functions": trainer.s.batch_size,
             "coordinates": trainer.s.family.num_params, "steps": trainer.s.schedule.num_steps, "workers": workers,
-            "threads_per_worker": trainer.s.threads if workers > 1 else torch.get_num_threads()}
+            "threads_per_worker": trainer.worker_threads if workers > 1 else torch.get_num_threads()}
 
 
 @torch.no_grad()

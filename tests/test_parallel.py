@@ -36,8 +36,7 @@ def _setup(tmp_path: Path, workers: int, bptt="manual", weighting="log", batch=5
                            evaluate=False, bptt=bptt)
     return TrainSetup(family=QuadraticFamily(dim=6), optimizer=LSTMConfig(hidden_size=8),
                       schedule=TruncatedScheduleConfig(num_steps=12, unroll=4, weighting=weighting), loop=loop,
-                      batch_size=batch, seed=3, data_seed=0, device=CPU, out_dir=tmp_path, workers=workers,
-                      threads=1)
+                      batch_size=batch, seed=3, data_seed=0, device=CPU, out_dir=tmp_path, workers=workers)
 
 
 @pytest.mark.parametrize("bptt, weighting", [("manual", "log"), ("autograd", "uniform")])

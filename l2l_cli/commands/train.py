@@ -47,10 +47,8 @@ def train(conf: TrainConfig, out_dir: Path) -> tuple[list[MetaTrainer], int, Pat
                        compile=False)
     work = conf.optimizee.batch_size * setup.family.num_params * conf.schedule.num_steps * iterations
     setup.compile = should_compile(conf.compile, work)
-    threads = torch.get_num_threads()
-    setup.workers = resolve_workers(conf.train.workers, threads, conf.optimizee.batch_size, setup.family.num_params,
-                                    work, device)
-    setup.threads = max(1, threads // setup.workers)
+    setup.workers = resolve_workers(conf.train.workers, torch.get_num_threads(), conf.optimizee.batch_size,
+                                    setup.family.num_params, work, device)
     members: list[MetaTrainer] = []
     with GracefulStop() as stopper, progress() as bar:
         task = bar.add_task("meta-train", total=population * iterations, completed=0, info="")

@@ -24,21 +24,14 @@ import torch
 from l2l_cli.meta.unroll import step_weights
 from l2l_cli.optimizees.base import Family, loss_and_grad
 from l2l_cli.optimizers.compiled import Compiled
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, State, cell_forward
-from l2l_cli.optimizers.preprocessing import preprocess
+from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, State, lstm_step
 
 
 def forward_step(weights: List[torch.Tensor], biases: List[torch.Tensor], head_w, head_b, theta, grad, state: State,
                  kind: str, p: float, scale: float, hidden: int):
     """theta_{t+1} = theta_t + LSTM(g_t), and per layer what its backward needs: ([x; h], ifo, g, c_prev, tanh c)."""
-    x = preprocess(grad.reshape(-1), kind, p).t()
-    saved, new_state = [], []
-    for weight, bias, (h, c) in zip(weights, biases, state, strict=True):
-        inp, ifo, g, tanh_c, h, c_new = cell_forward(weight, bias, x, h, c, hidden)
-        saved.append((inp, ifo, g, c, tanh_c))
-        new_state.append((h, c_new))
-        x = h
-    update = torch.addmm(head_b.unsqueeze(1), head_w, x).squeeze(0) * scale
+    update, saved, new_state = lstm_step(weights, biases, head_w, head_b, grad.reshape(-1), state, kind, p, scale,
+                                         hidden)
     return theta + update.view_as(theta), saved, new_state
 
 

@@ -59,7 +59,6 @@ class TrainSetup:
     compile: bool = False
     member: int = 0  # index in a population of independent meta-trainings (0: the run's seed itself)
     workers: int = 1  # processes sharing each batch's functions (parallel.resolve_workers); 1: this process alone
-    threads: int = 1  # torch threads of each worker when workers > 1
 
 
 class MetaTrainer:
@@ -71,6 +70,7 @@ class MetaTrainer:
         compiled = maybe_compile(self.net, setup.compile)
         self.manual = ManualBPTT(self.net, compiled) if setup.loop.bptt == "manual" else None
         self.pool: Optional[WorkerPool] = None  # started by the first iteration that needs it
+        self.worker_threads = max(1, torch.get_num_threads() // setup.workers)  # each worker's share of ours
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
@@ -216,7 +216,7 @@ class MetaTrainer:
             s = self.s
             spec = WorkerSpec(family=s.family, optimizer=s.optimizer, dtype=next(self.net.parameters()).dtype,
                               compiled=s.compile, manual=s.loop.bptt == "manual", second_order=s.loop.second_order,
-                              weighting=s.schedule.weighting, threads=s.threads)
+                              weighting=s.schedule.weighting, threads=self.worker_threads)
             num_weights = sum(p.numel() for p in self.net.parameters())
             self.pool = WorkerPool(spec, s.batch_size, s.workers, num_weights)
         return self.pool

@@ -68,14 +68,25 @@ class CoordinatewiseLSTM(nn.Module):
                         for layer in range(len(state))]
 
     def _forward(self, grad: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
-        x = preprocess(grad, self.preprocess_kind, self.preprocess_p).t()
-        new_state: State = []
-        for weight, bias, (h, c) in zip(self.weights, self.biases, state, strict=True):
-            *_, h, c = cell_forward(weight, bias, x, h, c, self.hidden_size)
-            new_state.append((h, c))
-            x = h
-        update = torch.addmm(self.head.bias.unsqueeze(1), self.head.weight, x).squeeze(0)
-        return update * self.output_scale, new_state
+        update, _, new_state = lstm_step(list(self.weights), list(self.biases), self.head.weight, self.head.bias, grad,
+                                         state, self.preprocess_kind, self.preprocess_p, self.output_scale,
+                                         self.hidden_size)
+        return update, new_state
+
+
+def lstm_step(weights: List[torch.Tensor], biases: List[torch.Tensor], head_w, head_b, grad, state: State, kind: str,
+              p: float, scale: float, hidden: int):
+    """grad (N,) -> (update (N,), per layer what a hand-written backward reads: ([x; h], ifo, g, c_prev, tanh c),
+    the new state). The module's forward and meta.manual_bptt both step with this."""
+    x = preprocess(grad, kind, p).t()
+    saved, new_state = [], []
+    for weight, bias, (h, c) in zip(weights, biases, state, strict=True):
+        inp, ifo, g, tanh_c, h, c_new = cell_forward(weight, bias, x, h, c, hidden)
+        saved.append((inp, ifo, g, c, tanh_c))
+        new_state.append((h, c_new))
+        x = h
+    update = torch.addmm(head_b.unsqueeze(1), head_w, x).squeeze(0) * scale
+    return update, saved, new_state
 
 
 def cell_forward(weight, bias, x, h, c, hidden: int):
