@@ -37,21 +37,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from l2l_cli.config import (  # noqa: E402
-    BASELINE_DEFAULTS,
-    LSTMConfig,
-    MLPConfig,
-    QuadraticConfig,
-    TrainLoopConfig,
-    TruncatedScheduleConfig,
-)
-from l2l_cli.meta.parallel import resolve_workers  # noqa: E402
-from l2l_cli.meta.trainer import MetaTrainer, TrainSetup, build_net  # noqa: E402
+from l2l_cli.meta.policy import plan_training  # noqa: E402
+from l2l_cli.meta.trainer import MetaTrainer  # noqa: E402
 from l2l_cli.optimizees import build_family, loss_and_grad  # noqa: E402
 from l2l_cli.optimizees.base import held_out_problems  # noqa: E402
-from l2l_cli.optimizers import Baseline, LearnedRule  # noqa: E402
+from l2l_cli.optimizees.mlp import MLPConfig  # noqa: E402
+from l2l_cli.optimizees.quadratic import QuadraticConfig  # noqa: E402
+from l2l_cli.optimizers import Baseline, baseline_config, build_learned  # noqa: E402
 from l2l_cli.optimizers.compiled import maybe_compile  # noqa: E402
+from l2l_cli.optimizers.lstm import LSTMConfig  # noqa: E402
 from l2l_cli.runtime import configure_torch, resolve_device  # noqa: E402
+from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig  # noqa: E402
 
 TASKS = {"quadratic": QuadraticConfig(), "mnist": MLPConfig()}
 
@@ -88,24 +84,24 @@ def mlp_forward_backward_flops(cfg: MLPConfig, num_params_weights: int) -> int:
     return 3 * 2 * cfg.minibatch * num_params_weights
 
 
+def setup_for(task: str, device, compiled: bool | None, loop: TrainLoopConfig, unroll: int | None = None):
+    """The setup `l2l train optimizee=<task>` makes (meta.policy), with this loop and compile setting."""
+    cfg = TASKS[task]
+    return plan_training(family=build_family(cfg), optimizee=cfg, optimizer=LSTMConfig(),
+                         schedule=TruncatedScheduleConfig(unroll=unroll or 20), loop=loop, seed=0, data_seed=0,
+                         device=device, out_dir=ROOT / "benchmarks" / "results" / "tmp", compile=compiled)
+
+
 def default_workers(task: str, device) -> int:
     """The worker processes `l2l train optimizee=<task>` uses with these threads (train.workers: null)."""
-    cfg = TASKS[task]
-    family = build_family(cfg)
-    work = cfg.batch_size * family.num_params * TruncatedScheduleConfig().num_steps * cfg.suggested.iterations
-    return resolve_workers(None, torch.get_num_threads(), cfg.batch_size, family.num_params, work, device)
+    loop = TrainLoopConfig(iterations=TASKS[task].suggested.iterations)
+    return setup_for(task, device, None, loop).workers
 
 
 def trainer_for(task: str, device, compiled: bool, unroll: int | None = None, workers: int = 1) -> MetaTrainer:
-    cfg = TASKS[task]
-    schedule = TruncatedScheduleConfig(unroll=unroll or 20)
-    setup = TrainSetup(family=build_family(cfg), optimizer=LSTMConfig(), schedule=schedule,
-                       loop=TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9,
-                                            val_functions=1),
-                       batch_size=cfg.batch_size, seed=0, data_seed=0, device=device,
-                       out_dir=ROOT / "benchmarks" / "results" / "tmp", optimizee=cfg, compile=compiled,
-                       workers=workers)
-    return MetaTrainer(setup)
+    loop = TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9, val_functions=1,
+                           workers=workers)
+    return MetaTrainer(setup_for(task, device, compiled, loop, unroll))
 
 
 def blocks_of(measure, blocks: int, device) -> list:
@@ -169,9 +165,9 @@ def bench_step_cost(device, compiled: bool, blocks: int, functions: int = 8, rep
     family = build_family(cfg)
     problem = held_out_problems(family, functions, 5 + blocks * repeats, 0, "test", device)
     torch.manual_seed(0)
-    net = build_net(LSTMConfig()).to(device).eval()
+    net = build_learned(LSTMConfig()).to(device).eval()
     maybe_compile(net, compiled)
-    rules = {"lstm": LearnedRule(net), "adam": Baseline(BASELINE_DEFAULTS["adam"], 0.03)}
+    rules = {"lstm": net, "adam": Baseline(baseline_config("adam"), 0.03)}
     runs = {name: [family.initial_params(problem), None, 0] for name in rules}  # theta, state, step
 
     def steps(name: str, n: int) -> float:

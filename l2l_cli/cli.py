@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     import hydra
 
-    from l2l_cli.config import register_schemas
+    from l2l_cli.commands.config import register_schemas
 
     register_schemas()
     module = importlib.import_module(COMMANDS[command][0])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from l2l_cli.evaluation import CurveStats, best_baseline
+from l2l_cli.evaluation import CurveStats
 
 
 def console() -> Console:
@@ -38,35 +38,59 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def make_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None,
+               right: Sequence[str] = (), styles: Sequence[str | None] | None = None) -> Table:
+    """Every table l2l prints: text columns left-aligned, the number columns named in ``right`` right-aligned and
+    never wrapped; ``styles``: one rich style (or None) per row."""
+    table = Table(title=title, caption=caption)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=column in right)
+    for k, row in enumerate(rows):
+        table.add_row(*row, style=styles[k] if styles else None)
+    return table
+
+
 def results_table(stats: Dict[str, CurveStats], learning_rates: Dict[str, str], learned: Optional[str],
-                  title: str) -> Table:
+                  best: Optional[str], title: str) -> Table:
     """Final mean and median per optimizer and the ratio to the best baseline (below 1: better than it)."""
-    best = best_baseline(stats, learned)
-    table = Table(title=title, caption="* best baseline; ratios below 1 beat it; diverged: non-finite runs")
-    for column in ("optimizer", "lr", "mean", "median", "mean/best", "median/best", "diverged"):
-        table.add_column(column, justify="left" if column == "optimizer" else "right", no_wrap=True)
     ref = stats[best] if best else None
+    rows, styles = [], []
     for name, s in stats.items():
         ratio_mean = s.final_mean / ref.final_mean if ref else float("nan")
         ratio_median = s.final_median / ref.final_median if ref else float("nan")
-        style = "bold green" if name == best else ("bold" if name == learned else None)
-        table.add_row(name + (" *" if name == best else ""), learning_rates.get(name, ""),
-                      fmt(s.final_mean), fmt(s.final_median), fmt(ratio_mean), fmt(ratio_median),
-                      f"{s.nonfinite}/{s.runs}", style=style)
-    return table
+        styles.append("bold green" if name == best else ("bold" if name == learned else None))
+        rows.append([name + (" *" if name == best else ""), learning_rates.get(name, ""), fmt(s.final_mean),
+                     fmt(s.final_median), fmt(ratio_mean), fmt(ratio_median), f"{s.nonfinite}/{s.runs}"])
+    return make_table(title, ("optimizer", "lr", "mean", "median", "mean/best", "median/best", "diverged"), rows,
+                      caption="* best baseline; ratios below 1 beat it; diverged: non-finite runs",
+                      right=("lr", "mean", "median", "mean/best", "median/best", "diverged"), styles=styles)
 
 
-def generalization_table(rows: Dict[str, Dict[str, float]], steps: Dict[str, int], learned: Optional[str]) -> Table:
+def generalization_table(rows: Dict[str, Dict[str, float]], steps: Dict[str, int]) -> Table:
     """Rows = variants, columns = optimizers, cells = mean final loss; the best of each row in bold green."""
     optimizers = list(next(iter(rows.values())))
-    table = Table(title="generalisation: mean final test loss per variant", caption="best per row in bold green")
-    table.add_column("variant")
-    table.add_column("steps", justify="right")
-    for name in optimizers:
-        table.add_column(name, justify="right", no_wrap=True)
+    cells = []
     for variant, row in rows.items():
         finite = {n: v for n, v in row.items() if math.isfinite(v)}
         best = min(finite, key=finite.get) if finite else None
-        cells = [f"[bold green]{fmt(v)}[/]" if n == best else fmt(v) for n, v in row.items()]
-        table.add_row(variant, str(steps[variant]), *cells)
-    return table
+        cells.append([variant, str(steps[variant]),
+                      *(f"[bold green]{fmt(v)}[/]" if n == best else fmt(v) for n, v in row.items())])
+    return make_table("generalisation: mean final test loss per variant", ("variant", "steps", *optimizers), cells,
+                      caption="best per row in bold green", right=("steps", *optimizers))
+
+
+def runs_table(records, title: str, caption: str | None = None) -> Table:
+    """One row per run (a sweep's jobs, `l2l plot`'s inputs): overrides, validation and test losses, the best
+    baseline and the ratio to it, status."""
+    from l2l_cli.runs import metrics_of
+
+    rows = []
+    for r in records:
+        m = metrics_of(r)
+        baseline = f"{r.best_baseline} {fmt(m['test/best_baseline_final_mean'])}" if r.best_baseline else ""
+        status = r.status if r.status != "failed" else f"[red]failed: {r.error}[/]"
+        rows.append([r.label, " ".join(f"{k}={v}" for k, v in r.overrides.items()), fmt(r.val_best),
+                     fmt(m["test/final_mean"]), baseline, fmt(m.get("test/ratio_to_best_baseline", math.nan)),
+                     status])
+    return make_table(title, ("run", "overrides", "val best", "test final", "best baseline", "ratio", "status"),
+                      rows, caption=caption, right=("val best", "test final", "ratio"))

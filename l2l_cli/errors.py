@@ -11,10 +11,11 @@ import sys
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from l2l_cli.config import GROUP_SCHEMAS, ConfigError, EvalConfig, EvalLoopConfig, TrainConfig, TrainLoopConfig
+from l2l_cli.commands.config import group_schemas
 from l2l_cli.meta.checkpoint import CheckpointError
 from l2l_cli.meta.trainer import DivergenceError, StopRequested
 from l2l_cli.optimizees.base import DataError
+from l2l_cli.schemas import ConfigError, EvalConfig, EvalLoopConfig, TrainConfig, TrainLoopConfig
 
 # errors whose message is the whole story: no traceback for these
 USER_ERRORS = (ConfigError, CheckpointError, DivergenceError, DataError)
@@ -26,8 +27,9 @@ def _fields(cls) -> list[str]:
 
 def allowed_keys(parent: str, root_type: str = "") -> list[str]:
     """Keys that exist under ``parent`` ('' is the top level of ``root_type``) according to the schemas."""
-    if parent in GROUP_SCHEMAS:
-        return sorted({name for schema in GROUP_SCHEMAS[parent].values() for name in _fields(schema)})
+    groups = group_schemas()
+    if parent in groups:
+        return sorted({name for schema in groups[parent].values() for name in _fields(schema)})
     if parent == "train":
         return _fields(TrainLoopConfig)
     if parent == "eval":

@@ -4,13 +4,13 @@ functions, per-step statistics that keep non-finite runs visible instead of aver
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
-from l2l_cli.config import BaselineConfig
 from l2l_cli.optimizers.baselines import Baseline
 from l2l_cli.rollout import run, selection_score
+from l2l_cli.schemas import BaselineConfig
 
 
 @dataclass
@@ -30,8 +30,9 @@ class TuningResult:
 
 def tune_learning_rate(family, val_problem, cfg: BaselineConfig, grid: List[float], num_steps: int,
                        refine: int = 0) -> TuningResult:
-    """Pick the learning rate with the lowest selection score on the validation functions (as the LSTM's checkpoint
-    is picked): the grid, then ``refine`` rounds that try the best value x and / 10^(1/4), 10^(1/8), ..."""
+    """Pick the learning rate with the lowest selection score on the validation functions (as the learned
+    optimizer's checkpoint is picked): the grid, then ``refine`` rounds that try the best value x and / 10^(1/4),
+    10^(1/8), ..."""
     scores: Dict[float, float] = {}
 
     def best_of(lrs) -> float:
@@ -84,9 +85,7 @@ def compare(family, test_problem, rules: dict, num_steps: int, on_done=None) -> 
     """Every optimizer on the same test problems (same W, y, theta_0, data)."""
     results = {}
     for name, rule in rules.items():
-        losses, theta = run(family, test_problem, rule, num_steps)
-        with torch.no_grad():
-            results[name] = curve_stats(losses, family.expected_loss(test_problem, theta))
+        results[name] = curve_stats(*run(family, test_problem, rule, num_steps))
         if on_done:
             on_done(name)
     return results
@@ -96,3 +95,43 @@ def best_baseline(stats: Dict[str, CurveStats], learned: Optional[str]) -> Optio
     """The baseline with the lowest final mean loss; one with diverged runs ranks last."""
     candidates = {n: (s.final_mean if s.nonfinite == 0 else float("inf")) for n, s in stats.items() if n != learned}
     return min(candidates, key=candidates.get) if candidates else None
+
+
+@dataclass
+class Evaluation:
+    """One task's comparison, from which results.json, the table and the curves are written."""
+
+    studied: str  # the optimizer under study (a learned one, or a baseline evaluated on its own terms)
+    learned: Optional[str]  # the learned optimizer's name, when one is compared
+    num_steps: int
+    num_validation_functions: int
+    num_test_functions: int
+    tuning: Dict[str, TuningResult]  # every baseline: its learning rate, tuned or fixed
+    stats: Dict[str, CurveStats]  # every optimizer, studied first
+    best_baseline: Optional[str]
+
+
+def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: Dict[str, BaselineConfig],
+                  grid: List[float], refine: int, learned: Optional[tuple] = None,
+                  on_tuned: Callable[[str, TuningResult], None] = lambda name, result: None,
+                  on_test_start: Callable[[], None] = lambda: None,
+                  on_tested: Callable[[str], None] = lambda name: None) -> Evaluation:
+    """Tune each baseline whose lr is null on the validation problems, then run the learned optimizer (``learned``:
+    (name, rule)) and every baseline on the same test problems. ``baselines``: name -> config, the studied one
+    first when a baseline is studied."""
+    rules, tuning = {}, {}
+    if learned is not None:
+        rules[learned[0]] = learned[1]
+    for name, cfg in baselines.items():
+        if cfg.lr is None:
+            tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine)
+            on_tuned(name, tuning[name])
+        else:
+            tuning[name] = TuningResult(name, cfg.lr, {}, tuned=False)
+        rules[name] = Baseline(cfg, tuning[name].lr)
+    on_test_start()
+    stats = compare(family, test_problem, rules, num_steps, on_done=on_tested)
+    learned_name = learned[0] if learned is not None else None
+    return Evaluation(studied=next(iter(rules)), learned=learned_name, num_steps=num_steps,
+                      num_validation_functions=len(val_problem), num_test_functions=len(test_problem),
+                      tuning=tuning, stats=stats, best_baseline=best_baseline(stats, learned_name))

@@ -1,20 +1,47 @@
-"""Run any optimizer (learned or baseline) on a batch of problems and record the loss at every step."""
+"""Run any optimizer (learned or baseline) on a batch of problems and record the loss at every step.
+
+Many functions go through in chunks of at most ``EVAL_COORDINATES`` coordinates (functions x parameters), each
+chunk from theta_0 to its last step before the next starts, so the memory an evaluation holds at once (the learned
+optimizer's state, the optimizee's activations) stops growing with the number of functions. Functions are
+independent, so a chunk computes what it would inside the whole batch.
+"""
 
 from __future__ import annotations
+
+from typing import List, Tuple
 
 import torch
 
 from l2l_cli.optimizees.base import Family, loss_and_grad
 
+EVAL_COORDINATES = 2**17
+
+
+def function_chunks(n: int, num_params: int) -> List[Tuple[int, int]]:
+    """(start, stop) bounds of consecutive functions, each chunk at most EVAL_COORDINATES coordinates (one function
+    at least)."""
+    per = max(1, EVAL_COORDINATES // max(1, num_params))
+    return [(start, min(n, start + per)) for start in range(0, n, per)]
+
 
 def rollout(family: Family, problem, rule, num_steps: int) -> torch.Tensor:
     """Losses of shape (num_steps + 1, B): row 0 at theta_0, row t after t updates."""
-    return run(family, problem, rule, num_steps)[0]
+    return run(family, problem, rule, num_steps, expected=False)[0]
 
 
 @torch.no_grad()
-def run(family: Family, problem, rule, num_steps: int):
-    """(losses (num_steps + 1, B), the final parameters)."""
+def run(family: Family, problem, rule, num_steps: int, expected: bool = True):
+    """(losses (num_steps + 1, B), each function's expected loss at its final parameters (B,), or None when
+    ``expected`` is false), chunk by chunk."""
+    bounds = function_chunks(len(problem), family.num_params)
+    if len(bounds) == 1:
+        return _run(family, problem, rule, num_steps, expected)
+    parts = [_run(family, family.select(problem, start, stop), rule, num_steps, expected) for start, stop in bounds]
+    losses = torch.cat([losses for losses, _ in parts], dim=1)
+    return losses, torch.cat([final for _, final in parts]) if expected else None
+
+
+def _run(family: Family, problem, rule, num_steps: int, expected: bool):
     theta = family.initial_params(problem)
     state = rule.init_state(theta)
     losses, grad = loss_and_grad(family, problem, theta, 0)
@@ -24,7 +51,7 @@ def run(family: Family, problem, rule, num_steps: int):
         theta = theta + update
         losses, grad = loss_and_grad(family, problem, theta, t + 1)
         record.append(losses)
-    return torch.stack(record), theta
+    return torch.stack(record), family.expected_loss(problem, theta) if expected else None
 
 
 @torch.no_grad()
@@ -33,8 +60,7 @@ def selection_score(family: Family, problem, rule, num_steps: int) -> float:
     the mean over functions of the expected final loss (its mean over every minibatch the function could draw,
     where the family has data), +inf when any run diverged. The same target as the test's final minibatch loss,
     with the minibatch noise (about 2/3 of the spread between MNIST runs) taken out."""
-    losses, theta = run(family, problem, rule, num_steps)
+    losses, final = run(family, problem, rule, num_steps)
     if not torch.isfinite(losses).all():
         return float("inf")
-    final = family.expected_loss(problem, theta)
     return float(final.mean()) if torch.isfinite(final).all() else float("inf")

@@ -114,3 +114,13 @@ def collect_runs(roots: list[Path]) -> list[RunRecord]:
                 records.append(record)
                 seen.add(run_dir)
     return sorted(records, key=lambda r: r.sort_key)
+
+
+def metrics_of(record: RunRecord) -> dict:
+    """The figures a comparison of runs shows: validation, test, and the ratio to the run's best baseline."""
+    metrics = {"val/best": record.val_best, "test/final_mean": record.test_final()}
+    if record.best_baseline:
+        baseline = record.test_final(record.best_baseline)
+        metrics["test/best_baseline_final_mean"] = baseline
+        metrics["test/ratio_to_best_baseline"] = record.test_final() / baseline if baseline else math.nan
+    return metrics

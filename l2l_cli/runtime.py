@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from l2l_cli.config import ConfigError
+from l2l_cli.schemas import ConfigError
 
 RECORDED_PACKAGES = ("l2l-cli", "torch", "hydra-core", "omegaconf", "tensorboard", "rich", "numpy")
 
@@ -43,10 +43,7 @@ def keep_freed_memory() -> bool:
 
     torch's CPU tensors come straight from malloc, and by default every block over malloc's mmap threshold (128 KB,
     adapting up to 32 MB) is a fresh mmap whose pages fault in, zeroed, on first write: a step that allocates its
-    (4H, N) gate matrix anew can pay for that every time. Measured here: an 80 x 127k matmul into a new 40 MB output
-    18.5 -> 7.8 ms; the compiled eval-time step on the default MNIST optimizee 40-44 -> 31-32 ms in benchmark runs
-    alternating with and without (a bare loop of that step measured 30-31 ms either way: it depends on what else
-    the process allocated).
+    (4H, N) gate matrix anew can pay for that every time (README, "Performance", for the figures).
     """
     libc = _glibc()
     return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
@@ -56,7 +53,7 @@ def release_freed_memory() -> None:
     """Hand the memory freed so far back to the OS (glibc's malloc_trim), between phases of a run (a population
     member's meta-training, meta-training before evaluation, a generalisation variant): with keep_freed_memory the
     heap keeps each phase's high-water mark, and the next phase's differently sized blocks pile on top of it
-    (measured: `l2l train optimizee=mnist seed=1 threads=1` peaked at 5.5 GB without this, 3.7 GB with it)."""
+    (README, "Performance")."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -1,4 +1,5 @@
-"""Where results go: TensorBoard event files, results.json, curves.csv and a log-scale curves.png."""
+"""Where results go: TensorBoard event files, JSON, CSV and log-scale PNG curves; one writer of each kind, used by
+`l2l eval`, sweep summaries and `l2l plot` alike."""
 
 from __future__ import annotations
 
@@ -6,20 +7,18 @@ import csv
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Protocol
+from typing import Dict, Iterable, Optional, Sequence
 
 from l2l_cli.evaluation import CurveStats
 
 CURVE_TAGS = ("mean", "median", "q10", "q90")
 
 
-class ScalarWriter(Protocol):
-    def scalar(self, tag: str, value: float, step: int) -> None: ...
-    def close(self) -> None: ...
-
-
 class TensorBoardWriter:
+    """The scalar writer of meta-training (``scalar``, ``close``), and TensorBoard's hparams and layouts."""
+
     def __init__(self, log_dir: str | Path):
         from torch.utils.tensorboard import SummaryWriter  # imported late: it pulls in tensorboard
 
@@ -66,35 +65,60 @@ def write_json(path: str | Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_curves_csv(path: str | Path, stats: Dict[str, CurveStats]) -> None:
-    with open(path, "w", newline="") as handle:
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Atomic like write_json: readers (a sweep summary, `l2l plot`) never see half a table."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["step"] + [f"{name}_{key}" for name in stats for key in CURVE_TAGS])
-        steps = len(next(iter(stats.values())).mean)
-        for step in range(steps):
-            writer.writerow([step] + [f"{getattr(s, key)[step]:.6g}" for s in stats.values() for key in CURVE_TAGS])
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
-def plot_curves(path: str | Path, stats: Dict[str, CurveStats], title: str = "", labels: Dict[str, str] | None = None):
-    """Mean loss per step on a log scale with the 10-90% band, one line per optimizer."""
+def write_curves_csv(path: str | Path, stats: Dict[str, CurveStats]) -> None:
+    steps = len(next(iter(stats.values())).mean)
+    write_csv(path, ["step"] + [f"{name}_{key}" for name in stats for key in CURVE_TAGS],
+              ([step] + [f"{getattr(s, key)[step]:.6g}" for s in stats.values() for key in CURVE_TAGS]
+               for step in range(steps)))
+
+
+@dataclass
+class Curve:
+    label: str
+    values: Sequence[float]
+    band: Optional[tuple] = None  # (low, high) per step, drawn as a shaded band
+    width: float = 1.3
+    style: str = "-"  # a matplotlib format string ("k--": black dashed)
+
+
+def plot_curves(path: str | Path, curves: Sequence[Curve], title: str = "", ylabel: str = "loss",
+                size: tuple = (6.4, 4.2), legend_size: Optional[float] = None) -> None:
+    """Curves per optimizee step on a log scale, one line each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    for name, curve in stats.items():
-        steps = range(len(curve.mean))
-        label = (labels or {}).get(name, name)
-        (line,) = ax.plot(steps, curve.mean, label=label, linewidth=2.0 if name == "lstm" else 1.3)
-        ax.fill_between(steps, curve.q10, curve.q90, color=line.get_color(), alpha=0.12, linewidth=0)
+    fig, ax = plt.subplots(figsize=size, dpi=150)
+    for curve in curves:
+        steps = range(len(curve.values))
+        (line,) = ax.plot(steps, curve.values, curve.style, label=curve.label, linewidth=curve.width)
+        if curve.band is not None:
+            ax.fill_between(steps, curve.band[0], curve.band[1], color=line.get_color(), alpha=0.12, linewidth=0)
     ax.set_yscale("log")
     ax.set_xlabel("optimizee step")
-    ax.set_ylabel("loss (mean, 10-90% band)")
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def stats_curves(stats: Dict[str, CurveStats], labels: Dict[str, str], highlight: Optional[str]) -> list:
+    """An evaluation's mean curves with their 10-90% bands, the studied optimizer drawn bold."""
+    return [Curve(labels.get(name, name), s.mean, (s.q10, s.q90), width=2.0 if name == highlight else 1.3)
+            for name, s in stats.items()]

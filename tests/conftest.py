@@ -13,15 +13,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from l2l_cli.cli import config_dir
-from l2l_cli.config import register_schemas
+from l2l_cli.commands.config import register_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY_TRAIN = [
-    "optimizee.batch_size=8", "optimizee.dim=4", "schedule.num_steps=10", "schedule.unroll=5",
-    "train.iterations=6", "train.val_every=3", "train.checkpoint_every=3", "train.val_functions=16",
-    "train.evaluate=false", "eval.num_functions=32", "eval.val_functions=16", "eval.lr_grid=[0.01,0.1,1.0]",
-]
+# the debug preset (conf/debug/tiny.yaml) users run as a smoke test, on a smaller quadratic, without the evaluation
+TINY_TRAIN = ["debug=tiny", "optimizee.batch_size=8", "optimizee.dim=4", "train.evaluate=false"]
 
 
 @pytest.fixture(autouse=True)

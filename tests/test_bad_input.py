@@ -87,7 +87,7 @@ def test_malformed_command_line(tmp_path, capsys, argv, message, monkeypatch):
 
 def test_debug_flag_shows_the_traceback(tmp_path, monkeypatch):
     _isolate_env(monkeypatch)
-    from l2l_cli.config import ConfigError
+    from l2l_cli.schemas import ConfigError
 
     with pytest.raises(ConfigError):
         main(["train", "schedule.unroll=200", "--debug", f"hydra.run.dir={tmp_path}"])

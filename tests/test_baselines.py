@@ -4,11 +4,11 @@ what B separate torch.optim runs give."""
 import pytest
 import torch
 
-from l2l_cli.config import BASELINE_DEFAULTS, BaselineConfig
 from l2l_cli.evaluation import tune_learning_rate
-from l2l_cli.optimizees import QuadraticFamily
-from l2l_cli.optimizers.baselines import Baseline
+from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
+from l2l_cli.optimizers.baselines import Baseline, baseline_config
 from l2l_cli.rollout import rollout
+from l2l_cli.schemas import BaselineConfig
 from l2l_cli.seeding import generator
 
 TORCH_EQUIVALENT = {
@@ -22,10 +22,10 @@ TORCH_EQUIVALENT = {
 @pytest.mark.parametrize("name", sorted(TORCH_EQUIVALENT))
 @pytest.mark.parametrize("lr", [0.003, 0.1])
 def test_batch_equals_separate_torch_optim_runs(name, lr):
-    family = QuadraticFamily(dim=5)
+    family = QuadraticFamily(QuadraticConfig(dim=5))
     problem = family.sample(4, 15, generator(0, "test"))
     problem.W, problem.y, problem.theta0 = problem.W.double(), problem.y.double(), problem.theta0.double()
-    batched = rollout(family, problem, Baseline(BASELINE_DEFAULTS[name], lr), 15)
+    batched = rollout(family, problem, Baseline(baseline_config(name), lr), 15)
     for b in range(4):
         theta = problem.theta0[b].clone().requires_grad_()
         opt = TORCH_EQUIVALENT[name]([theta], lr)
@@ -40,18 +40,18 @@ def test_batch_equals_separate_torch_optim_runs(name, lr):
 
 
 def test_nag_differs_from_plain_momentum():
-    family = QuadraticFamily(dim=5)
+    family = QuadraticFamily(QuadraticConfig(dim=5))
     problem = family.sample(2, 10, generator(0, "test"))
-    nag = rollout(family, problem, Baseline(BASELINE_DEFAULTS["nag"], 0.01), 10)
+    nag = rollout(family, problem, Baseline(baseline_config("nag"), 0.01), 10)
     heavy_ball_cfg = BaselineConfig(name="nag", momentum=0.9, nesterov=False)
     heavy_ball = rollout(family, problem, Baseline(heavy_ball_cfg, 0.01), 10)
     assert not torch.allclose(nag, heavy_ball)
 
 
 def test_learning_rate_refinement_around_the_grid_optimum():
-    family = QuadraticFamily(dim=5)
+    family = QuadraticFamily(QuadraticConfig(dim=5))
     problem = family.sample(16, 20, generator(0, "validation"))
-    cfg = BASELINE_DEFAULTS["adam"]
+    cfg = baseline_config("adam")
     coarse = tune_learning_rate(family, problem, cfg, [0.001, 0.1, 10.0], 20)
     refined = tune_learning_rate(family, problem, cfg, [0.001, 0.1, 10.0], 20, refine=2)
     assert set(coarse.scores) < set(refined.scores) and len(refined.scores) == 7

@@ -10,11 +10,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import ROOT, TINY_TRAIN, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-OPTIMIZERS = ["lstm", "sgd", "nag", "rmsprop", "adam"]
+from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
+
+# every optimizer an eval compares: the learned one and every registered baseline
+EVALUATED = ["lstm", *OPTIMIZERS.baselines()]
 EVAL_STEPS = 10
 
 
@@ -48,7 +50,7 @@ def test_eval_outputs_and_table(trained_and_evaluated):
     root, _, evaluate = trained_and_evaluated
     out = root / "eval"
     results = json.loads((out / "results.json").read_text())
-    assert set(results["optimizers"]) == set(OPTIMIZERS)
+    assert set(results["optimizers"]) == set(EVALUATED)
     for entry in results["optimizers"].values():
         assert len(entry["mean"]) == EVAL_STEPS + 1 and len(entry["q90"]) == EVAL_STEPS + 1
         assert entry["runs"] == 32
@@ -61,14 +63,14 @@ def test_eval_outputs_and_table(trained_and_evaluated):
     header = (out / "curves.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "step" and "lstm_mean" in header and "adam_q10" in header
     assert (out / "curves.png").stat().st_size > 10_000
-    for name in OPTIMIZERS:
+    for name in EVALUATED:
         assert name in evaluate.stdout  # the rich table
     assert "mean/best" in evaluate.stdout
 
 
 def test_eval_event_files_read_back(trained_and_evaluated):
     root, _, _ = trained_and_evaluated
-    for name in OPTIMIZERS:
+    for name in EVALUATED:
         events = EventAccumulator(str(root / "eval" / "tb" / name))
         events.Reload()
         assert {"loss/mean", "loss/median", "loss/q10", "loss/q90"} <= set(events.Tags()["scalars"])
@@ -108,8 +110,8 @@ def test_tensorboard_server_serves_the_five_curves(trained_and_evaluated):
             except OSError:
                 pass
             time.sleep(0.5)
-        assert sorted(runs) == sorted(OPTIMIZERS)
-        for run in OPTIMIZERS:
+        assert sorted(runs) == sorted(EVALUATED)
+        for run in EVALUATED:
             query = urllib.parse.urlencode({"run": run, "tag": "loss/mean"})
             points = _get_json(f"{base}/data/plugin/scalars/scalars?{query}")
             assert [p[1] for p in points] == list(range(EVAL_STEPS + 1))
@@ -152,9 +154,11 @@ def test_hydra_flags_still_work(tmp_path):
 
 
 def test_help_lists_every_config_group_option():
-    """The help template names the groups by hand (to leave the schemas out); it must match conf/."""
-    template = yaml.safe_load((ROOT / "conf" / "hydra" / "help" / "l2l.yaml").read_text())["template"]
-    section = template.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    """The help's group list (built from the registries and conf/, leaving the schemas out) matches conf/, and every
+    registered family and optimizer has its YAML."""
+    from l2l_cli.commands.config import config_groups_help
+
+    section = config_groups_help()
     listed = {}
     for line in section.splitlines():
         if ": " in line and not line.startswith("Compose"):
@@ -163,6 +167,7 @@ def test_help_lists_every_config_group_option():
     on_disk = {d.name: sorted(p.stem for p in d.glob("*.yaml"))
                for d in (ROOT / "conf").iterdir() if d.is_dir() and d.name != "hydra"}
     assert listed == on_disk
+    assert listed["optimizee"] == OPTIMIZEES.names() and listed["optimizer"] == OPTIMIZERS.names()
 
 
 def test_installed_wheel_runs_from_any_directory(tmp_path):

@@ -3,10 +3,11 @@
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from l2l_cli.config import BaselineConfig, ConfigError, LSTMConfig, to_objects
-from l2l_cli.meta.trainer import build_net
+from l2l_cli.commands.config import to_objects
 from l2l_cli.optimizees import build_family
-from l2l_cli.optimizers import Baseline
+from l2l_cli.optimizers import Baseline, build_learned
+from l2l_cli.optimizers.lstm import LSTMConfig
+from l2l_cli.schemas import BaselineConfig, ConfigError
 
 OPTIMIZEES = ["quadratic", "mnist"]
 OPTIMIZERS = ["lstm", "sgd", "nag", "rmsprop", "adam"]
@@ -25,7 +26,7 @@ def test_every_option_composes_and_instantiates(compose_cfg, command, optimizer,
     assert family.num_params == expected
     if optimizer == "lstm":
         assert isinstance(conf.optimizer, LSTMConfig)
-        assert sum(p.numel() for p in build_net(conf.optimizer).parameters()) > 0
+        assert sum(p.numel() for p in build_learned(conf.optimizer).parameters()) > 0
     else:
         assert isinstance(conf.optimizer, BaselineConfig) and conf.optimizer.name == optimizer
         assert Baseline(conf.optimizer, 0.1).name == optimizer

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
+from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
 
 
 def _run(net, grads_seq):
@@ -15,7 +15,7 @@ def _run(net, grads_seq):
 
 def test_permuting_coordinates_permutes_updates():
     torch.manual_seed(0)
-    net = CoordinatewiseLSTM(hidden_size=8)
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=8))
     grads = [torch.randn(50) for _ in range(4)]
     perm = torch.randperm(50)
     plain = _run(net, grads)
@@ -25,8 +25,8 @@ def test_permuting_coordinates_permutes_updates():
 
 def test_batch_of_functions_equals_separate_runs():
     torch.manual_seed(1)
-    net = CoordinatewiseLSTM(hidden_size=8, preprocess="none", output_scale=1.0)
-    rule = LearnedRule(net)
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=8, preprocess="none", output_scale=1.0))
+    rule = net
     grads = [torch.randn(3, 5) for _ in range(4)]
     theta = torch.zeros(3, 5)
     state = rule.init_state(theta)
@@ -42,7 +42,7 @@ def test_batch_of_functions_equals_separate_runs():
 
 
 def test_state_is_per_coordinate():
-    net = CoordinatewiseLSTM(hidden_size=6, layers=3)
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=6, layers=3))
     state = net.initial_state(11)
     assert len(state) == 3 and all(h.shape == (6, 11) and c.shape == (6, 11) for h, c in state)
 
@@ -52,7 +52,7 @@ def test_matches_torch_lstm_cells_per_coordinate():
     each coordinate as a batch row, followed by the linear head."""
     torch.manual_seed(0)
     H = 5
-    net = CoordinatewiseLSTM(hidden_size=H, layers=2, preprocess="none", output_scale=0.5).double()
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=H, layers=2, preprocess="none", output_scale=0.5)).double()
     cells = []
     for weight, bias in zip(net.weights, net.biases, strict=True):
         in_size = weight.shape[0] - H
@@ -84,7 +84,7 @@ def test_chunked_forward_equals_one_pass(monkeypatch):
     from l2l_cli.optimizers import lstm as lstm_module
 
     torch.manual_seed(0)
-    net = CoordinatewiseLSTM(hidden_size=5, layers=2).double()
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=5, layers=2)).double()
     n = 2 * lstm_module.CHUNK + 123
     grads = [torch.randn(n, dtype=torch.float64) * 10.0 ** -k for k in range(3)]
 

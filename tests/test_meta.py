@@ -1,24 +1,27 @@
 """Meta-gradients (first- and second-order), meta-training progress, checkpoints and exact resume."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from l2l_cli.config import LSTMConfig, MLPConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import load_checkpoint
 from l2l_cli.meta.manual_bptt import ManualBPTT
 from l2l_cli.meta.trainer import MetaTrainer, StopRequested, TrainSetup
 from l2l_cli.meta.unroll import unroll_objective
-from l2l_cli.optimizees import QuadraticFamily, build_family, loss_and_grad
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, detach_state
+from l2l_cli.optimizees import build_family, loss_and_grad
+from l2l_cli.optimizees.mlp import MLPConfig
+from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
+from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
+from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.seeding import generator
 
 
 def _setup(tmp_path: Path, iterations=6, **loop) -> TrainSetup:
     loop_cfg = TrainLoopConfig(iterations=iterations, meta_lr=0.01, val_every=3, checkpoint_every=3,
                                val_functions=32, evaluate=False, **loop)
-    return TrainSetup(family=QuadraticFamily(dim=6), optimizer=LSTMConfig(hidden_size=8),
+    return TrainSetup(family=QuadraticFamily(QuadraticConfig(dim=6)), optimizer=LSTMConfig(hidden_size=8),
                       schedule=TruncatedScheduleConfig(num_steps=20, unroll=5), loop=loop_cfg, batch_size=16,
                       seed=3, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path)
 
@@ -47,10 +50,10 @@ def _reference_objective(family, problem, net, steps, second_order, log=False):
 @pytest.fixture
 def small_problem():
     torch.manual_seed(0)
-    family = QuadraticFamily(dim=4)
+    family = QuadraticFamily(QuadraticConfig(dim=4))
     problem = family.sample(3, 6, generator(0, "train"))
     problem.W, problem.y, problem.theta0 = problem.W.double(), problem.y.double(), problem.theta0.double()
-    net = CoordinatewiseLSTM(hidden_size=6, preprocess="none", output_scale=0.3).double()
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=6, preprocess="none", output_scale=0.3)).double()
     return family, problem, net
 
 
@@ -93,7 +96,7 @@ def _started_run(family, problem, net, steps):
     if steps:
         _, _, _, theta, state, grad = unroll_objective(family, problem, net, theta, state, grad, 0, steps, False,
                                                        "uniform")
-    return theta.detach(), detach_state(state), grad
+    return theta.detach(), net.detach_state(state), grad
 
 
 @pytest.mark.parametrize("weighting", ["uniform", "log", "last"])
@@ -108,12 +111,13 @@ def test_manual_bptt_equals_autograd(family_name, preprocess, layers, weighting)
     if family_name == "mlp":
         family = build_family(MLPConfig(hidden=3, minibatch=8))
         problem = family.sample(2, 12, generator(0, "train"))
-        net = CoordinatewiseLSTM(hidden_size=6, layers=layers, preprocess=preprocess)
+        net = CoordinatewiseLSTM(LSTMConfig(hidden_size=6, layers=layers, preprocess=preprocess))
     else:
-        family = QuadraticFamily(dim=4)
+        family = QuadraticFamily(QuadraticConfig(dim=4))
         problem = family.sample(3, 12, generator(0, "train"))
         problem.W, problem.y, problem.theta0 = problem.W.double(), problem.y.double(), problem.theta0.double()
-        net = CoordinatewiseLSTM(hidden_size=6, layers=layers, preprocess=preprocess, output_scale=0.3).double()
+        net = CoordinatewiseLSTM(LSTMConfig(hidden_size=6, layers=layers, preprocess=preprocess,
+                                            output_scale=0.3)).double()
     theta, state, grad = _started_run(family, problem, net, 3)
     objective, loss_sum, final, theta_a, state_a, grad_a = unroll_objective(family, problem, net, theta, state, grad,
                                                                             3, 7, False, weighting)
@@ -134,6 +138,9 @@ def test_manual_bptt_equals_autograd(family_name, preprocess, layers, weighting)
 def test_manual_bptt_rejects_other_networks():
     with pytest.raises(TypeError, match="CoordinatewiseLSTM"):
         ManualBPTT(torch.nn.Linear(2, 2))
+    # a subclass may compute otherwise: it does not claim the hand-written BPTT, so the trainer uses autograd
+    subclass = type("Variant", (CoordinatewiseLSTM,), {})(LSTMConfig(hidden_size=4))
+    assert CoordinatewiseLSTM(LSTMConfig(hidden_size=4)).supports_manual_bptt and not subclass.supports_manual_bptt
 
 
 def test_trainer_uses_manual_bptt_for_first_order_only(tmp_path):
@@ -143,7 +150,7 @@ def test_trainer_uses_manual_bptt_for_first_order_only(tmp_path):
     for bptt, second_order in (("manual", False), ("autograd", False), ("manual", True), ("autograd", True)):
         trainer = MetaTrainer(_setup(tmp_path / f"{bptt}{second_order}", iterations=3, bptt=bptt,
                                      second_order=second_order))
-        assert (trainer.manual is not None) == (bptt == "manual")
+        assert (trainer.manual is not None) == (bptt == "manual" and not second_order)
         trainer.fit()
         runs[bptt, second_order] = torch.cat([p.detach().flatten() for p in trainer.net.parameters()])
     torch.testing.assert_close(runs["manual", False], runs["autograd", False], rtol=1e-4, atol=1e-6)
@@ -223,7 +230,7 @@ def test_cosine_meta_lr_is_a_function_of_the_iteration(tmp_path):
 def test_compiled_step_matches_eager(tmp_path):
     eager = MetaTrainer(_setup(tmp_path / "eager", iterations=2))
     setup = _setup(tmp_path / "compiled", iterations=2)
-    setup.compile = True
+    setup = replace(setup, compile=True)
     compiled = MetaTrainer(setup)
     assert type(compiled.net.forward).__name__ == "Compiled"
     assert type(compiled.manual.forward).__name__ == type(compiled.manual.backward).__name__ == "Compiled"
@@ -240,7 +247,7 @@ def test_compiled_step_matches_eager(tmp_path):
 def test_closed_form_folding_is_for_one_thread_only():
     """On more threads inductor splits the quadratic's tiny per-function sums into OpenMP regions (2x slower).
     Eager, folding is the same operations in the same order: always on (so the equality tests above cover it)."""
-    net = CoordinatewiseLSTM(hidden_size=4)
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=4))
     torch.set_num_threads(2)
     assert ManualBPTT(net, compiled=True).forward_loss is None
     assert ManualBPTT(net, compiled=False).forward_loss is not None
@@ -258,7 +265,7 @@ def test_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
     setup = _setup(tmp_path, iterations=2)
-    setup.compile = True
+    setup = replace(setup, compile=True)
     trainer = MetaTrainer(setup)
     trainer.fit()
     assert trainer.net.forward.failed and trainer.manual.forward_loss.failed and trainer.manual.backward.failed

@@ -10,7 +10,6 @@ import torch
 from conftest import run_cli
 from torch import nn
 
-from l2l_cli.config import LSTMConfig, MLPConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.optimizees import build_family, loss_and_grad
 from l2l_cli.optimizees.base import DataError
@@ -22,7 +21,9 @@ from l2l_cli.optimizees.digits import (
     make_pools,
     read_idx,
 )
-from l2l_cli.optimizees.mlp import MLPFamily
+from l2l_cli.optimizees.mlp import MLPConfig, MLPFamily
+from l2l_cli.optimizers.lstm import LSTMConfig
+from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.seeding import generator
 
 
@@ -121,7 +122,7 @@ def _torch_mlp(family: MLPFamily, theta_row: torch.Tensor, activation) -> nn.Seq
                                                             (1, "tanh", nn.Tanh())])
 def test_batched_mlp_equals_torch_nn(tmp_path, layers, activation, act_module):
     pools = make_pools(str(fake_mnist_dir(tmp_path / "m", compress=False)), 0, 50, 40)
-    family = MLPFamily(pools, hidden=7, layers=layers, activation=activation, minibatch=16, init_std=0.3)
+    family = MLPFamily(MLPConfig(hidden=7, layers=layers, activation=activation, minibatch=16, init_std=0.3), pools)
     problem = family.sample(3, 4, generator(0, "train"))
     theta = family.initial_params(problem).double()
     problem.images = problem.images.double()

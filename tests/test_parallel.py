@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, run_cli
 
-from l2l_cli.config import ConfigError, LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.parallel import (
     AUTO_MIN_COORDINATE_STEPS,
     WorkerError,
@@ -24,7 +23,9 @@ from l2l_cli.meta.parallel import (
 )
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.meta.unroll import OptimizeeRun
-from l2l_cli.optimizees import QuadraticFamily
+from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
+from l2l_cli.optimizers.lstm import LSTMConfig
+from l2l_cli.schemas import ConfigError, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.seeding import generator
 
 CPU = torch.device("cpu")
@@ -34,7 +35,7 @@ def _setup(tmp_path: Path, workers: int, bptt="manual", weighting="log", batch=5
     # 5 functions over 2 workers: shares of 2 and 3, so a wrong weighting of the shares would show
     loop = TrainLoopConfig(iterations=3, meta_lr=0.01, val_every=10, checkpoint_every=10, val_functions=8,
                            evaluate=False, bptt=bptt)
-    return TrainSetup(family=QuadraticFamily(dim=6), optimizer=LSTMConfig(hidden_size=8),
+    return TrainSetup(family=QuadraticFamily(QuadraticConfig(dim=6)), optimizer=LSTMConfig(hidden_size=8),
                       schedule=TruncatedScheduleConfig(num_steps=12, unroll=4, weighting=weighting), loop=loop,
                       batch_size=batch, seed=3, data_seed=0, device=CPU, out_dir=tmp_path, workers=workers)
 
@@ -81,13 +82,13 @@ def _pool(family, workers=2) -> WorkerPool:
 
 
 def _net():
-    from l2l_cli.meta.trainer import build_net
+    from l2l_cli.optimizers import build_learned
 
-    return build_net(LSTMConfig(hidden_size=4))
+    return build_learned(LSTMConfig(hidden_size=4))
 
 
 def test_a_failing_worker_reports_its_error(tmp_path):
-    pool = _pool(BrokenFamily(dim=3))
+    pool = _pool(BrokenFamily(QuadraticConfig(dim=3)))
     try:
         run = pool.run(generator(0, "test").get_state(), 8, _net())
         with pytest.raises(WorkerError, match=r"worker 0 failed: ValueError: no share 0:2 today"):
@@ -97,7 +98,7 @@ def test_a_failing_worker_reports_its_error(tmp_path):
 
 
 def test_a_dead_worker_is_an_error_not_a_hang(tmp_path):
-    pool = _pool(QuadraticFamily(dim=3))
+    pool = _pool(QuadraticFamily(QuadraticConfig(dim=3)))
     try:
         net = _net()
         pool.run(generator(0, "test").get_state(), 8, net).unroll(0, 4)  # works
@@ -113,7 +114,7 @@ def test_a_dead_worker_is_an_error_not_a_hang(tmp_path):
 def test_workers_leave_ctrl_c_and_sigterm_to_the_main_process():
     """A terminal's Ctrl-C goes to the whole process group: the workers must survive it, also while they are still
     starting (importing torch), so that the main process can finish its iteration and checkpoint."""
-    pool = _pool(QuadraticFamily(dim=3))
+    pool = _pool(QuadraticFamily(QuadraticConfig(dim=3)))
     try:
         for proc in pool.procs:
             os.kill(proc.pid, signal.SIGINT)  # right after the start: still in the interpreter's bootstrap
@@ -157,11 +158,11 @@ def test_resolve_workers_refuses_what_cannot_work():
 
 
 def test_families_select_a_share_exactly():
-    from l2l_cli.config import MLPConfig
     from l2l_cli.optimizees import build_family
+    from l2l_cli.optimizees.mlp import MLPConfig
 
     tiny_mlp = replace(MLPConfig(), hidden=3, minibatch=4)
-    for family in (QuadraticFamily(dim=4), build_family(tiny_mlp)):
+    for family in (QuadraticFamily(QuadraticConfig(dim=4)), build_family(tiny_mlp)):
         problem = family.sample(5, 3, generator(1, "train"), CPU)
         theta = family.initial_params(problem)
         share = family.select(problem, 2, 4)

@@ -1,4 +1,4 @@
-"""Helpers shared by the commands: output dir, run records, resume lookup."""
+"""Helpers shared by the commands: output dir, run records, job threads, metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from l2l_cli.config import ConfigError
 from l2l_cli.runtime import environment_record
 
 
@@ -24,28 +23,6 @@ def record_run(cfg: DictConfig, out_dir: Path) -> dict:
               "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed}, "environment": environment_record()}
     (out_dir / "run.json").write_text(json.dumps(record, indent=2))
     return record
-
-
-def resolve_resume(resume, out_dir: Path, last: str = "checkpoints/last.pt") -> Path | None:
-    """false -> None; true -> this run dir's ``last`` file, else the newest run beside it that has one; a path ->
-    that file, or <dir>/``last``. (A population run's ``last`` is its first member's last.pt.)"""
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        candidates = [out_dir / last]
-        siblings = sorted((p for p in out_dir.parent.glob(f"*/{last}") if out_dir not in p.parents),
-                          key=lambda p: p.stat().st_mtime, reverse=True)
-        for path in candidates + siblings:
-            if path.is_file():
-                return path
-        raise ConfigError(f"resume: true, but no {last} in {out_dir} or beside it; "
-                          "pass resume=PATH (a run dir or a .pt file)")
-    path = Path(str(resume))
-    if path.is_dir():
-        path = path / last
-    if not path.is_file():
-        raise ConfigError(f"resume: no checkpoint at {path}")
-    return path
 
 
 def job_threads(configured: int | None) -> int | None:

@@ -12,41 +12,42 @@ from omegaconf import DictConfig
 
 from l2l_cli.commands import hydra_task
 from l2l_cli.commands.common import job_threads, output_dir, record_run
-from l2l_cli.config import BASELINE_DEFAULTS, ConfigError, EvalConfig, LSTMConfig, to_objects
+from l2l_cli.commands.config import to_objects
 from l2l_cli.console import console, fmt, generalization_table, progress, results_table
-from l2l_cli.evaluation import TuningResult, best_baseline, compare, tune_learning_rate
-from l2l_cli.meta.checkpoint import check_architecture, load_checkpoint
-from l2l_cli.meta.trainer import build_net
+from l2l_cli.evaluation import Evaluation, evaluate_task
+from l2l_cli.meta.checkpoint import check_architecture, load_learned_optimizer
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
-from l2l_cli.optimizers import Baseline, LearnedRule
+from l2l_cli.optimizers.baselines import baseline_config
 from l2l_cli.optimizers.compiled import maybe_compile, should_compile
+from l2l_cli.registry import OPTIMIZERS
 from l2l_cli.runtime import configure_torch, environment_record, release_freed_memory, resolve_device
-from l2l_cli.writers import plot_curves, write_curves_csv, write_curves_tensorboard, write_json
+from l2l_cli.schemas import ConfigError, EvalConfig
+from l2l_cli.writers import plot_curves, stats_curves, write_csv, write_curves_csv, write_curves_tensorboard, write_json
 
 log = logging.getLogger("l2l.eval")
 
 
 def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
-    """The LSTM as trained: architecture and output scale come from the checkpoint; a key the user set explicitly
-    that disagrees with it is an error rather than silently ignored."""
+    """The learned optimizer as trained, rebuilt through the registry from the architecture the checkpoint names:
+    its config comes from the checkpoint; a key the user set explicitly that disagrees with it is an error rather
+    than silently ignored. Returns (name, optimizer, record for results.json)."""
     if not conf.checkpoint:
-        raise ConfigError("checkpoint: eval with optimizer=lstm needs checkpoint=PATH (best.pt or last.pt from "
-                          "l2l train)")
+        raise ConfigError(f"checkpoint: eval with optimizer={conf.optimizer.name} needs checkpoint=PATH (best.pt or "
+                          "last.pt from l2l train)")
     path = Path(conf.checkpoint)
-    payload = load_checkpoint(path)
+    net, payload = load_learned_optimizer(path, device)
     saved = payload["optimizer"]
-    wanted = {k: getattr(conf.optimizer, k) for k in explicit_keys if k in saved and k != "output_scale"}
+    not_checked = set(saved) - set(net.config.architecture())  # e.g. the LSTM's output scale
+    wanted = {k: getattr(conf.optimizer, k) for k in explicit_keys
+              if k in saved and k not in not_checked and hasattr(conf.optimizer, k)}
     check_architecture(path, saved, wanted)
-    net_cfg = LSTMConfig(**saved)
-    net = build_net(net_cfg)
-    net.load_state_dict(payload["model"])
-    net.to(device).eval()
+    net.eval()
     steps = conf.eval.num_steps or conf.schedule.num_steps
     work = conf.eval.num_functions * build_family(conf.optimizee).num_params * steps
     maybe_compile(net, should_compile(conf.compile, work))
-    return LearnedRule(net), {"checkpoint": str(path), "iteration": payload["iteration"],
-                              "best_val": payload["best_val"], "optimizer": saved}
+    return net.name, net, {"checkpoint": str(path), "iteration": payload["iteration"], "best_val": payload["best_val"],
+                       "optimizer": saved}
 
 
 def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
@@ -58,18 +59,19 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
     configure_torch(conf.threads)
     device = resolve_device(conf.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    learned_rule = load_learned(conf, device, explicit_keys) if isinstance(conf.optimizer, LSTMConfig) else None
+    learned = load_learned(conf, device, explicit_keys) if conf.optimizer.name in OPTIMIZERS.learned() else None
     if not conf.eval.variants:
-        results = evaluate_one(conf, out_dir, device, learned_rule, config_record)
-        return results["optimizers"][conf.optimizer.name]["final_mean"]
+        results = evaluate_one(conf, out_dir, device, learned, config_record)
+        return results["optimizers"][results["studied"]]["final_mean"]
     results = {}
     for name, variant in conf.eval.variants.items():
         log.info("variant %s: %s", name, variant or "the base task")
         variant_conf = apply_variant(conf, name, variant)
-        results[name] = evaluate_one(variant_conf, out_dir / name, device, learned_rule, config_record)
+        results[name] = evaluate_one(variant_conf, out_dir / name, device, learned, config_record)
         release_freed_memory()
-    write_generalization(out_dir, results, conf.optimizer.name, config_record)
-    return results[next(iter(results))]["optimizers"][conf.optimizer.name]["final_mean"]
+    write_generalization(out_dir, results, config_record)
+    first = next(iter(results.values()))
+    return first["optimizers"][first["studied"]]["final_mean"]
 
 
 def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
@@ -91,17 +93,15 @@ def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
     return dataclasses.replace(conf, optimizee=optimizee, eval=loop)
 
 
-def write_generalization(out_dir: Path, results: dict, studied: str, config_record: dict | None) -> None:
+def write_generalization(out_dir: Path, results: dict, config_record: dict | None) -> None:
     """One table: rows = variants, columns = optimizers, cells = mean final test loss (best per row in bold)."""
     optimizers = list(next(iter(results.values()))["optimizers"])
     rows = {variant: {name: r["optimizers"][name]["final_mean"] for name in optimizers} for variant, r in
             results.items()}
-    console().print(generalization_table(rows, {v: r["num_steps"] for v, r in results.items()}, studied))
-    with open(out_dir / "generalization.csv", "w") as handle:
-        handle.write(",".join(["variant", "num_steps", *optimizers]) + "\n")
-        for variant, row in rows.items():
-            handle.write(",".join([variant, str(results[variant]["num_steps"]), *(f"{row[n]:.6g}" for n in
-                                                                                  optimizers)]) + "\n")
+    console().print(generalization_table(rows, {v: r["num_steps"] for v, r in results.items()}))
+    write_csv(out_dir / "generalization.csv", ["variant", "num_steps", *optimizers],
+              ([variant, str(results[variant]["num_steps"]), *(f"{row[n]:.6g}" for n in optimizers)]
+               for variant, row in rows.items()))
     write_json(out_dir / "results.json", {
         "generalization": rows,
         "learning_rates": {v: {n: lr["lr"] for n, lr in r["learning_rates"].items()} for v, r in results.items()},
@@ -113,66 +113,68 @@ def write_generalization(out_dir: Path, results: dict, studied: str, config_reco
     })
 
 
-def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned_rule, config_record: dict | None = None) -> dict:
-    """Tune, compare, write TensorBoard/results.json/curves.csv/curves.png, print the table; returns the results
-    written to results.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None) -> dict:
+    """Compute (tune, compare) on one task, then write it; returns the results written to results.json.
+    ``learned``: (name, optimizer, record) from load_learned, or None when a baseline is studied."""
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
     val_problem = held_out_problems(family, conf.eval.val_functions, num_steps, conf.data_seed, "validation", device)
     test_problem = held_out_problems(family, conf.eval.num_functions, num_steps, conf.data_seed, "test", device)
-
-    studied = conf.optimizer.name
-    rules, learned_info, tuning = {}, None, {}
-    if learned_rule is not None:
-        rules[studied], learned_info = learned_rule
-    baseline_cfgs = {name: BASELINE_DEFAULTS[name] for name in conf.eval.baselines}
-    if not isinstance(conf.optimizer, LSTMConfig):
-        baseline_cfgs = {studied: conf.optimizer, **{k: v for k, v in baseline_cfgs.items() if k != studied}}
-
+    baselines = {name: baseline_config(name) for name in conf.eval.baselines}
+    if learned is None:  # a baseline studied: its own config (maybe a fixed lr) first, then the others
+        baselines = {conf.optimizer.name: conf.optimizer,
+                     **{k: v for k, v in baselines.items() if k != conf.optimizer.name}}
     grid = conf.eval.lr_grid
     with progress() as bar:
-        to_tune = [n for n, c in baseline_cfgs.items() if c.lr is None]
+        to_tune = [n for n, c in baselines.items() if c.lr is None]
         tune_task = bar.add_task("tune lr", total=len(to_tune), info=f"{len(grid)} values x {len(val_problem)} "
                                                                      "validation functions")
-        for name, cfg in baseline_cfgs.items():
-            if cfg.lr is None:
-                tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps, conf.eval.refine_lr)
-                bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(tuning[name].lr)}")
-            else:
-                tuning[name] = TuningResult(name, cfg.lr, {}, tuned=False)
-            rules[name] = Baseline(cfg, tuning[name].lr)
-        test_task = bar.add_task("test", total=len(rules), info=f"{len(test_problem)} test functions")
-        stats = compare(family, test_problem, rules, num_steps,
-                        on_done=lambda name: bar.update(test_task, advance=1, info=f"{name} done"))
+        test_task = []  # added when testing starts, so its clock starts then
 
-    for result in tuning.values():
-        if result.at_grid_edge:
+        def on_test_start() -> None:
+            test_task.append(bar.add_task("test", total=len(baselines) + (learned is not None),
+                                          info=f"{len(test_problem)} test functions"))
+
+        result = evaluate_task(
+            family, val_problem, test_problem, num_steps, baselines, grid, conf.eval.refine_lr,
+            learned=None if learned is None else learned[:2],
+            on_tuned=lambda name, r: bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(r.lr)}"),
+            on_test_start=on_test_start,
+            on_tested=lambda name: bar.update(test_task[0], advance=1, info=f"{name} done"))
+    for tuning in result.tuning.values():
+        if tuning.at_grid_edge:
             log.warning("%s: the best learning rate %s is at the edge of eval.lr_grid; widen the grid",
-                        result.name, fmt(result.lr))
-    learned = studied if learned_info else None
-    best = best_baseline(stats, learned)
-    lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
-    if learned:
-        lr_text[learned] = "learned"
-    title = f"{conf.optimizee.name}: final loss (step {num_steps}) on {len(test_problem)} test functions"
-    console().print(results_table(stats, lr_text, learned, title))
+                        tuning.name, fmt(tuning.lr))
+    return write_evaluation(out_dir, result, conf, family.data_record(), None if learned is None else learned[2],
+                            config_record)
 
+
+def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: dict | None,
+                     learned_info: dict | None, config_record: dict | None) -> dict:
+    """The table on the console; TensorBoard, curves.csv, curves.png and results.json in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats, tuning, name = result.stats, result.tuning, conf.optimizee.name
+    lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
+    if result.learned:
+        lr_text[result.learned] = "learned"
+    title = f"{name}: final loss (step {result.num_steps}) on {result.num_test_functions} test functions"
+    console().print(results_table(stats, lr_text, result.learned, result.best_baseline, title))
     write_curves_tensorboard(out_dir / "tb", stats)
     write_curves_csv(out_dir / "curves.csv", stats)
-    plot_curves(out_dir / "curves.png", stats, title=f"{conf.optimizee.name}: {len(test_problem)} test functions",
-                labels={n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()})
+    plot_curves(out_dir / "curves.png",
+                stats_curves(stats, {n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()}, result.learned),
+                title=f"{name}: {result.num_test_functions} test functions", ylabel="loss (mean, 10-90% band)")
     results = {
         "optimizee": asdict(conf.optimizee),
-        "data": getattr(getattr(family, "pools", None), "record", None),
-        "num_steps": num_steps,
-        "num_test_functions": len(test_problem),
-        "num_validation_functions": len(val_problem),
+        "data": data,
+        "num_steps": result.num_steps,
+        "num_test_functions": result.num_test_functions,
+        "num_validation_functions": result.num_validation_functions,
         "seeds": {"seed": conf.seed, "data_seed": conf.data_seed, "validation_stream": "validation",
                   "test_stream": "test"},
-        "studied": studied,
+        "studied": result.studied,
         "learned": learned_info,
-        "best_baseline": best,
+        "best_baseline": result.best_baseline,
         "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": {str(k): v for k, v in
                                                                                      r.scores.items()}}
                            for n, r in tuning.items()},

@@ -8,32 +8,20 @@ sorted by the validation metric.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
 from pathlib import Path
 
-from rich.table import Table
-
-from l2l_cli.console import console, fmt
-from l2l_cli.runs import RunRecord, collect_runs
-from l2l_cli.writers import TensorBoardWriter
+from l2l_cli.console import console, runs_table
+from l2l_cli.runs import RunRecord, collect_runs, metrics_of
+from l2l_cli.writers import Curve, TensorBoardWriter, plot_curves, write_csv
 
 TAG_SAFE = str.maketrans({"/": "_", " ": "_", "=": "-", ",": "_"})
 
 
 def run_name(record: RunRecord) -> str:
     return record.label.translate(TAG_SAFE) or "run"
-
-
-def metrics_of(record: RunRecord) -> dict:
-    metrics = {"val/best": record.val_best, "test/final_mean": record.test_final()}
-    if record.best_baseline:
-        baseline = record.test_final(record.best_baseline)
-        metrics["test/best_baseline_final_mean"] = baseline
-        metrics["test/ratio_to_best_baseline"] = record.test_final() / baseline if baseline else math.nan
-    return metrics
 
 
 def write_tensorboard(out: Path, records: list[RunRecord]) -> None:
@@ -55,17 +43,16 @@ def write_tensorboard(out: Path, records: list[RunRecord]) -> None:
             writer.close()
 
 
-def write_csv(path: Path, records: list[RunRecord]) -> None:
+def write_comparison_csv(path: Path, records: list[RunRecord]) -> None:
     keys = sorted({k for r in records for k in r.overrides})
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["run", "status", *keys, "val_best", "test_final_mean", "best_baseline",
-                         "best_baseline_final_mean", "ratio_to_best_baseline", "path", "error"])
-        for r in records:
-            m = metrics_of(r)
-            writer.writerow([r.label, r.status, *(r.overrides.get(k, "") for k in keys), r.val_best,
-                             m["test/final_mean"], r.best_baseline or "", m.get("test/best_baseline_final_mean", ""),
-                             m.get("test/ratio_to_best_baseline", ""), str(r.path), r.error or ""])
+    rows = []
+    for r in records:
+        m = metrics_of(r)
+        rows.append([r.label, r.status, *(r.overrides.get(k, "") for k in keys), r.val_best, m["test/final_mean"],
+                     r.best_baseline or "", m.get("test/best_baseline_final_mean", ""),
+                     m.get("test/ratio_to_best_baseline", ""), str(r.path), r.error or ""])
+    write_csv(path, ["run", "status", *keys, "val_best", "test_final_mean", "best_baseline",
+                     "best_baseline_final_mean", "ratio_to_best_baseline", "path", "error"], rows)
 
 
 def plot_png(path: Path, records: list[RunRecord]) -> bool:
@@ -73,41 +60,14 @@ def plot_png(path: Path, records: list[RunRecord]) -> bool:
     with_curves = [r for r in records if r.results]
     if not with_curves:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=150)
-    for r in with_curves:
-        ax.plot(r.results["optimizers"][r.learned]["mean"], label=f"{r.label} ({r.learned})", linewidth=1.4)
+    curves = [Curve(f"{r.label} ({r.learned})", r.results["optimizers"][r.learned]["mean"], width=1.4)
+              for r in with_curves]
     top = with_curves[0]
     if top.best_baseline:
-        ax.plot(top.results["optimizers"][top.best_baseline]["mean"], "k--", linewidth=1.2,
-                label=f"{top.best_baseline} (best baseline of {top.label})")
-    ax.set_yscale("log")
-    ax.set_xlabel("optimizee step")
-    ax.set_ylabel("mean test loss")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        curves.append(Curve(f"{top.best_baseline} (best baseline of {top.label})",
+                            top.results["optimizers"][top.best_baseline]["mean"], width=1.2, style="k--"))
+    plot_curves(path, curves, ylabel="mean test loss", size=(7, 4.5), legend_size=7)
     return True
-
-
-def runs_table(records: list[RunRecord]) -> Table:
-    table = Table(title=f"{len(records)} runs, best validation loss first")
-    for column in ("run", "overrides", "val best", "test final", "best baseline", "ratio", "status"):
-        table.add_column(column, justify="right" if column in ("val best", "test final", "ratio") else "left")
-    for r in records:
-        m = metrics_of(r)
-        baseline = f"{r.best_baseline} {fmt(m['test/best_baseline_final_mean'])}" if r.best_baseline else ""
-        status = r.status if r.status != "failed" else f"[red]failed: {r.error}[/]"
-        table.add_row(r.label, " ".join(f"{k}={v}" for k, v in r.overrides.items()), fmt(r.val_best),
-                      fmt(m["test/final_mean"]), baseline, fmt(m.get("test/ratio_to_best_baseline", math.nan)),
-                      status)
-    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     out.mkdir(parents=True, exist_ok=True)
     write_tensorboard(out, records)
-    write_csv(out / "comparison.csv", records)
+    write_comparison_csv(out / "comparison.csv", records)
     has_png = plot_png(out / "comparison.png", records)
-    console().print(runs_table(records))
+    console().print(runs_table(records, f"{len(records)} runs, best validation loss first"))
     print(f"wrote {out}: tb/, comparison.csv{', comparison.png' if has_png else ''}")

@@ -66,3 +66,25 @@ def check_architecture(path: str | Path, saved: dict, wanted: dict) -> None:
         if saved.get(key) != value:
             raise CheckpointError(
                 f"checkpoint {path}: trained with {key}={saved.get(key)}, config asks for optimizer.{key}={value}")
+
+
+def load_learned_optimizer(path: str | Path, device="cpu"):
+    """(the learned optimizer a checkpoint holds, rebuilt through the registry from the architecture and config it
+    records, with its evaluated weights; the payload)."""
+    from l2l_cli.optimizers import build_learned
+    from l2l_cli.registry import OPTIMIZERS
+
+    payload = load_checkpoint(path)
+    saved = payload.get("optimizer")
+    name = saved.get("name") if isinstance(saved, dict) else None
+    if name not in OPTIMIZERS.learned():
+        raise CheckpointError(f"checkpoint {path}: its learned optimizer {name!r} is not one this l2l has "
+                              f"(allowed values: {', '.join(OPTIMIZERS.learned())})")
+    try:
+        net = build_learned(OPTIMIZERS.get(name).config(**saved))
+        net.load_state_dict(payload["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path}: its {name} config or weights do not fit this l2l ({reason})"
+                              ) from None
+    return net.to(device), payload

@@ -95,9 +95,9 @@ def backward_steps(weights: List[torch.Tensor], head_w, steps, dtheta, dh: List[
     return dtheta, dh, dc, grads
 
 
-# Steps per compiled call: each call costs ~30 us of dispatch (dynamo's guards, the compiled region's wrappers), and
-# inside one graph the compiler fuses across the steps. Two per call: 0.065 -> 0.060 s per quadratic meta-iteration
-# in two one-thread processes; four: no faster, a longer compile.
+# Steps per compiled call: each call pays a fixed dispatch cost (dynamo's guards, the compiled region's wrappers), and
+# inside one graph the compiler fuses across the steps; more than two per call were no faster and compile longer
+# (README, "Performance").
 GROUP = 2
 
 
@@ -121,8 +121,8 @@ class ManualBPTT:
         self.net = net
         self.forward = Compiled(forward_step) if compiled else forward_step
         # folding the closed-form loss into the compiled step pays on one thread only: on more, inductor runs each
-        # function's 10-term sums of the quadratic's gradient as an OpenMP region of their own (2x slower per
-        # meta-iteration on 2 threads). Eager, folding changes nothing (the same operations), so always fold.
+        # function's short sums of the quadratic's gradient as an OpenMP region of their own, which is slower.
+        # Eager, folding changes nothing (the same operations), so always fold.
         fold = not compiled or torch.get_num_threads() == 1
         self.forward_loss = (Compiled(forward_loss_steps) if compiled else forward_loss_steps) if fold else None
         self.backward = Compiled(backward_steps) if compiled else backward_steps

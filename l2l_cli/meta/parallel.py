@@ -1,17 +1,15 @@
 """Meta-training on several cores at once: the batch's functions split over worker processes, one meta-gradient.
 
 Why processes: the default quadratic meta-iteration (128 functions x 10 coordinates) is a long chain of small
-products (80 x 22 by 22 x 1280) and elementwise kernels. On this 2-core machine MKL runs those products barely faster
-on two threads than on one, so one process on 2 threads took 0.090 s per meta-iteration where two processes on one
-thread each, each with 64 of the functions, took 0.071 s (measured side by side). Python threads cannot do the same:
-the compiled kernels hold the GIL.
+products and elementwise kernels, which MKL runs barely faster on two threads than on one; independent one-thread
+processes do scale (README, "Performance"). Python threads cannot do the same: the compiled kernels hold the GIL.
 
-Each worker keeps its functions' optimizee state (theta, the LSTM's state, the gradient) across a run's truncated
-unrolls, as ``OptimizeeRun`` does in one process. Before each unroll the main process sends the LSTM's current
-weights; each worker returns the meta-gradient of its own functions (a mean over them), and the main process adds
-these up weighted by each worker's share of the functions, then clips and steps as usual. Same numbers as one process
-up to float rounding (tested). Workers draw their functions from the same generator state as the main process, so
-the functions, resume and checkpoints are those of a single-process run.
+Each worker keeps its functions' optimizee state (theta, the learned optimizer's state, the gradient) across a
+run's truncated unrolls, as ``OptimizeeRun`` does in one process. Before each unroll the main process sends the
+learned optimizer's current weights; each worker returns the meta-gradient of its own functions (a mean over them),
+and the main process adds these up weighted by each worker's share of the functions, then clips and steps as
+usual. Same numbers as one process up to float rounding (tested). Workers draw their functions from the same
+generator state as the main process, so the functions, resume and checkpoints are those of a single-process run.
 """
 
 from __future__ import annotations
@@ -27,16 +25,17 @@ from multiprocessing import resource_tracker
 
 import torch
 
-from l2l_cli.config import ConfigError, LSTMConfig
 from l2l_cli.meta.unroll import OptimizeeRun, UnrollGradient
+from l2l_cli.meta.weights import copy_into, split_like
 from l2l_cli.optimizees.base import Family
+from l2l_cli.schemas import ConfigError
 
 log = logging.getLogger(__name__)
 
 # a worker's start (a fresh interpreter importing torch, then compiling) costs a few seconds; below this much work
 # (functions x coordinates x steps x iterations) a run is over before that is repaid
 AUTO_MIN_COORDINATE_STEPS = 2e7
-# fewer coordinates than this per worker and each step is all per-call overhead (measured gain at 640)
+# fewer coordinates than this per worker and each step is all per-call overhead
 MIN_COORDINATES_PER_WORKER = 512
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the main process's to handle (signals.GracefulStop)
 
@@ -67,7 +66,7 @@ class WorkerSpec:
     """What a worker builds its side from (pickled once, at its start)."""
 
     family: Family
-    optimizer: LSTMConfig
+    optimizer: object  # the learned optimizer's config dataclass
     dtype: torch.dtype
     compiled: bool
     manual: bool  # hand-written first-order BPTT, else autograd
@@ -84,9 +83,9 @@ def share_bounds(batch: int, workers: int) -> list[int]:
 class WorkerPool:
     """``workers`` processes, each owning the functions between two of ``share_bounds`` in every run.
 
-    The LSTM's weights go out, and each worker's meta-gradient comes back, through shared memory; the pipes carry
-    only the commands and a few numbers. Where the cores allow, each worker is pinned to cores of its own (measured
-    0.073-0.079 vs 0.081-0.086 s per quadratic meta-iteration unpinned: the scheduler moved them about).
+    The learned optimizer's weights go out, and each worker's meta-gradient comes back, through shared memory; the
+    pipes carry only the commands and a few numbers. Where the cores allow, each worker is pinned to cores of its own
+    (unpinned, the scheduler moves them about).
     """
 
     def __init__(self, spec: WorkerSpec, batch: int, workers: int, num_weights: int):
@@ -184,26 +183,10 @@ class ShardedRun:
             total = grad if total is None else total + grad
             loss_sum += worker_loss_sum * share
             finals.append(torch.from_numpy(final))
-        grads = [g.to(p.device) for g, p in zip(_split_like(total, params), params, strict=True)]
+        grads = [g.to(p.device) for g, p in zip(split_like(total, params), params, strict=True)]
         device = params[0].device
         return UnrollGradient(grads, torch.tensor(loss_sum, dtype=total.dtype, device=device),
                               torch.cat(finals).to(device))
-
-
-def _split_like(flat: torch.Tensor, params) -> list:
-    """Views of a flat vector shaped as each parameter in turn (the inverse of parameters_to_vector)."""
-    views, offset = [], 0
-    for p in params:
-        views.append(flat[offset: offset + p.numel()].view_as(p))
-        offset += p.numel()
-    return views
-
-
-@torch.no_grad()
-def _load_flat(params, flat: torch.Tensor) -> None:
-    """In place: the compiled steps keep reading the same parameter tensors."""
-    for p, value in zip(params, _split_like(flat, params), strict=True):
-        p.copy_(value)
 
 
 def _worker_main(conn, index: int, start: int, stop: int, cpus) -> None:
@@ -227,15 +210,15 @@ def _worker_main(conn, index: int, start: int, stop: int, cpus) -> None:
 
 
 def _serve(conn, spec: WorkerSpec, start: int, stop: int, weights: torch.Tensor, grad_out: torch.Tensor) -> None:
-    from l2l_cli.meta.manual_bptt import ManualBPTT
-    from l2l_cli.meta.trainer import build_net
+    from l2l_cli.meta.trainer import gradient_estimator
+    from l2l_cli.optimizers import build_learned
     from l2l_cli.optimizers.compiled import maybe_compile
     from l2l_cli.runtime import configure_torch
 
     configure_torch(spec.threads)
-    net = build_net(spec.optimizer).to(spec.dtype)
+    net = build_learned(spec.optimizer).to(spec.dtype)
     compiled = maybe_compile(net, spec.compiled)
-    manual = ManualBPTT(net, compiled) if spec.manual else None
+    manual = gradient_estimator(net, spec.manual, spec.second_order, compiled)
     params = list(net.parameters())
     gen = torch.Generator()
     run = None
@@ -250,7 +233,7 @@ def _serve(conn, spec: WorkerSpec, start: int, stop: int, weights: torch.Tensor,
             run = OptimizeeRun(spec.family, problem, net, spec.second_order, spec.weighting, manual)
         elif message[0] == "unroll":
             _, first, steps = message
-            _load_flat(params, weights)
+            copy_into(params, weights)
             result = run.unroll(first, steps)
             grad_out.copy_(torch.nn.utils.parameters_to_vector(result.grads))
             conn.send(("ok", float(result.loss_sum), result.final.numpy()))

@@ -13,8 +13,18 @@ Layout of a run with train.population > 1 (a population of 1 keeps the plain sin
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, List, Optional
+
+from l2l_cli.meta.checkpoint import copy_checkpoint, load_checkpoint
+from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
+from l2l_cli.runtime import release_freed_memory
+from l2l_cli.schemas import ConfigError
+
+log = logging.getLogger("l2l.train")
 
 FIRST_MEMBER_LAST = "members/0/checkpoints/last.pt"  # where `resume` looks for a population run
 
@@ -37,3 +47,89 @@ def best_member(best_scores: list) -> int:
     """Index of the lowest validation score; non-finite scores (a diverged member) never win over finite ones."""
     finite = [(score, k) for k, score in enumerate(best_scores) if math.isfinite(score)]
     return min(finite)[1] if finite else 0
+
+
+def resolve_resume(resume, out_dir: Path, last: str = "checkpoints/last.pt") -> Path | None:
+    """false -> None; true -> this run dir's ``last`` file, else the newest run beside it that has one; a path ->
+    that file, or <dir>/``last``. (A population run's ``last`` is its first member's last.pt.)"""
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        candidates = [out_dir / last]
+        siblings = sorted((p for p in out_dir.parent.glob(f"*/{last}") if out_dir not in p.parents),
+                          key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in candidates + siblings:
+            if path.is_file():
+                return path
+        raise ConfigError(f"resume: true, but no {last} in {out_dir} or beside it; "
+                          "pass resume=PATH (a run dir or a .pt file)")
+    path = Path(str(resume))
+    if path.is_dir():
+        path = path / last
+    if not path.is_file():
+        raise ConfigError(f"resume: no checkpoint at {path}")
+    return path
+
+
+def member_resume_files(resume, out_dir: Path, population: int) -> list[Path | None]:
+    """Each member's last.pt to resume from (None: the member starts fresh)."""
+    if population == 1:
+        return [resolve_resume(resume, out_dir)]
+    first = resolve_resume(resume, out_dir, FIRST_MEMBER_LAST)
+    if first is None:
+        return [None] * population
+    run_dir = population_run_dir(first)
+    if run_dir is None:
+        raise ConfigError(f"resume: with train.population={population} pass a run directory (its members resume "
+                          f"together), got {first}")
+    files = [member_dir(run_dir, k, population) / "checkpoints" / "last.pt" for k in range(population)]
+    return [path if path.is_file() else None for path in files]
+
+
+@dataclass
+class PopulationResult:
+    members: List[MetaTrainer]
+    winner: int  # index of the member with the best validation score
+    best_path: Path  # the run's best.pt
+
+
+def train_population(setup: TrainSetup, population: int, resume=False, *,
+                     writer_for: Callable[[Path], object] = lambda path: None,
+                     on_start: Optional[Callable[[int, MetaTrainer], None]] = None,
+                     on_iteration: Optional[Callable[[int, MetaTrainer, object], None]] = None,
+                     should_stop: Callable[[], int] = lambda: 0) -> PopulationResult:
+    """Meta-train every member of the population, one after another, each resumed from its last.pt where
+    ``resume`` finds one; the best member's best.pt becomes the run's. ``writer_for(dir)``: a scalar writer for a
+    member's curves (or None); ``on_start(k, trainer)`` / ``on_iteration(k, trainer, stats)``: progress."""
+    run_dir = setup.out_dir
+    members: list[MetaTrainer] = []
+    for k, resume_from in enumerate(member_resume_files(resume, run_dir, population)):
+        name = "" if population == 1 else f"member {k}: "
+        writer = writer_for(member_tb_dir(run_dir, k, population))
+        trainer = None
+        try:
+            trainer = MetaTrainer(replace(setup, member=k, out_dir=member_dir(run_dir, k, population)), writer)
+            if resume_from is not None:
+                trainer.restore(load_checkpoint(resume_from), resume_from)
+                log.info("%sresumed from %s at iteration %d (best validation loss %.4g)", name, resume_from,
+                         trainer.iteration, trainer.best_val)
+            if on_start:
+                on_start(k, trainer)
+            trainer.fit(None if on_iteration is None else (lambda t, stats, k=k: on_iteration(k, t, stats)),
+                        should_stop=should_stop)
+        finally:
+            if writer is not None:
+                writer.close()
+            if trainer is not None:
+                trainer.close()
+        log.info("%sbest validation loss %.4g at iteration %d; checkpoints in %s", name, trainer.best_val,
+                 trainer.best_iteration, trainer.checkpoint_dir)
+        members.append(trainer)
+        release_freed_memory()
+    winner = best_member([t.best_val for t in members])
+    best_path = members[winner].checkpoint_dir / "best.pt"
+    if population > 1:
+        best_path = copy_checkpoint(best_path, run_dir / "checkpoints" / "best.pt")  # it records its member index
+        log.info("member %d is best (validation loss %.4g); its best.pt is %s", winner, members[winner].best_val,
+                 best_path)
+    return PopulationResult(members, winner, best_path)

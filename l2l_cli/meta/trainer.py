@@ -10,16 +10,17 @@ from typing import Callable, Optional
 
 import torch
 
-from l2l_cli.config import LSTMConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
-from l2l_cli.meta.manual_bptt import ManualBPTT
 from l2l_cli.meta.parallel import WorkerPool, WorkerSpec
 from l2l_cli.meta.unroll import OptimizeeRun, RunStats, meta_train_run
+from l2l_cli.meta.weights import copy_into
 from l2l_cli.optimizees.base import Family, held_out_problems
+from l2l_cli.optimizers import build_learned
+from l2l_cli.optimizers.base import LearnedOptimizer
 from l2l_cli.optimizers.compiled import maybe_compile
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LearnedRule
 from l2l_cli.rollout import selection_score
 from l2l_cli.runtime import torch_threads
+from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.seeding import generator, stream_seed
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,24 @@ class StopRequested(RuntimeError):
         self.signum = signum
 
 
-def build_net(cfg: LSTMConfig) -> CoordinatewiseLSTM:
-    return CoordinatewiseLSTM(hidden_size=cfg.hidden_size, layers=cfg.layers, preprocess=cfg.preprocess,
-                              preprocess_p=cfg.preprocess_p, output_scale=cfg.output_scale)
+def gradient_estimator(net: LearnedOptimizer, manual: bool, second_order: bool, compiled: bool):
+    """The architecture's hand-written first-order BPTT when asked for (train.bptt=manual) and it has one; None:
+    autograd (second_order always uses it)."""
+    if not manual or second_order:
+        return None
+    if not net.supports_manual_bptt:
+        log.info("%s has no hand-written BPTT: its meta-gradients come from autograd", net.name)
+        return None
+    return net.manual_bptt(compiled)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSetup:
-    """Everything the loop needs, as plain values (no config framework)."""
+    """Everything the loop needs, as plain values (no config framework); ``meta.policy.plan_training`` builds it
+    with the run's compile and worker decisions made."""
 
     family: Family
-    optimizer: LSTMConfig
+    optimizer: object  # the learned optimizer's config dataclass
     schedule: TruncatedScheduleConfig
     loop: TrainLoopConfig
     batch_size: int
@@ -66,9 +74,9 @@ class MetaTrainer:
         self.s = setup
         # member 0 is exactly a single run with this seed; the others draw independent initialisations and functions
         torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
-        self.net = build_net(setup.optimizer).to(setup.device)
+        self.net = build_learned(setup.optimizer).to(setup.device)
         compiled = maybe_compile(self.net, setup.compile)
-        self.manual = ManualBPTT(self.net, compiled) if setup.loop.bptt == "manual" else None
+        self.manual = gradient_estimator(self.net, setup.loop.bptt == "manual", setup.loop.second_order, compiled)
         self.pool: Optional[WorkerPool] = None  # started by the first iteration that needs it
         self.worker_threads = max(1, torch.get_num_threads() // setup.workers)  # each worker's share of ours
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
@@ -166,23 +174,18 @@ class MetaTrainer:
         if self.ema is None:
             return self._score()
         trained = [p.detach().clone() for p in self.net.parameters()]
-        self._load_weights(self.ema)  # swap the average in, in place: the compiled step keeps its parameter tensors
+        copy_into(list(self.net.parameters()), self.ema)  # swap the average in, in place
         try:
             return self._score()
         finally:
-            self._load_weights(trained)
+            copy_into(list(self.net.parameters()), trained)
 
     def _score(self) -> float:
         self.net.eval()
         try:
-            return selection_score(self.s.family, self.val_problem, LearnedRule(self.net), self.s.schedule.num_steps)
+            return selection_score(self.s.family, self.val_problem, self.net, self.s.schedule.num_steps)
         finally:
             self.net.train()
-
-    @torch.no_grad()
-    def _load_weights(self, tensors) -> None:
-        for p, value in zip(self.net.parameters(), tensors, strict=True):
-            p.copy_(value)
 
     def meta_lr(self, iteration: int) -> float:
         """The meta learning rate for an iteration: a function of the iteration alone, so resume reproduces it."""
@@ -202,7 +205,7 @@ class MetaTrainer:
             return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
                                   clip_grad=s.loop.clip_grad)
         # one thread here while the workers compute: this process's idle OpenMP threads spin after each of its own
-        # small operations, on the workers' cores (measured 0.118 vs 0.089 s per quadratic meta-iteration)
+        # small operations, on the workers' cores
         with torch_threads(1):
             run = self.worker_pool().run(self.gen.get_state(), s.schedule.num_steps, self.net)
             # the workers draw the batch from the generator's state; drawing it here too moves the generator on
@@ -254,10 +257,11 @@ class MetaTrainer:
                             self.iteration, stats.skipped_updates)
             if self.skipped_in_row >= loop.max_nonfinite:
                 self.save("last.pt")
+                scale = getattr(self.s.optimizer, "output_scale", None)
                 raise DivergenceError(
                     f"meta-training diverged: {self.skipped_in_row} meta-updates in a row had a non-finite loss or "
-                    f"meta-gradient; try a lower train.meta_lr (now {loop.meta_lr}) or optimizer.output_scale "
-                    f"(now {self.s.optimizer.output_scale})")
+                    f"meta-gradient; try a lower train.meta_lr (now {loop.meta_lr})"
+                    + (f" or optimizer.output_scale (now {scale})" if scale is not None else ""))
             last = self.iteration == loop.iterations
             if self.iteration % loop.val_every == 0 or last:
                 val = self.validate()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from l2l_cli.optimizees.base import Family, loss_and_grad
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, detach_state
+from l2l_cli.optimizers.base import LearnedOptimizer
 
 
 @dataclass
@@ -45,11 +45,11 @@ def step_objective(losses, grad, theta, second_order: bool, weighting: str, last
 MIN_LOSS = 1e-12  # log weighting: keeps 1/f finite for a loss of exactly 0
 
 
-def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, state, grad, first_step: int,
+def unroll_objective(family: Family, problem, net: LearnedOptimizer, theta, state, grad, first_step: int,
                      steps: int, second_order: bool, weighting: str):
     """Run ``steps`` optimizee steps from (theta, state, grad) and return what the meta-update needs.
 
-    The objective's gradient w.r.t. the LSTM is the meta-gradient of sum_t w_t mean_b f_b(theta_t).
+    The objective's gradient w.r.t. the learned optimizer is the meta-gradient of sum_t w_t mean_b f_b(theta_t).
     Without second derivatives the optimizee gradient g_t is a constant, so d f(theta_t)/d phi =
     g_t . d theta_t / d phi, and the surrogate sum_t w_t <stopgrad(g_t), theta_t> / B has exactly that gradient
     without keeping the optimizee's forward pass in the graph.
@@ -57,8 +57,8 @@ def unroll_objective(family: Family, problem, net: CoordinatewiseLSTM, theta, st
     objective = theta.new_zeros(())
     loss_sum = theta.new_zeros(())
     for k in range(steps):
-        update, state = net(grad.reshape(-1), state)
-        theta = theta + update.view_as(theta)
+        update, state = net.step(grad, state, first_step + k)
+        theta = theta + update
         losses, grad = loss_and_grad(family, problem, theta, first_step + k + 1, create_graph=second_order)
         if weighting != "last" or k == steps - 1:
             objective = objective + step_objective(losses, grad, theta, second_order, weighting, k == steps - 1)
@@ -74,20 +74,21 @@ class UnrollGradient:
 
 
 class OptimizeeRun:
-    """One optimizee run of a batch of functions in this process, cut into truncated unrolls: theta, the LSTM's state
-    and the gradient at theta carry over from one unroll to the next, the graph does not.
+    """One optimizee run of a batch of functions in this process, cut into truncated unrolls: theta, the learned
+    optimizer's state and the gradient at theta carry over from one unroll to the next, the graph does not.
 
-    ``manual``: a ``manual_bptt.ManualBPTT`` for ``net``, which computes the first-order meta-gradient without
-    autograd (the same numbers, faster); None or second_order: autograd through ``unroll_objective``.
+    ``manual``: the architecture's hand-written BPTT (``LearnedOptimizer.manual_bptt``), which computes the
+    first-order meta-gradient without autograd (the same numbers, faster); None or second_order: autograd through
+    ``unroll_objective``.
     """
 
-    def __init__(self, family: Family, problem, net: CoordinatewiseLSTM, second_order: bool = False,
+    def __init__(self, family: Family, problem, net: LearnedOptimizer, second_order: bool = False,
                  weighting: str = "uniform", manual=None):
         self.family, self.problem, self.net = family, problem, net
         self.second_order, self.weighting = second_order, weighting
         self.manual = None if second_order else manual
         self.theta = family.initial_params(problem)
-        self.state = net.initial_state(self.theta.numel(), self.theta.device, self.theta.dtype)
+        self.state = net.init_state(self.theta)
         _, self.grad = loss_and_grad(family, problem, self.theta, 0)
 
     def unroll(self, start: int, steps: int) -> UnrollGradient:
@@ -106,11 +107,11 @@ class OptimizeeRun:
             params = list(self.net.parameters())
             grads = torch.autograd.grad(objective, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-        self.theta, self.state, self.grad = theta.detach(), detach_state(state), grad.detach()
+        self.theta, self.state, self.grad = theta.detach(), self.net.detach_state(state), grad.detach()
         return UnrollGradient(grads, loss_sum.detach(), final.detach())
 
 
-def meta_train_run(run, net: CoordinatewiseLSTM, meta_opt: torch.optim.Optimizer, num_steps: int, unroll: int,
+def meta_train_run(run, net: LearnedOptimizer, meta_opt: torch.optim.Optimizer, num_steps: int, unroll: int,
                    clip_grad: float | None = None) -> RunStats:
     """Truncated BPTT over one optimizee run with a meta-update after each unroll. ``run``: an ``OptimizeeRun``, or
     anything with its ``unroll(start, steps)`` (``parallel.ShardedRun`` spreads the functions over processes)."""

@@ -12,7 +12,11 @@ class DataError(ValueError):
 
 
 class Family(Protocol):
-    """A distribution over functions. A batch of B problems has parameters theta of shape (B, num_params)."""
+    """A distribution over functions. A batch of B problems has parameters theta of shape (B, num_params).
+
+    Built from its config dataclass: ``Family(cfg)``. Problems of one batch are independent: function i's losses
+    and gradients depend on row i of theta alone, and ``select`` cuts a batch into parts that compute the same.
+    """
 
     num_params: int
     # the loss does not depend on the step (no minibatches): the hand-written BPTT may then evaluate the closed-form
@@ -38,6 +42,10 @@ class Family(Protocol):
     def expected_loss(self, problem: Any, theta: torch.Tensor) -> torch.Tensor:
         """Per-function loss at theta averaged over the function's data randomness (its whole image set where it
         draws minibatches; the loss itself for deterministic functions), shape (n,)."""
+
+    def data_record(self) -> dict | None:
+        """Where the family's data came from (sizes, source, index fingerprints) for results.json; None without
+        data."""
 
 
 def loss_and_grad(family: Family, problem: Any, theta: torch.Tensor, step: int, create_graph: bool = False):

@@ -6,6 +6,27 @@ from dataclasses import dataclass
 
 import torch
 
+from l2l_cli.registry import OPTIMIZEES
+from l2l_cli.schemas import OptimizeeConfig, check, check_at_least_one, check_choice
+
+DISTRIBUTIONS = ("gaussian", "uniform")
+
+
+@dataclass
+class QuadraticConfig(OptimizeeConfig):
+    """f(theta) = ||W theta - y||^2 with W dim x dim and y dim-d, drawn per function."""
+
+    name: str = "quadratic"
+    dim: int = 10
+    batch_size: int = 128
+    distribution: str = "gaussian"  # gaussian (the paper) | uniform (the original code)
+    init_std: float = 0.01
+
+    def check_fields(self) -> None:
+        check_at_least_one(self, "optimizee.", ("dim",))
+        check_choice(self.distribution, "optimizee.distribution", DISTRIBUTIONS)
+        check(self.init_std >= 0, "optimizee.init_std", f"must be >= 0, got {self.init_std}")
+
 
 @dataclass
 class QuadraticProblems:
@@ -25,11 +46,11 @@ class QuadraticFamily:
 
     stationary = True  # the same function at every step
 
-    def __init__(self, dim: int = 10, distribution: str = "gaussian", init_std: float = 0.01):
-        self.dim = dim
-        self.num_params = dim
-        self.distribution = distribution
-        self.init_std = init_std
+    def __init__(self, cfg: QuadraticConfig):
+        self.dim = cfg.dim
+        self.num_params = cfg.dim
+        self.distribution = cfg.distribution
+        self.init_std = cfg.init_std
 
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu", split: str = "train"):
         """The split only names the seed stream the caller chose; W, y are drawn from the same distribution."""
@@ -38,6 +59,9 @@ class QuadraticFamily:
         y = draw(n, self.dim, generator=gen)
         theta0 = torch.randn(n, self.dim, generator=gen) * self.init_std
         return QuadraticProblems(W.to(device), y.to(device), theta0.to(device))
+
+    def data_record(self) -> None:
+        return None  # no data: W and y are drawn from the seed
 
     def initial_params(self, problem: QuadraticProblems) -> torch.Tensor:
         return problem.theta0.clone()
@@ -58,3 +82,6 @@ class QuadraticFamily:
         r = self._residual(problem, theta)
         grad = 2.0 * torch.bmm(r.unsqueeze(1), problem.W).squeeze(1)  # 2 W^T r
         return r.pow(2).sum(-1), grad
+
+
+OPTIMIZEES.register("quadratic", QuadraticConfig, QuadraticFamily)

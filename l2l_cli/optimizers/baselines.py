@@ -10,18 +10,17 @@ import math
 
 import torch
 
-from l2l_cli.config import BASELINE_DEFAULTS, BaselineConfig
+from l2l_cli.registry import OPTIMIZERS
+from l2l_cli.schemas import BaselineConfig
 
 
 class Baseline:
+    """One hand-designed optimizer at one learning rate, with the learned optimizers' init_state / step."""
+
     def __init__(self, cfg: BaselineConfig, lr: float):
         self.cfg = cfg
         self.name = cfg.name
         self.lr = lr
-
-    @classmethod
-    def named(cls, name: str, lr: float) -> "Baseline":
-        return cls(BASELINE_DEFAULTS[name], lr)
 
     def init_state(self, theta: torch.Tensor) -> dict:
         return {}
@@ -51,4 +50,16 @@ class Baseline:
             step_size = lr / (1 - cfg.beta1 ** count)
             denom = v.sqrt() / math.sqrt(1 - cfg.beta2 ** count) + cfg.eps
             return -step_size * m / denom, state
-        raise ValueError(f"optimizer.name: got {cfg.name!r}, allowed values: sgd, nag, rmsprop, adam")
+        raise ValueError(f"optimizer.name: got {cfg.name!r}, allowed values: {', '.join(OPTIMIZERS.baselines())}")
+
+
+def baseline_config(name: str) -> BaselineConfig:
+    """A baseline's config with its registered defaults (learning rate: tuned)."""
+    return OPTIMIZERS.get(name).default_config()
+
+
+# in the order tables show them; the keyword arguments are each one's defaults where they differ from the schema's
+OPTIMIZERS.register("sgd", BaselineConfig, Baseline)
+OPTIMIZERS.register("nag", BaselineConfig, Baseline, momentum=0.9, nesterov=True)  # Nesterov momentum 0.9
+OPTIMIZERS.register("rmsprop", BaselineConfig, Baseline)
+OPTIMIZERS.register("adam", BaselineConfig, Baseline)

@@ -3,22 +3,50 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Tuple
 
 import torch
 from torch import nn
 
-from l2l_cli.optimizers.preprocessing import num_features, preprocess
+from l2l_cli.optimizers.base import LearnedOptimizer
+from l2l_cli.optimizers.preprocessing import PREPROCESSING, num_features, preprocess
+from l2l_cli.registry import OPTIMIZERS
+from l2l_cli.schemas import LearnedOptimizerConfig, check, check_at_least_one, check_choice
 
 State = List[Tuple[torch.Tensor, torch.Tensor]]
 
-# coordinates per pass of CoordinatewiseLSTM.forward. Compiled, 127280 coordinates, 2 threads: 8192 26.7 ms per eval
-# step, 16384 27.0, 32768 28.1, all at once 30.2. Each chunk is its own OpenMP regions, and on this VM, when the host
-# deschedules a vCPU, every region's barrier waits (8192 then ran 67-72 ms, all at once 30-39): the larger chunk.
+# coordinates per pass of CoordinatewiseLSTM.forward: small enough for a chunk's gate matrix to stay in cache between
+# its matmul and its activations, large enough that the OpenMP regions per chunk stay few (README, "Performance")
 CHUNK = 16384
 
 
-class CoordinatewiseLSTM(nn.Module):
+@dataclass
+class LSTMConfig(LearnedOptimizerConfig):
+    """The coordinatewise LSTM optimizer of the paper."""
+
+    name: str = "lstm"
+    hidden_size: int = 20
+    layers: int = 2
+    # none | paper (Appendix A, p = preprocess_p) | deepmind (the original code's LogAndSign, k = preprocess_p)
+    preprocess: str = "paper"
+    preprocess_p: float = 10.0
+    output_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_at_least_one(self, "optimizer.", ("hidden_size", "layers"))
+        check_choice(self.preprocess, "optimizer.preprocess", PREPROCESSING)
+        check(self.preprocess_p > 0, "optimizer.preprocess_p", f"must be > 0, got {self.preprocess_p}")
+        check(math.isfinite(self.output_scale) and self.output_scale > 0, "optimizer.output_scale",
+              f"must be a positive number, got {self.output_scale}")
+
+    def architecture(self) -> dict:
+        """The fields a checkpoint must agree on to be loadable (the output scale is not one of them)."""
+        return {"name": self.name, "hidden_size": self.hidden_size, "layers": self.layers,
+                "preprocess": self.preprocess, "preprocess_p": self.preprocess_p}
+
+
+class CoordinatewiseLSTM(LearnedOptimizer):
     """Stacked LSTM over N independent coordinates at once, followed by a linear map to one update each.
 
     Each layer does its input and recurrent products in one matmul on [x; h], so all coordinates of all
@@ -27,18 +55,18 @@ class CoordinatewiseLSTM(nn.Module):
     in full vector lanes along N. The weights keep the (in + H, 4H) layout of checkpoints.
     """
 
-    def __init__(self, hidden_size: int = 20, layers: int = 2, preprocess: str = "paper",
-                 preprocess_p: float = 10.0, output_scale: float = 0.1):
-        super().__init__()
+    def __init__(self, cfg: LSTMConfig):
+        super().__init__(cfg)
+        hidden_size = cfg.hidden_size
         self.hidden_size = hidden_size
-        self.preprocess_kind = preprocess
-        self.preprocess_p = preprocess_p
-        self.output_scale = output_scale
+        self.preprocess_kind = cfg.preprocess
+        self.preprocess_p = cfg.preprocess_p
+        self.output_scale = cfg.output_scale
         bound = 1.0 / math.sqrt(hidden_size)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        in_size = num_features(preprocess)
-        for _ in range(layers):
+        in_size = num_features(cfg.preprocess)
+        for _ in range(cfg.layers):
             weight = torch.empty(in_size + hidden_size, 4 * hidden_size).uniform_(-bound, bound)
             self.weights.append(nn.Parameter(weight))
             self.biases.append(nn.Parameter(torch.empty(4 * hidden_size).uniform_(-bound, bound)))
@@ -50,13 +78,29 @@ class CoordinatewiseLSTM(nn.Module):
         zeros = lambda: torch.zeros(self.hidden_size, n, device=device, dtype=dtype)  # noqa: E731
         return [(zeros(), zeros()) for _ in self.weights]
 
+    def init_state(self, theta: torch.Tensor) -> State:
+        return self.initial_state(theta.numel(), theta.device, theta.dtype)
+
+    def step(self, grad: torch.Tensor, state: State, t: int = 0) -> Tuple[torch.Tensor, State]:
+        """Every coordinate of every optimizee is one column: nothing is shared between coordinates."""
+        update, state = self(grad.reshape(-1), state)
+        return update.view_as(grad), state
+
+    @property
+    def supports_manual_bptt(self) -> bool:
+        return type(self) is CoordinatewiseLSTM  # the hand-written backward is this class's math; a subclass may
+        # compute otherwise
+
+    def manual_bptt(self, compiled: bool):
+        from l2l_cli.meta.manual_bptt import ManualBPTT
+
+        return ManualBPTT(self, compiled)
+
     def forward(self, grad: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """grad (N,) -> update (N,) = output_scale * linear(LSTM(preprocess(grad))).
 
         Many coordinates go through in chunks of CHUNK: each chunk's (4H, CHUNK) gate matrix is still in the cache
-        when its activations read it, where the whole (4H, N) one (40 MB for 8 MNIST optimizees) goes out to memory
-        and back. Measured on 127280 coordinates, 2 threads, the LSTM alone: compiled 26.3 -> 24.2 ms per step,
-        eager 48.0 -> 42.8 (chunks of 8192).
+        when its activations read it, where the whole (4H, N) one goes out to memory and back.
         """
         n = grad.shape[0]
         if n <= CHUNK:
@@ -94,7 +138,7 @@ def cell_forward(weight, bias, x, h, c, hidden: int):
 
     ifo = sigmoid of the input, forget and output gates (3H, N), g = tanh of the cell input (H, N): the activations
     a hand-written backward needs. They stay two tensors: one concatenated tensor would be written out and read
-    back even where nothing keeps it (measured 2x slower on 127k coordinates, compiled).
+    back even where nothing keeps it (README, "Performance").
     """
     H = hidden
     inp = torch.cat((x, h), dim=0)
@@ -102,10 +146,10 @@ def cell_forward(weight, bias, x, h, c, hidden: int):
     # (4H, N): input and recurrent products in one matmul
     if torch.compiler.is_compiling():
         # the bias goes into the fused activation kernel: addmm (which the compiler makes of matmul + bias) first
-        # copies the broadcast bias into its whole output (30 us of each 80 x 1280 product)
+        # copies the broadcast bias into its whole output
         gates = weight.t() @ inp
         pre_ifo, pre_g = gates[:3 * H] + bias[:3 * H], gates[3 * H:] + bias[3 * H:]
-    else:  # eager: one addmm beats a matmul and two separate adds (20% at 127k coordinates)
+    else:  # eager: one addmm (one kernel) beats a matmul and two separate adds
         gates = torch.addmm(bias, weight.t(), inp)
         pre_ifo, pre_g = gates[:3 * H], gates[3 * H:]
     ifo = torch.sigmoid(pre_ifo)
@@ -115,21 +159,4 @@ def cell_forward(weight, bias, x, h, c, hidden: int):
     return inp, ifo, g, tanh_c, ifo[2 * H:] * tanh_c, c
 
 
-def detach_state(state: State) -> State:
-    return [(h.detach(), c.detach()) for h, c in state]
-
-
-class LearnedRule:
-    """The step interface (see ``l2l_cli.optimizers``) around a CoordinatewiseLSTM."""
-
-    name = "lstm"
-
-    def __init__(self, net: CoordinatewiseLSTM):
-        self.net = net
-
-    def init_state(self, theta: torch.Tensor) -> State:
-        return self.net.initial_state(theta.numel(), theta.device, theta.dtype)
-
-    def step(self, grad: torch.Tensor, state: State, t: int):
-        update, state = self.net(grad.reshape(-1), state)
-        return update.view_as(grad), state
+OPTIMIZERS.register("lstm", LSTMConfig, CoordinatewiseLSTM, learned=True)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+PREPROCESSING = ("none", "paper", "deepmind")
+
 
 def num_features(kind: str) -> int:
     return 1 if kind == "none" else 2

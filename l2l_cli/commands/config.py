@@ -1,0 +1,78 @@
+"""The Hydra side of the config: every schema in Hydra's ConfigStore, and a composed DictConfig turned into the
+dataclasses of ``l2l_cli.schemas`` (the only form numerical code sees).
+
+Schemas are stored under ``schema/<group>/<name>`` so they never show up as user choices; each YAML option extends
+its schema, which gives type checks and unknown-key errors at compose time. Range and cross-field rules live in
+the dataclasses' ``__post_init__`` and run in :func:`to_objects`. Family and optimizer schemas come from the
+registries, so a new one needs no line here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
+from l2l_cli.schemas import (
+    SCHEDULES,
+    EvalConfig,
+    EvalLoopConfig,
+    TrainConfig,
+    TrainLoopConfig,
+    check_choice,
+)
+
+REGISTRIES = {"optimizee": OPTIMIZEES, "optimizer": OPTIMIZERS}
+
+
+def group_schemas() -> Dict[str, Dict[str, type]]:
+    """Config group -> option name -> its dataclass."""
+    groups = {group: {e.name: e.config for e in registry.entries()} for group, registry in REGISTRIES.items()}
+    groups["schedule"] = dict(SCHEDULES)
+    return groups
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for group, registry in REGISTRIES.items():
+        for entry in registry.entries():
+            cs.store(group=f"schema/{group}", name=entry.name, node=entry.default_config())
+    for name, cls in SCHEDULES.items():
+        cs.store(group="schema/schedule", name=name, node=cls)
+    cs.store(group="schema", name="train", node=TrainConfig)
+    cs.store(group="schema", name="eval", node=EvalConfig)
+    OmegaConf.register_new_resolver("l2l_groups", config_groups_help, replace=True)
+
+
+def config_groups_help() -> str:
+    """The group list of `l2l <command> --help` (Hydra's own would list the schema/* groups too)."""
+
+    from l2l_cli.cli import config_dir
+
+    lines = [f"{group}: {', '.join(registry.names())}" for group, registry in REGISTRIES.items()]
+    for group, note in (("schedule", ""), ("experiment", ""), ("debug", " (train only)"),
+                        ("hparams_search", " (train only)")):
+        names = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+        lines.append(f"{group}: {', '.join(names)}{note}")
+    return "\n".join(lines)
+
+
+def _group_object(group: str, node: DictConfig, schemas: dict):
+    name = node.get("name")
+    check_choice(str(name), f"{group}.name", tuple(schemas))
+    return schemas[name](**OmegaConf.to_container(node, resolve=True))
+
+
+def to_objects(cfg: DictConfig):
+    """Turn a composed config into its dataclass (running every range and cross-field check)."""
+    root_cls = TrainConfig if "train" in cfg else EvalConfig
+    plain = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+             for key in cfg if key != "hydra"}
+    plain.update({g: _group_object(g, cfg[g], schemas) for g, schemas in group_schemas().items()})
+    for key, cls in (("train", TrainLoopConfig), ("eval", EvalLoopConfig)):
+        if key in plain:
+            plain[key] = cls(**plain[key])
+    return root_cls(**plain)

@@ -1,0 +1,54 @@
+"""The interface every learned optimizer follows, so meta-training, evaluation, checkpoints and writers know no
+architecture by name."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Tuple
+
+import torch
+from torch import nn
+
+
+class LearnedOptimizer(nn.Module, metaclass=abc.ABCMeta):
+    """A meta-trainable update rule for a batch of optimizees: theta_{t+1} = theta_t + update.
+
+    Built from its config dataclass (``Cls(cfg)``, kept as ``self.config``). Gradients and updates are shaped
+    (functions, parameters): an architecture may share information between the coordinates of one optimizee (a
+    global average, a memory) but never across optimizees, which the contract tests check. The state is any
+    nesting of lists and tuples of tensors. The per-step computation sits in ``forward``, which ``compile=true``
+    wraps with torch.compile; ``step`` is what callers use.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @abc.abstractmethod
+    def init_state(self, theta: torch.Tensor) -> Any:
+        """The state for a batch of optimizees whose parameters are theta (functions, parameters)."""
+
+    @abc.abstractmethod
+    def step(self, grad: torch.Tensor, state: Any, t: int = 0) -> Tuple[torch.Tensor, Any]:
+        """(update, new state) from the gradients at theta_t, both (functions, parameters); t: the step index."""
+
+    def detach_state(self, state: Any) -> Any:
+        """The state with its autograd history cut, between truncated unrolls."""
+        if isinstance(state, torch.Tensor):
+            return state.detach()
+        if isinstance(state, (list, tuple)):
+            return type(state)(self.detach_state(s) for s in state)
+        return state
+
+    # A hand-written first-order BPTT is optional: an architecture that has one says so here and returns it from
+    # manual_bptt; the trainer then uses it under train.bptt=manual, and meta-trains every other one through autograd.
+    supports_manual_bptt: bool = False
+
+    def manual_bptt(self, compiled: bool) -> Any:
+        """An estimator with ``unroll(family, problem, theta, state, grad, first_step, steps, weighting)`` returning
+        a ``meta.manual_bptt.UnrollResult``; only where ``supports_manual_bptt``."""
+        raise NotImplementedError(f"{type(self).__name__} has no hand-written BPTT")
