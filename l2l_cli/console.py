@@ -40,11 +40,11 @@ def fmt(value: float) -> str:
 
 def make_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None,
                right: Sequence[str] = (), styles: Sequence[str | None] | None = None) -> Table:
-    """Every table l2l prints: text columns left-aligned, the number columns named in ``right`` right-aligned and
-    never wrapped; ``styles``: one rich style (or None) per row."""
+    """Every table l2l prints: text columns left-aligned, the number columns named in ``right`` right-aligned; the
+    first column (each row's name) and the numbers never wrap; ``styles``: one rich style (or None) per row."""
     table = Table(title=title, caption=caption)
-    for column in columns:
-        table.add_column(column, justify="right" if column in right else "left", no_wrap=column in right)
+    for k, column in enumerate(columns):
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=k == 0 or column in right)
     for k, row in enumerate(rows):
         table.add_row(*row, style=styles[k] if styles else None)
     return table
