@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterable, Optional, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from l2l_cli.evaluation import CurveStats
+from l2l_cli.evaluation import CurveStats, ratio
 
 
 def console() -> Console:
@@ -41,10 +43,15 @@ def fmt(value: float) -> str:
 def make_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None,
                right: Sequence[str] = (), styles: Sequence[str | None] | None = None) -> Table:
     """Every table l2l prints: text columns left-aligned, the number columns named in ``right`` right-aligned; the
-    first column (each row's name) and the numbers never wrap; ``styles``: one rich style (or None) per row."""
-    table = Table(title=title, caption=caption)
+    first column (each row's name) and the numbers are never wrapped or cut (on a narrow terminal the other columns
+    give way); ``styles``: one rich style (or None) per row."""
+    rows = [list(row) for row in rows]
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     for k, column in enumerate(columns):
-        table.add_column(column, justify="right" if column in right else "left", no_wrap=k == 0 or column in right)
+        whole = k == 0 or column in right
+        width = max([len(line) for line in column.split("\n")] + [Text.from_markup(row[k]).cell_len for row in rows]
+                    ) if whole else None
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=whole, min_width=width)
     for k, row in enumerate(rows):
         table.add_row(*row, style=styles[k] if styles else None)
     return table
@@ -56,14 +63,14 @@ def results_table(stats: Dict[str, CurveStats], learning_rates: Dict[str, str], 
     ref = stats[best] if best else None
     rows, styles = [], []
     for name, s in stats.items():
-        ratio_mean = s.final_mean / ref.final_mean if ref else float("nan")
-        ratio_median = s.final_median / ref.final_median if ref else float("nan")
+        ratio_mean = ratio(s.final_mean, ref.final_mean) if ref else math.nan
+        ratio_median = ratio(s.final_median, ref.final_median) if ref else math.nan
         styles.append("bold green" if name == best else ("bold" if name == learned else None))
         rows.append([name + (" *" if name == best else ""), learning_rates.get(name, ""), fmt(s.final_mean),
                      fmt(s.final_median), fmt(ratio_mean), fmt(ratio_median), f"{s.nonfinite}/{s.runs}"])
-    return make_table(title, ("optimizer", "lr", "mean", "median", "mean/best", "median/best", "diverged"), rows,
-                      caption="* best baseline; ratios below 1 beat it; diverged: non-finite runs",
-                      right=("lr", "mean", "median", "mean/best", "median/best", "diverged"), styles=styles)
+    numbers = ("lr", "mean", "median", "mean\n/best", "median\n/best", "diverged")
+    return make_table(title, ("optimizer", *numbers), rows, right=numbers, styles=styles,
+                      caption="* best baseline; ratios below 1 beat it; diverged: non-finite runs")
 
 
 def generalization_table(rows: Dict[str, Dict[str, float]], steps: Dict[str, int]) -> Table:

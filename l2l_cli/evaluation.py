@@ -3,6 +3,7 @@ functions, per-step statistics that keep non-finite runs visible instead of aver
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -89,6 +90,14 @@ def compare(family, test_problem, rules: dict, num_steps: int, on_done=None) -> 
         if on_done:
             on_done(name)
     return results
+
+
+def ratio(value: float, reference: float) -> float:
+    """value / reference, where a reference of exactly 0 (a baseline that reached the minimum) gives inf for any
+    worse value and 1 for an equal one, never a ZeroDivisionError."""
+    if reference == 0:
+        return 1.0 if value == 0 else (math.inf if value > 0 else math.nan)
+    return value / reference
 
 
 def best_baseline(stats: Dict[str, CurveStats], learned: Optional[str]) -> Optional[str]:

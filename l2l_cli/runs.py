@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from l2l_cli.evaluation import ratio
+
 
 @dataclass
 class RunRecord:
@@ -122,5 +124,5 @@ def metrics_of(record: RunRecord) -> dict:
     if record.best_baseline:
         baseline = record.test_final(record.best_baseline)
         metrics["test/best_baseline_final_mean"] = baseline
-        metrics["test/ratio_to_best_baseline"] = record.test_final() / baseline if baseline else math.nan
+        metrics["test/ratio_to_best_baseline"] = ratio(record.test_final(), baseline)
     return metrics

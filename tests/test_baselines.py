@@ -1,6 +1,8 @@
 """The functional baselines against torch.optim, and batch independence: a batch of B functions gives exactly
 what B separate torch.optim runs give."""
 
+import math
+
 import pytest
 import torch
 
@@ -61,3 +63,17 @@ def test_learning_rate_refinement_around_the_grid_optimum():
     assert not refined.at_grid_edge
     too_small = tune_learning_rate(family, problem, cfg, [1e-5, 1e-4], 20, refine=1)
     assert too_small.at_grid_edge and too_small.lr > 1e-4  # refinement went past the grid's end: flagged
+
+
+def test_a_baseline_that_reaches_zero_loss_gives_ratios_not_a_crash():
+    """A tuned baseline can land exactly on the minimum (final loss 0.0 in float32): the table's ratios to it are
+    inf (worse) or 1 (equal), never a ZeroDivisionError."""
+    from l2l_cli.console import console, results_table
+    from l2l_cli.evaluation import curve_stats, ratio
+
+    losses = {"lstm": torch.tensor([[1.0, 1.0], [0.5, 0.0]]), "nag": torch.tensor([[1.0, 1.0], [0.0, 0.0]])}
+    stats = {name: curve_stats(value) for name, value in losses.items()}
+    with console().capture() as captured:
+        console().print(results_table(stats, {}, "lstm", "nag", "zero"))
+    assert "inf" in captured.get()
+    assert (ratio(0.5, 0.0), ratio(0.0, 0.0), ratio(0.3, 0.6)) == (math.inf, 1.0, 0.5)
