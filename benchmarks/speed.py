@@ -9,7 +9,10 @@ Prints, and writes to benchmarks/results/speed.json (torch version, threads and 
   batch, next to the lower bound that arithmetic sets for that ratio, and the learned step's fraction of matmul
   FLOP/s;
 - peak resident memory of a meta-training run, and the bytes per coordinate per unrolled step (from two unroll
-  lengths, each in a fresh process).
+  lengths, each in a fresh process);
+- ``LearnedOptimizer.step()`` (the trained optimizer as a torch optimizer) against ``torch.optim.Adam.step()`` on a
+  784-20-10 MLP and a 784-1024-256-10 MLP (1.07M parameters), the arithmetic bound of the learned step, its state
+  and peak memory per parameter.
 
 Each figure is timed in --blocks blocks, each right after its own matmul measurement, and reported as the fastest
 block against the fastest matmul of the run (each the least disturbed by other load on a shared machine), next to
@@ -18,8 +21,8 @@ the median of each block's fraction of its own matmul.
 Modes: eager and compiled run in this process; default is what `l2l train optimizee=<task>` does with these threads
 (compiled, and train.workers: null, which gives the quadratic task one worker process per thread).
 
-Usage: python benchmarks/speed.py [--tasks quadratic,mnist] [--modes eager,compiled,default] [--iterations N]
-                                  [--blocks B] [--threads T] [--device cpu|cuda|auto]
+Usage: python benchmarks/speed.py [--tasks quadratic,mnist,torch_optimizer] [--modes eager,compiled,default]
+                                  [--iterations N] [--blocks B] [--threads T] [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
@@ -201,6 +204,86 @@ def bench_step_cost(device, compiled: bool, blocks: int, functions: int = 8, rep
             "lstm_step_flops_per_second": learned / lstm_s, **figures}
 
 
+TORCH_MODELS = {"mlp_784_20_10": (784, 20, 10), "mlp_784_1024_256_10": (784, 1024, 256, 10)}  # 15,910 / 1.07M
+
+
+def torch_model(name: str, device) -> torch.nn.Module:
+    sizes = TORCH_MODELS[name]
+    layers = []
+    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers += [torch.nn.Linear(fan_in, fan_out)] + ([torch.nn.Sigmoid()] if k < len(sizes) - 2 else [])
+    return torch.nn.Sequential(*layers).to(device)
+
+
+def lstm_checkpoint(directory: Path) -> Path:
+    """An LSTM checkpoint of the default architecture (its step costs the same whatever the weights)."""
+    from dataclasses import asdict
+
+    from l2l_cli.meta.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_learned(LSTMConfig())
+    return save_checkpoint({"optimizer": asdict(net.config), "model": net.state_dict(), "iteration": 0,
+                            "best_val": 0.0}, directory / "lstm_default.pt")
+
+
+def bench_torch_optimizer(name: str, device, blocks: int, repeats: int = 5) -> dict:
+    """``LearnedOptimizer.step()`` against ``torch.optim.Adam.step()`` on the same model and gradients (the step
+    alone: gradients are computed once), and the arithmetic bound: the LSTM's FLOPs per step at matmul speed."""
+    from l2l_cli import LearnedOptimizer
+
+    model = torch_model(name, device)
+    x = torch.rand(128, 784, device=device)
+    model(x).square().mean().backward()
+    params = sum(p.numel() for p in model.parameters())
+    checkpoint = lstm_checkpoint(ROOT / "benchmarks" / "results")
+    optimizers = {"learned": LearnedOptimizer(model.parameters(), checkpoint=checkpoint, lr=0.0),
+                  "compiled": LearnedOptimizer(model.parameters(), checkpoint=checkpoint, lr=0.0, compile=True),
+                  "adam": torch.optim.Adam(model.parameters(), lr=0.0)}  # lr 0: the weights stay as they are
+
+    def steps(opt_name: str) -> float:
+        opt = optimizers[opt_name]
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            opt.step()
+        sync(device)
+        return (time.perf_counter() - start) / repeats
+
+    for opt_name in optimizers:
+        steps(opt_name)  # warm-up: states created, compilation
+    measured = blocks_of(lambda: (steps("learned"), steps("compiled"), steps("adam")), blocks, device)
+    flops = lstm_forward_flops(LSTMConfig()) * params
+    best, figures = summarise([(learned, peak) for (learned, _, _), peak in measured], flops)
+    learned_s, compiled_s, adam_s = measured[best][0]
+    compiled_best = min(c for (_, c, _), _ in measured)
+    state = optimizers["learned"].state_dict()["state"]
+    state_bytes = sum(leaf.numel() * leaf.element_size() for s in state.values() for leaf in s["learned_state"])
+    return {"model": name, "parameters": params, "learned_step_seconds": learned_s, "adam_step_seconds": adam_s,
+            "learned_over_adam": learned_s / adam_s,
+            "learned_over_adam_median": statistics.median(a / c for (a, _, c), _ in measured),
+            "compiled_step_seconds": compiled_best,
+            "compiled_fraction_of_matmul": flops / compiled_best / figures["matmul_flops_per_second"],
+            "bound_seconds": flops / figures["matmul_flops_per_second"],
+            "state_bytes_per_parameter": state_bytes / params, "fraction_of_matmul": figures["fraction_of_matmul"],
+            "fraction_of_matmul_median": figures["fraction_of_matmul_median"]}
+
+
+def child_optimizer_memory(name: str, threads: int | None) -> float:
+    """Bytes per parameter that creating a LearnedOptimizer and taking 3 steps add to a fresh process's peak RSS
+    (its state, the state it replaces during a step, and the step's temporaries)."""
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]);"
+            + f"from l2l_cli.runtime import configure_torch; configure_torch({threads});"
+            + "from pathlib import Path; from l2l_cli import LearnedOptimizer;"
+            "from benchmarks.speed import peak_rss_mib, torch_model, lstm_checkpoint;"
+            "m = torch_model(sys.argv[2], 'cpu'); m(torch.rand(128, 784)).square().mean().backward();"
+            "ck = lstm_checkpoint(Path(sys.argv[1]) / 'benchmarks' / 'results'); before = peak_rss_mib();\n"
+            "opt = LearnedOptimizer(m.parameters(), checkpoint=ck); [opt.step() for _ in range(3)];"
+            "n = sum(p.numel() for p in m.parameters()); print((peak_rss_mib() - before) * 2**20 / n)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), name], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_mib(pid: int | str = "self") -> float:
     """A process's peak resident set (VmHWM; ru_maxrss would survive exec and report a parent's peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -223,7 +306,8 @@ def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="quadratic,mnist")
+    parser.add_argument("--tasks", default="quadratic,mnist,torch_optimizer",
+                        help="quadratic, mnist (meta-training, eval step), torch_optimizer (LearnedOptimizer.step)")
     parser.add_argument("--modes", default="eager,compiled,default")
     parser.add_argument("--iterations", type=int, default=None,
                         help="timed meta-iterations per block (default 5 quadratic / 1 MNIST)")
@@ -244,7 +328,7 @@ def main() -> None:
           f"of {args.blocks} blocks against the fastest of the matmuls measured before each block (in brackets: the "
           f"median of each block against its own matmul)")
     print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
-    for task in tasks:
+    for task in (t for t in tasks if t in TASKS):
         for mode in modes:
             iterations = args.iterations or (5 if task == "quadratic" else 1)
             workers = default_workers(task, device) if mode == "default" else 1
@@ -270,8 +354,24 @@ def main() -> None:
                   f"({s['lstm_over_adam_median']:.1f}x) (arithmetic bound {s['arithmetic_lower_bound']:.1f}x, "
                   f"{s['within_factor_of_bound']:.2f}x of it); {100 * s['fraction_of_matmul']:.1f}% "
                   f"({100 * s['fraction_of_matmul_median']:.1f}%) of matmul")
+    if "torch_optimizer" in tasks:
+        figures["torch_optimizer"] = {}
+        for name in TORCH_MODELS:
+            s = bench_torch_optimizer(name, device, args.blocks)
+            if not args.skip_memory and device.type == "cpu":
+                s["peak_bytes_per_parameter"] = child_optimizer_memory(name, args.threads)
+            figures["torch_optimizer"][name] = s
+            print(f"LearnedOptimizer.step, {name} ({s['parameters']:,} parameters): "
+                  f"{s['learned_step_seconds'] * 1e3:.2f} ms vs Adam.step {s['adam_step_seconds'] * 1e3:.3f} ms = "
+                  f"{s['learned_over_adam']:.0f}x ({s['learned_over_adam_median']:.0f}x); arithmetic bound "
+                  f"{s['bound_seconds'] * 1e3:.2f} ms, so {100 * s['fraction_of_matmul']:.1f}% "
+                  f"({100 * s['fraction_of_matmul_median']:.1f}%) of matmul; compile=True "
+                  f"{s['compiled_step_seconds'] * 1e3:.2f} ms = {100 * s['compiled_fraction_of_matmul']:.1f}%; state "
+                  f"{s['state_bytes_per_parameter']:.0f} bytes/parameter (Adam 8)"
+                  + (f", peak {s['peak_bytes_per_parameter']:.0f} bytes/parameter" if "peak_bytes_per_parameter" in s
+                     else ""))
     if not args.skip_memory and device.type == "cpu":
-        for task in tasks:
+        for task in (t for t in tasks if t in TASKS):
             short, full = child_peak_rss(task, 10, 2, args.threads), child_peak_rss(task, 20, 2, args.threads)
             cfg = TASKS[task]
             coords = cfg.batch_size * build_family(cfg).num_params

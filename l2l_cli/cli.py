@@ -16,11 +16,13 @@ COMMANDS = {
     "train": ("l2l_cli.commands.train", "meta-train a learned optimizer (then evaluate it)"),
     "eval": ("l2l_cli.commands.evaluate", "compare a learned optimizer with tuned SGD, NAG, RMSprop and Adam"),
     "plot": ("l2l_cli.commands.plot", "one view (TensorBoard, PNG, CSV, table) of sweeps and eval dirs"),
+    "pretrained": ("l2l_cli.commands.pretrained", "learned optimizers shipped with l2l (checkpoint=pretrained:NAME)"),
 }
-PLAIN_COMMANDS = {"plot"}  # argparse commands (positional dirs), not Hydra apps
+PLAIN_COMMANDS = {"plot", "pretrained"}  # argparse commands, not Hydra apps
 
 USAGE = ("usage: l2l {train,eval} [key=value ...] [-m] [--cfg job] [--help] [--debug]\n"
-         "       l2l plot DIR... [--out DIR]")
+         "       l2l plot DIR... [--out DIR]\n"
+         "       l2l pretrained [add NAME RUN_DIR]")
 
 
 def config_dir() -> str:

@@ -96,6 +96,8 @@ def runs_table(records, title: str, caption: str | None = None) -> Table:
         m = metrics_of(r)
         baseline = f"{r.best_baseline} {fmt(m['test/best_baseline_final_mean'])}" if r.best_baseline else ""
         status = r.status if r.status != "failed" else f"[red]failed: {r.error}[/]"
+        if r.improved is False:
+            status += " [yellow](no better than untrained)[/]"
         rows.append([r.label, " ".join(f"{k}={v}" for k, v in r.overrides.items()), fmt(r.val_best),
                      fmt(m["test/final_mean"]), baseline, fmt(m.get("test/ratio_to_best_baseline", math.nan)),
                      status])

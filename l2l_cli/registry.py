@@ -19,10 +19,17 @@ class Entry:
     build: Callable  # family: build(cfg); learned optimizer: build(cfg) -> nn.Module; baseline: build(cfg, lr)
     learned: bool = False  # optimizers: a learned optimizer (meta-trained) rather than a hand-designed baseline
     defaults: dict = field(default_factory=dict)  # field values that differ from the dataclass's for this entry
+    # field values that make a runnable config where a default cannot (a user's own code to point at): the contract
+    # tests use them, relative paths from the repository root
+    example: dict = field(default_factory=dict)
 
     def default_config(self):
         """This entry's config with its own defaults: the node its YAML extends."""
         return self.config(name=self.name, **self.defaults)
+
+    def example_config(self):
+        """A runnable config: the defaults, with ``example`` where a value has to come from the user."""
+        return self.config(name=self.name, **{**self.defaults, **self.example})
 
 
 class Registry:
@@ -32,10 +39,11 @@ class Registry:
         self._entries: Dict[str, Entry] = {}
         self._discovered = False
 
-    def register(self, name: str, config: type, build: Callable, *, learned: bool = False, **defaults) -> None:
+    def register(self, name: str, config: type, build: Callable, *, learned: bool = False,
+                 example: dict | None = None, **defaults) -> None:
         if name in self._entries and self._entries[name].build is not build:
             raise ValueError(f"{self.group} {name!r} is registered twice ({self._entries[name].build} and {build})")
-        self._entries[name] = Entry(name, config, build, learned, defaults)
+        self._entries[name] = Entry(name, config, build, learned, defaults, example or {})
 
     def unregister(self, name: str) -> None:
         """For tests that register a throw-away entry."""

@@ -22,6 +22,7 @@ class RunRecord:
     error: str | None = None
     val_best: float = math.nan  # the validation metric a sweep optimises (train runs)
     results: dict | None = None  # an eval's results.json (train runs: their eval/ subdir)
+    improved: bool | None = None  # False: meta-training left the optimizer no better than untrained
 
     @property
     def learned(self) -> str | None:
@@ -92,10 +93,12 @@ def read_run(run_dir: Path, label: str) -> RunRecord | None:
         record.status, record.error = "failed", error.get("error")
     if metrics is not None:
         record.val_best = float(metrics.get("val_best", math.nan))
+        record.improved = metrics.get("improved")
         eval_results = _read_json(run_dir / "eval" / "results.json")
         record.results = eval_results if _is_eval_results(eval_results) else None
     elif _is_eval_results(results):
         record.results = results
+        record.improved = (results.get("learned") or {}).get("improved")
     return record
 
 

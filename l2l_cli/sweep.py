@@ -19,7 +19,7 @@ log = logging.getLogger("l2l.sweep")
 
 def summary_rows(records: list[RunRecord]) -> list[dict]:
     return [{"job": r.label, "status": r.status, "val_best": r.val_best, "test_final_mean": r.test_final(),
-             "overrides": r.overrides, "error": r.error} for r in records]
+             "improved": r.improved, "overrides": r.overrides, "error": r.error} for r in records]
 
 
 def write_summary(sweep_dir: Path) -> list[dict]:
@@ -27,8 +27,9 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     records = collect_runs([sweep_dir])
     rows = summary_rows(records)
     (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, allow_nan=True))
-    write_csv(sweep_dir / "summary.csv", ["job", "status", "val_best", "test_final_mean", "overrides", "error"],
-              ([row["job"], row["status"], row["val_best"], row["test_final_mean"],
+    write_csv(sweep_dir / "summary.csv", ["job", "status", "val_best", "test_final_mean", "improved", "overrides",
+                                          "error"],
+              ([row["job"], row["status"], row["val_best"], row["test_final_mean"], row["improved"],
                 " ".join(f"{k}={v}" for k, v in row["overrides"].items()), row["error"] or ""] for row in rows))
     failed = sum(row["status"] == "failed" for row in rows)
     console().print(runs_table(records, f"sweep {sweep_dir}: {len(rows)} jobs, {failed} failed",

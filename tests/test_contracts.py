@@ -24,7 +24,7 @@ from l2l_cli.meta.policy import plan_training
 from l2l_cli.meta.trainer import MetaTrainer
 from l2l_cli.meta.unroll import OptimizeeRun
 from l2l_cli.optimizees import build_family, loss_and_grad
-from l2l_cli.optimizees.base import held_out_problems
+from l2l_cli.optimizees.base import held_out_problems, map_tensors
 from l2l_cli.optimizers import Baseline, LearnedOptimizer, baseline_config, build_learned
 from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
 from l2l_cli.schemas import EvalConfig, EvalLoopConfig, TrainLoopConfig, TruncatedScheduleConfig
@@ -36,7 +36,7 @@ EVERY_OPTIMIZER = OPTIMIZERS.names()
 
 
 def tiny_family(name: str, batch_size: int = 2):
-    cfg = dataclasses.replace(OPTIMIZEES.get(name).default_config(), batch_size=batch_size)
+    cfg = dataclasses.replace(OPTIMIZEES.get(name).example_config(), batch_size=batch_size)
     return cfg, build_family(cfg)
 
 
@@ -46,10 +46,8 @@ def tiny_learned(name: str, dtype=torch.float32) -> LearnedOptimizer:
 
 
 def as_double(problem):
-    """A batch of problems (a dataclass of tensors) with its floating-point tensors in float64."""
-    return dataclasses.replace(problem, **{
-        f.name: getattr(problem, f.name).double() for f in dataclasses.fields(problem)
-        if isinstance(getattr(problem, f.name), torch.Tensor) and getattr(problem, f.name).is_floating_point()})
+    """A batch of problems (tensors in dataclasses, dicts, lists) with its floating-point tensors in float64."""
+    return map_tensors(problem, lambda t: t.double() if t.is_floating_point() else t)
 
 
 def tiny_trainer(tmp_path, family_name: str, optimizer_name: str, **loop) -> MetaTrainer:
@@ -66,8 +64,9 @@ def tiny_trainer(tmp_path, family_name: str, optimizer_name: str, **loop) -> Met
 @pytest.mark.parametrize("family", FAMILIES)
 def test_config_composes_and_validates(compose_cfg, family, optimizer):
     tiny_eval = ["schedule.num_steps=10", "schedule.unroll=5", "eval.num_functions=32"]
+    example = [f"optimizee.{key}={value}" for key, value in OPTIMIZEES.get(family).example.items()]
     for command, preset in (("train", ["debug=tiny"]), ("eval", tiny_eval)):
-        conf = to_objects(compose_cfg(command, [f"optimizee={family}", f"optimizer={optimizer}", *preset]))
+        conf = to_objects(compose_cfg(command, [f"optimizee={family}", f"optimizer={optimizer}", *example, *preset]))
         assert type(conf.optimizee) is OPTIMIZEES.get(family).config and conf.optimizee.name == family
         assert type(conf.optimizer) is OPTIMIZERS.get(optimizer).config and conf.optimizer.name == optimizer
         assert conf.optimizer == OPTIMIZERS.get(optimizer).default_config()  # the YAML adds no second default

@@ -35,7 +35,7 @@ def sweeps(tmp_path_factory):
                          "hydra.launcher.n_jobs=2"),
         "submitit": _sweep(tmp, "submitit", "seed=0,1", "hydra/launcher=submitit_local",
                            "hydra.launcher.timeout_min=10"),
-        "failing": _sweep(tmp, "failing", "train.meta_lr=0.01,-1"),
+        "failing": _sweep(tmp, "failing", "train.meta_lr=0.01,-1,1e9"),
         "optuna": _sweep(tmp, "optuna", "hparams_search=meta_lr", "hydra.sweeper.n_trials=3"),
     }
 
@@ -67,9 +67,23 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(sweeps):
     assert "train.meta_lr: must be a positive number, got -1.0" in summary["1"]["error"]
     error = json.loads((sweep_dir / "1" / "error.json").read_text())
     assert error["overrides"][-1] == "train.meta_lr=-1" or "train.meta_lr=-1" in error["overrides"]
-    assert "failed" in result.stdout and "2 jobs, 1 failed" in " ".join(result.stdout.split())
+    assert "failed" in result.stdout and "3 jobs, 1 failed" in " ".join(result.stdout.split())
     rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
-    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+
+
+def test_a_meta_training_that_blew_up_without_a_nan_is_marked(sweeps):
+    """train.meta_lr=1e9 runs to the end with finite, enormous losses: the job, its metrics, its evaluation and the
+    sweep summary say it is no better than the untrained optimizer."""
+    sweep_dir, result = sweeps["failing"]
+    summary = _summary(sweep_dir)
+    assert summary["0"]["improved"] is True and summary["2"]["improved"] is False
+    metrics = json.loads((sweep_dir / "2" / "metrics.json").read_text())
+    assert not metrics["improved"] and not metrics["best_val"] < metrics["untrained_val"]
+    assert json.loads((sweep_dir / "2" / "eval" / "results.json").read_text())["learned"]["improved"] is False
+    text = " ".join(result.stdout.split() + result.stderr.split())
+    assert "meta-training did not help" in text and "lower train.meta_lr" in text
+    assert "no better than untrained" in text
 
 
 def test_optuna_meta_lr_search_persists_the_best(sweeps):

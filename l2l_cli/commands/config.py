@@ -39,7 +39,9 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     for group, registry in REGISTRIES.items():
         for entry in registry.entries():
-            cs.store(group=f"schema/{group}", name=entry.name, node=entry.default_config())
+            # built without running the checks: a schema may leave a value to the user (custom's target)
+            node = OmegaConf.merge(OmegaConf.structured(entry.config), {"name": entry.name, **entry.defaults})
+            cs.store(group=f"schema/{group}", name=entry.name, node=node)
     for name, cls in SCHEDULES.items():
         cs.store(group="schema/schedule", name=name, node=cls)
     cs.store(group="schema", name="train", node=TrainConfig)

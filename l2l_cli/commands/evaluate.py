@@ -16,6 +16,7 @@ from l2l_cli.commands.config import to_objects
 from l2l_cli.console import console, fmt, generalization_table, progress, results_table
 from l2l_cli.evaluation import Evaluation, evaluate_task
 from l2l_cli.meta.checkpoint import check_architecture, load_learned_optimizer
+from l2l_cli.meta.trainer import improvement
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config
@@ -35,8 +36,8 @@ def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
     if not conf.checkpoint:
         raise ConfigError(f"checkpoint: eval with optimizer={conf.optimizer.name} needs checkpoint=PATH (best.pt or "
                           "last.pt from l2l train)")
-    path = Path(conf.checkpoint)
-    net, payload = load_learned_optimizer(path, device)
+    net, payload = load_learned_optimizer(conf.checkpoint, device)
+    path = conf.checkpoint
     saved = payload["optimizer"]
     not_checked = set(saved) - set(net.config.architecture())  # e.g. the LSTM's output scale
     wanted = {k: getattr(conf.optimizer, k) for k in explicit_keys
@@ -46,8 +47,13 @@ def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
     steps = conf.eval.num_steps or conf.schedule.num_steps
     work = conf.eval.num_functions * build_family(conf.optimizee).num_params * steps
     maybe_compile(net, should_compile(conf.compile, work))
+    trained_on = (payload.get("optimizee") or {}).get("name")
+    if trained_on and trained_on != conf.optimizee.name:
+        log.info("%s was meta-trained on optimizee=%s; evaluating it on optimizee=%s", path, trained_on,
+                 conf.optimizee.name)
+    verdict = improvement(payload.get("history", []), float(payload["best_val"]))
     return net.name, net, {"checkpoint": str(path), "iteration": payload["iteration"], "best_val": payload["best_val"],
-                       "optimizer": saved}
+                           "optimizer": saved, **verdict}
 
 
 def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
@@ -159,6 +165,9 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
         lr_text[result.learned] = "learned"
     title = f"{name}: final loss (step {result.num_steps}) on {result.num_test_functions} test functions"
     console().print(results_table(stats, lr_text, result.learned, result.best_baseline, title))
+    if learned_info is not None and learned_info.get("improved") is False:
+        log.warning("%s is no better than untrained (validation %.4g vs %.4g at iteration 0): not worth using",
+                    result.learned, learned_info["best_val"], learned_info["untrained_val"])
     write_curves_tensorboard(out_dir / "tb", stats)
     write_curves_csv(out_dir / "curves.csv", stats)
     plot_curves(out_dir / "curves.png",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -13,6 +14,7 @@ from l2l_cli.commands.config import to_objects
 from l2l_cli.console import fmt, progress
 from l2l_cli.meta.policy import plan_training
 from l2l_cli.meta.population import PopulationResult, train_population
+from l2l_cli.meta.trainer import improvement, not_improved_message
 from l2l_cli.optimizees import build_family
 from l2l_cli.registry import OPTIMIZERS
 from l2l_cli.runtime import configure_torch, resolve_device
@@ -50,6 +52,7 @@ def train(conf: TrainConfig, out_dir: Path) -> PopulationResult:
 
 
 def run(cfg: DictConfig) -> float:
+    started = time.monotonic()
     conf: TrainConfig = to_objects(cfg)
     conf.threads = job_threads(conf.threads)
     configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
@@ -58,9 +61,13 @@ def run(cfg: DictConfig) -> float:
     result = train(conf, out_dir)
     members, winner, best_path = result.members, result.winner, result.best_path
     best = members[winner]
-    metrics = {"val_best": best.best_val, "best_iteration": best.best_iteration,
+    verdict = improvement(best.history, best.best_val)
+    if not verdict["improved"]:
+        log.warning(not_improved_message(verdict, conf.train.meta_lr))
+    metrics = {"val_best": best.best_val, "best_iteration": best.best_iteration, **verdict,
                "iterations": best.iteration, "skipped_updates": sum(t.skipped_total for t in members),
-               "validation_history": [list(h) for h in best.history]}
+               "validation_history": [list(h) for h in best.history],
+               "train_seconds": round(time.monotonic() - started, 1)}
     if len(members) > 1:
         metrics["best_member"] = winner
         metrics["members"] = [{"member": k, "val_best": t.best_val, "best_iteration": t.best_iteration,
@@ -75,6 +82,7 @@ def run(cfg: DictConfig) -> float:
                                optimizee=conf.optimizee, optimizer=conf.optimizer, schedule=conf.schedule,
                                eval=conf.eval, checkpoint=str(best_path))
         metrics["test_final_mean"] = evaluate(eval_conf, out_dir / "eval", config_record=None)
+        metrics["total_seconds"] = round(time.monotonic() - started, 1)
         write_metrics(out_dir, metrics)
     return best.best_val
 

@@ -24,6 +24,9 @@ def save_checkpoint(payload: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as any file this user writes (mkstemp makes it private)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
@@ -70,11 +73,19 @@ def check_architecture(path: str | Path, saved: dict, wanted: dict) -> None:
 
 def load_learned_optimizer(path: str | Path, device="cpu"):
     """(the learned optimizer a checkpoint holds, rebuilt through the registry from the architecture and config it
-    records, with its evaluated weights; the payload)."""
+    records, with its evaluated weights; the payload). ``path``: a file, or ``pretrained:<name>``."""
+    from l2l_cli.pretrained import resolve
+
+    path = resolve(path)
+    payload = load_checkpoint(path)
+    return rebuild_learned(payload, path).to(device), payload
+
+
+def rebuild_learned(payload: dict, path: str | Path):
+    """The learned optimizer of a loaded checkpoint, through the registry; one line naming ``path`` on failure."""
     from l2l_cli.optimizers import build_learned
     from l2l_cli.registry import OPTIMIZERS
 
-    payload = load_checkpoint(path)
     saved = payload.get("optimizer")
     name = saved.get("name") if isinstance(saved, dict) else None
     if name not in OPTIMIZERS.learned():
@@ -87,4 +98,4 @@ def load_learned_optimizer(path: str | Path, device="cpu"):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path}: its {name} config or weights do not fit this l2l ({reason})"
                               ) from None
-    return net.to(device), payload
+    return net

@@ -38,6 +38,22 @@ class StopRequested(RuntimeError):
         self.signum = signum
 
 
+NOT_IMPROVED_HINT = ("lower train.meta_lr, check optimizer.output_scale and optimizer.preprocess, or train for more "
+                     "iterations")
+
+
+def improvement(history, best_val: float) -> dict:
+    """Whether meta-training helped: the best validation score against the untrained optimizer's (iteration 0)."""
+    untrained = next((float(val) for iteration, val in history if iteration == 0), math.nan)
+    improved = math.isfinite(best_val) and not (math.isfinite(untrained) and best_val >= untrained)
+    return {"untrained_val": untrained, "best_val": best_val, "improved": improved}
+
+
+def not_improved_message(verdict: dict, meta_lr: float) -> str:
+    return (f"meta-training did not help: best validation loss {verdict['best_val']:.4g} >= the untrained "
+            f"optimizer's {verdict['untrained_val']:.4g}; {NOT_IMPROVED_HINT} (train.meta_lr was {meta_lr:g})")
+
+
 def gradient_estimator(net: LearnedOptimizer, manual: bool, second_order: bool, compiled: bool):
     """The architecture's hand-written first-order BPTT when asked for (train.bptt=manual) and it has one; None:
     autograd (second_order always uses it)."""

@@ -48,6 +48,22 @@ class Family(Protocol):
         data."""
 
 
+def map_tensors(obj: Any, fn) -> Any:
+    """``obj`` (a tensor, or dicts, lists, tuples and dataclasses of them) with every tensor t replaced by fn(t)."""
+    import dataclasses
+
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
 def loss_and_grad(family: Family, problem: Any, theta: torch.Tensor, step: int, create_graph: bool = False):
     """Per-function losses and d loss / d theta.
 

@@ -44,6 +44,12 @@ class LearnedOptimizer(nn.Module, metaclass=abc.ABCMeta):
             return type(state)(self.detach_state(s) for s in state)
         return state
 
+    # The update of a coordinate depends on that coordinate's own gradients alone (the paper's LSTM; not one that
+    # averages or remembers across coordinates). Such an architecture also runs as a torch.optim.Optimizer on any
+    # model (``l2l_cli.LearnedOptimizer``), which cuts and joins its state per parameter tensor: every state tensor
+    # must then hold the coordinates, functions x parameters flattened, along its last dimension.
+    coordinatewise: bool = False
+
     # A hand-written first-order BPTT is optional: an architecture that has one says so here and returns it from
     # manual_bptt; the trainer then uses it under train.bptt=manual, and meta-trains every other one through autograd.
     supports_manual_bptt: bool = False

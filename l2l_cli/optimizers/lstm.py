@@ -78,6 +78,8 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         zeros = lambda: torch.zeros(self.hidden_size, n, device=device, dtype=dtype)  # noqa: E731
         return [(zeros(), zeros()) for _ in self.weights]
 
+    coordinatewise = True  # the state is (hidden_size, coordinates) per layer
+
     def init_state(self, theta: torch.Tensor) -> State:
         return self.initial_state(theta.numel(), theta.device, theta.dtype)
 
@@ -103,7 +105,7 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         when its activations read it, where the whole (4H, N) one goes out to memory and back.
         """
         n = grad.shape[0]
-        if n <= CHUNK:
+        if n <= CHUNK or grad.device.type != "cpu":  # on a GPU chunks would only multiply the kernel launches
             return self._forward(grad, state)
         pieces = [self._forward(grad[s: s + CHUNK], [(h[:, s: s + CHUNK], c[:, s: s + CHUNK]) for h, c in state])
                   for s in range(0, n, CHUNK)]

@@ -1,0 +1,68 @@
+"""`l2l pretrained`: the learned optimizers shipped with l2l and the figures recorded when they were made.
+
+    l2l pretrained                      # the table
+    l2l pretrained add NAME RUN_DIR     # (maintainers) ship the best.pt of a finished `l2l train` run as NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from l2l_cli import pretrained
+from l2l_cli.console import console, fmt, make_table
+from l2l_cli.evaluation import ratio
+from l2l_cli.meta.checkpoint import CheckpointError
+
+
+def table():
+    """One row per shipped optimizer: its evaluation when it was made, against the best tuned baseline."""
+    rows = []
+    for name in pretrained.names():
+        info = pretrained.record(name)
+        evaluation = info["evaluation"]
+        optimizers = evaluation["optimizers"]
+        learned = optimizers[info["architecture"]]["final_mean"]
+        best = evaluation["best_baseline"]
+        rows.append([f"{pretrained.PREFIX}{name}", info["architecture"], fmt(learned),
+                     f"{best} (lr {fmt(optimizers[best]['lr'])})", fmt(optimizers[best]["final_mean"]),
+                     fmt(ratio(learned, optimizers[best]["final_mean"])),
+                     f"{evaluation['num_test_functions']} x {evaluation['num_steps']}"])
+    return make_table("shipped learned optimizers: mean final test loss when made", (
+        "checkpoint", "arch", "learned", "best tuned\nbaseline", "its\nloss", "ratio", "functions\nx steps"),
+        rows, right=("learned", "its\nloss", "ratio"))
+
+
+def provenance(name: str) -> str:
+    info = pretrained.record(name)
+    commit = (info["commit"] or "?")[:10] + ("+changes" if info.get("commit_dirty") else "")
+    return f"{pretrained.PREFIX}{name}: `{info['command']}` at commit {commit}; {pretrained.HERE / name}.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="l2l pretrained", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action")
+    add = sub.add_parser("add", help="ship the best.pt of a finished `l2l train` run (with its eval/) as NAME")
+    add.add_argument("name")
+    add.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.action == "add":
+        try:
+            info = pretrained.package(args.name, args.run_dir)
+        except (CheckpointError, OSError, KeyError) as exc:
+            print(f"l2l: error: pretrained add: {exc}", file=sys.stderr)
+            sys.exit(2)
+        check = info["check"]
+        print(f"wrote {pretrained.HERE / args.name}.pt and .json; check on {check['num_functions']} test functions: "
+              f"learned {fmt(check['learned_final_mean'])} vs {check['baseline']} "
+              f"{fmt(check['baseline_final_mean'])}")
+        return
+    if not pretrained.names():
+        print("no pretrained optimizers are shipped with this installation")
+        return
+    console().print(table())
+    for name in pretrained.names():
+        print(provenance(name))
+    print("use: l2l eval optimizee=<family> checkpoint=pretrained:<name>, or "
+          "LearnedOptimizer(model.parameters(), checkpoint=\"pretrained:<name>\")")

@@ -1,0 +1,85 @@
+"""Pretrained learned optimizers shipped in the package: their recorded figures still hold, `pretrained:<name>`
+works wherever a checkpoint does, `l2l pretrained` lists them, packaging a run, and the example script."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY_TRAIN, run_cli
+
+from l2l_cli import pretrained
+from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint
+
+SHIPPED = pretrained.names()
+
+
+def test_the_default_families_are_shipped():
+    assert {"quadratic", "mnist"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_recorded_figures_still_hold(name):
+    """Re-evaluate the shipped optimizer and its run's best tuned baseline on the recorded test functions: the same
+    mean final losses (small tolerance: other CPUs round differently), the same winner."""
+    info = pretrained.record(name)
+    check = info["check"]
+    payload = load_checkpoint(pretrained.resolve(f"pretrained:{name}"))
+    now = pretrained.check_figures(payload, check["baseline"], check["baseline_lr"], check["num_functions"])
+    assert now["num_steps"] == check["num_steps"] == info["evaluation"]["num_steps"]
+    for key in ("learned_final_mean", "baseline_final_mean"):
+        assert math.isclose(now[key], check[key], rel_tol=0.02), (key, now[key], check[key])
+    assert (now["learned_final_mean"] < now["baseline_final_mean"]) == (
+        check["learned_final_mean"] < check["baseline_final_mean"])
+    assert info["commit"] and info["command"].startswith("l2l train") and info["family"] == payload["optimizee"]["name"]
+    assert set(info["evaluation"]["optimizers"]) >= {info["architecture"], info["evaluation"]["best_baseline"]}
+
+
+def test_an_unknown_name_fails_with_one_line():
+    with pytest.raises(CheckpointError, match=r"^checkpoint pretrained:nope: no such pretrained optimizer, allowed "
+                                              r"values: pretrained:"):
+        pretrained.resolve("pretrained:nope")
+
+
+@pytest.mark.slow
+def test_eval_and_the_listing_take_pretrained_names(tmp_path):
+    result = run_cli("eval", "checkpoint=pretrained:quadratic", "eval.num_functions=16", "eval.val_functions=8",
+                     "eval.lr_grid=[0.1,0.3]", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["learned"]["checkpoint"] == "pretrained:quadratic" and results["learned"]["improved"] is True
+    listing = run_cli("pretrained")
+    assert listing.returncode == 0, listing.stderr
+    for name in SHIPPED:
+        assert f"pretrained:{name}" in listing.stdout
+        assert f"{pretrained.record(name)['evaluation']['optimizers']['lstm']['final_mean']:.4g}" in listing.stdout
+
+
+@pytest.mark.slow
+def test_packaging_a_finished_run(tmp_path):
+    run_dir = tmp_path / "run"
+    train = run_cli("train", *TINY_TRAIN, "train.evaluate=true", "eval.num_functions=8", "eval.val_functions=4",
+                    "eval.lr_grid=[0.1]", f"hydra.run.dir={run_dir}")
+    assert train.returncode == 0, train.stderr[-2000:]
+    info = pretrained.package("tiny", run_dir, directory=tmp_path)
+    assert pretrained.names(tmp_path) == ["tiny"]
+    assert pretrained.resolve("pretrained:tiny", tmp_path) == tmp_path / "tiny.pt"
+    shipped = load_checkpoint(tmp_path / "tiny.pt")
+    assert "meta_optimizer" not in shipped and "rng" not in shipped  # training state stays behind
+    assert info["trained"]["iterations"] == 6 and info["seeds"] == {"seed": 0, "data_seed": 0}
+    assert info["command"].startswith("l2l train debug=tiny")
+    again = pretrained.check_figures(shipped, info["check"]["baseline"], info["check"]["baseline_lr"],
+                                     info["check"]["num_functions"])
+    assert again == info["check"]
+
+
+@pytest.mark.slow
+def test_the_example_trains_a_module_with_the_pretrained_mnist_optimizer():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "train_with_pretrained.py")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("learned") and "pretrained:mnist" in lines[0] and lines[1].startswith("adam")
