@@ -23,7 +23,7 @@ test-fast: install  ## without the end-to-end CLI tests
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check l2l_cli tests benchmarks
+	$(VENV)/bin/ruff check l2l_cli tests benchmarks examples
 
 bench: install  ## speed figures, printed and written to benchmarks/results/
 	$(PY) benchmarks/speed.py

@@ -19,7 +19,8 @@ block against the fastest matmul of the run (each the least disturbed by other l
 the median of each block's fraction of its own matmul.
 
 Modes: eager and compiled run in this process; default is what `l2l train optimizee=<task>` does with these threads
-(compiled, and train.workers: null, which gives the quadratic task one worker process per thread).
+(compiled, and train.workers: null, which gives the quadratic task one torch.distributed rank per thread);
+distributed is the same with --ranks ranks (on CUDA, --ranks 1 runs one rank on NCCL).
 
 Usage: python benchmarks/speed.py [--tasks quadratic,mnist,torch_optimizer] [--modes eager,compiled,default]
                                   [--iterations N] [--blocks B] [--threads T] [--device cpu|cuda|auto]
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -58,6 +60,16 @@ TASKS = {"quadratic": QuadraticConfig(), "mnist": MLPConfig()}
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def per_call(fn, repeats: int, device) -> float:
+    """Seconds per call of fn(), over `repeats` calls (the device synchronised before and after)."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
 
 
 def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
@@ -101,18 +113,18 @@ def default_workers(task: str, device) -> int:
     return setup_for(task, device, None, loop).workers
 
 
-def trainer_for(task: str, device, compiled: bool, unroll: int | None = None, workers: int = 1) -> MetaTrainer:
-    loop = TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9, val_functions=1,
-                           workers=workers)
+def trainer_for(task: str, device, compiled: bool, unroll: int | None = None) -> MetaTrainer:
+    loop = TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9, val_functions=1, workers=1)
     return MetaTrainer(setup_for(task, device, compiled, loop, unroll))
 
 
-def blocks_of(measure, blocks: int, device) -> list:
+def blocks_of(measure, blocks: int, device, reference=None) -> list:
     """`blocks` measurements, each next to its own matmul FLOP/s: on a shared machine the speed of both drifts
-    (this one has run 2x slower for minutes at a time), so each ratio compares figures taken seconds apart."""
+    (this one has run 2x slower for minutes at a time), so each ratio compares figures taken seconds apart.
+    ``reference``: how to measure that matmul (default: in this process as it is)."""
     out = []
     for _ in range(blocks):
-        peak = matmul_flops(device, repeats=5)
+        peak = reference() if reference else matmul_flops(device, repeats=5)
         out.append((measure(), peak))
     return out
 
@@ -130,8 +142,8 @@ def summarise(blocks: list, flops: float) -> tuple[int, dict]:
                   "blocks": [{"seconds": sec, "matmul_flops_per_second": pk} for sec, pk in blocks]}
 
 
-def bench_meta_training(task: str, device, compiled: bool, iterations: int, blocks: int, workers: int = 1) -> dict:
-    trainer = trainer_for(task, device, compiled, workers=workers)
+def bench_meta_training(task: str, device, compiled: bool, iterations: int, blocks: int) -> dict:
+    trainer = trainer_for(task, device, compiled)
     start = time.perf_counter()
     trainer.train_iteration()  # includes compilation when compiled
     sync(device)
@@ -139,26 +151,85 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, bloc
     trainer.train_iteration()
 
     def one_block() -> float:
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(iterations):
-            trainer.train_iteration()
-        sync(device)
-        return (time.perf_counter() - start) / iterations
+        return per_call(trainer.train_iteration, iterations, device)
 
     coord_steps = trainer.s.batch_size * trainer.s.family.num_params * trainer.s.schedule.num_steps
     model_flops = 3 * lstm_forward_flops(trainer.s.optimizer) * coord_steps
     _, figures = summarise(blocks_of(one_block, blocks, device), model_flops)
     seconds = figures.pop("seconds")
-    if trainer.pool is not None:  # each worker's own peak (the main process's includes this benchmark's other runs)
-        figures["worker_peak_rss_mib"] = [peak_rss_mib(proc.pid) for proc in trainer.pool.procs]
-    trainer.close()
     return {"seconds_per_meta_iteration": seconds,
             "seconds_per_meta_iteration_median": statistics.median(b["seconds"] for b in figures["blocks"]),
             "first_iteration_seconds": first, "coordinate_steps_per_second": coord_steps / seconds,
             "model_flops_per_second": model_flops / seconds, **figures, "functions": trainer.s.batch_size,
-            "coordinates": trainer.s.family.num_params, "steps": trainer.s.schedule.num_steps, "workers": workers,
-            "threads_per_worker": trainer.worker_threads if workers > 1 else torch.get_num_threads()}
+            "coordinates": trainer.s.family.num_params, "steps": trainer.s.schedule.num_steps, "workers": 1,
+            "threads_per_worker": torch.get_num_threads()}
+
+
+def _distributed_trainer(task: str, rank, device) -> MetaTrainer:
+    loop = TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9, val_functions=1, workers=1)
+    return MetaTrainer(setup_for(task, device, True, loop), rank=rank)
+
+
+REDUCE_REPEATS = 50
+
+
+def _distributed_follower(rank, stopper, task: str, calls: int) -> None:
+    """A rank > 0 of the distributed benchmark: the same collectives as rank 0, in lock-step."""
+    from l2l_cli.meta.distributed import all_reduce_sum
+
+    trainer = _distributed_trainer(task, rank, torch.device("cpu"))
+    for _ in range(2):
+        trainer.train_iteration()
+    flat = torch.zeros(sum(p.numel() for p in trainer.net.parameters()) + 2)
+    for _ in range(REDUCE_REPEATS):
+        all_reduce_sum(flat)
+    for _ in range(calls):
+        trainer.train_iteration()
+
+
+def bench_distributed(task: str, device, iterations: int, blocks: int, world: int) -> dict:
+    """What `l2l train train.workers=<world>` does (train.parallel=distributed): ranks on this machine, this process
+    rank 0, each with its share of the threads, meta-gradients all-reduced after every unroll."""
+    from l2l_cli.meta.distributed import LocalRanks, Rank, all_reduce_sum, close_group, device_for, init_group
+    from l2l_cli.meta.launch import pinned
+    from l2l_cli.runtime import torch_threads
+
+    threads, all_threads = max(1, torch.get_num_threads() // world), torch.get_num_threads()
+    all_cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    calls = blocks * iterations
+
+    def machine_matmul() -> float:  # the whole machine's, as for the other modes (rank 0 runs on a share of it)
+        with torch_threads(all_threads), pinned(all_cpus):
+            return matmul_flops(device, repeats=5)
+
+    local = LocalRanks(world, threads, _distributed_follower, (task, calls), timeout_s=600)
+    rank = Rank(0, world, 0)
+    device = device_for(rank, device)
+    with torch_threads(threads), pinned(local.own_cpus):
+        init_group(rank, device, 600)
+        trainer = _distributed_trainer(task, rank, device)
+        start = time.perf_counter()
+        trainer.train_iteration()  # compilation
+        first = time.perf_counter() - start
+        trainer.train_iteration()
+        # the all-reduce alone, on a tensor the size of the meta-gradient: its share of an iteration
+        flat = torch.zeros(sum(p.numel() for p in trainer.net.parameters()) + 2, device=device)
+        reduce_s = per_call(lambda: all_reduce_sum(flat), REDUCE_REPEATS, device)
+        measured = blocks_of(lambda: per_call(trainer.train_iteration, iterations, device), blocks, device,
+                             machine_matmul)
+        close_group()
+    local.join()
+    coord_steps = trainer.s.batch_size * trainer.s.family.num_params * trainer.s.schedule.num_steps
+    model_flops = 3 * lstm_forward_flops(trainer.s.optimizer) * coord_steps
+    _, figures = summarise(measured, model_flops)
+    seconds = figures.pop("seconds")
+    return {"seconds_per_meta_iteration": seconds,
+            "seconds_per_meta_iteration_median": statistics.median(b["seconds"] for b in figures["blocks"]),
+            "first_iteration_seconds": first, "coordinate_steps_per_second": coord_steps / seconds,
+            "model_flops_per_second": model_flops / seconds, **figures, "functions": trainer.s.batch_size,
+            "coordinates": trainer.s.family.num_params, "steps": trainer.s.schedule.num_steps, "workers": world,
+            "threads_per_worker": threads, "all_reduce_seconds": reduce_s,
+            "all_reduce_share": reduce_s * trainer.s.schedule.num_steps / trainer.s.schedule.unroll / seconds}
 
 
 @torch.no_grad()
@@ -242,13 +313,7 @@ def bench_torch_optimizer(name: str, device, blocks: int, repeats: int = 5) -> d
                   "adam": torch.optim.Adam(model.parameters(), lr=0.0)}  # lr 0: the weights stay as they are
 
     def steps(opt_name: str) -> float:
-        opt = optimizers[opt_name]
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            opt.step()
-        sync(device)
-        return (time.perf_counter() - start) / repeats
+        return per_call(optimizers[opt_name].step, repeats, device)
 
     for opt_name in optimizers:
         steps(opt_name)  # warm-up: states created, compilation
@@ -315,6 +380,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--ranks", type=int, default=None, help="ranks of the distributed mode (default: as l2l "
+                        "train chooses); on CUDA, 1 runs one rank on NCCL")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     args = parser.parse_args()
     configure_torch(args.threads)  # as `l2l` does: threads, and malloc keeping freed memory
@@ -331,22 +398,29 @@ def main() -> None:
     for task in (t for t in tasks if t in TASKS):
         for mode in modes:
             iterations = args.iterations or (5 if task == "quadratic" else 1)
-            workers = default_workers(task, device) if mode == "default" else 1
-            if mode == "default" and workers == 1 and "compiled" in modes:
-                print(f"meta-training {task:9s} default : compiled in one process, as above")
+            workers = default_workers(task, device) if mode in ("default", "distributed") else 1
+            if mode == "distributed" and args.ranks:
+                workers = args.ranks
+            if mode == "default" and workers == 1:
+                if "compiled" in modes:
+                    print(f"meta-training {task:9s} {mode:8s}: compiled in one process, as above")
                 continue
-            m = bench_meta_training(task, device, mode != "eager", iterations, args.blocks, workers)
+            distributed = mode in ("default", "distributed")
+            if distributed:
+                m = bench_distributed(task, device, iterations, args.blocks, workers)
+            else:
+                m = bench_meta_training(task, device, mode != "eager", iterations, args.blocks)
             figures["meta_training"][f"{task}/{mode}"] = m
             print(f"meta-training {task:9s} {mode:8s}: {m['seconds_per_meta_iteration']:6.3f} s/iteration "
                   f"({m['seconds_per_meta_iteration_median']:.3f}) ({m['functions']} x {m['coordinates']} coords x "
                   f"{m['steps']} steps), {m['coordinate_steps_per_second']:.3g} coord-steps/s, "
                   f"{m['model_flops_per_second'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% "
                   f"({100 * m['fraction_of_matmul_median']:.1f}%) of matmul; first iteration "
-                  f"{m['first_iteration_seconds']:.1f} s" + (f"; {workers} worker processes, peak RSS "
-                                                            + " / ".join(f"{r:.0f}" for r in m["worker_peak_rss_mib"])
-                                                            + " MiB" if workers > 1 else ""))
+                  f"{m['first_iteration_seconds']:.1f} s"
+                  + (f"; {workers} ranks, all-reduce {m['all_reduce_seconds'] * 1e6:.0f} us = "
+                     f"{100 * m['all_reduce_share']:.1f}% of an iteration" if distributed else ""))
     if "mnist" in tasks:
-        for mode in (m for m in modes if m != "default"):  # evaluation runs in one process whatever the mode
+        for mode in (m for m in modes if m in ("eager", "compiled")):  # evaluation runs in one process
             s = bench_step_cost(device, mode == "compiled", args.blocks)
             figures["learned_step"][mode] = s
             print(f"eval step, MNIST x{s['functions']} {mode:8s}: learned {s['lstm_step_seconds'] * 1e3:.1f} ms vs "

@@ -33,6 +33,32 @@ def config_dir() -> str:
     return str(Path(str(resources.files("l2l_cli") / "conf")).resolve())
 
 
+def rank_overrides(args: list[str]) -> list[str]:
+    """torchrun starts every rank with the same command line. Rank 0's run dir is the run's (the others learn it
+    from rank 0); the others keep Hydra's files and log in a scratch dir of their own."""
+    rank = os.environ.get("RANK", "0")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or rank == "0":
+        return args
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"l2l-rank{rank}-")
+    return [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={scratch}",
+                                                                      "hydra.output_subdir=null"]
+
+
+def check_run_dir(command: str, args: list[str]) -> None:
+    """A run dir given on the command line that a live run holds: fail before Hydra writes its files into it."""
+    if "-m" in args or "--multirun" in args:
+        return
+    for arg in args:
+        if arg.startswith("hydra.run.dir="):
+            from l2l_cli.rundir import RunDirLock
+
+            lock = RunDirLock(arg.split("=", 1)[1], command)
+            if lock.path.exists():
+                lock.acquire().release()  # raises RunDirBusy while its holder lives
+
+
 def _print_usage(stream) -> None:
     print(USAGE, file=stream)
     for name, (_, help_text) in COMMANDS.items():
@@ -65,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     from l2l_cli.commands.config import register_schemas
 
     register_schemas()
+    if command == "train":
+        rest = rank_overrides(rest)
+    try:
+        check_run_dir(command, rest)
+    except Exception as exc:  # noqa: BLE001 - one line, as for any error
+        exit_on_error(exc)
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"l2l {command}", *rest]
     try:

@@ -20,7 +20,7 @@ def console() -> Console:
     return get_console()  # the same console that Hydra's RichHandler logs through, so lines never interleave
 
 
-def progress(description_width: int = 12) -> Progress:
+def progress(description_width: int = 12, disable: bool = False) -> Progress:
     return Progress(
         TextColumn(f"[bold]{{task.description:<{description_width}}}"),
         BarColumn(),
@@ -31,6 +31,7 @@ def progress(description_width: int = 12) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console(),
         transient=False,
+        disable=disable,
     )
 
 

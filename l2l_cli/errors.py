@@ -13,23 +13,33 @@ from omegaconf.errors import OmegaConfBaseException
 
 from l2l_cli.commands.config import group_schemas
 from l2l_cli.meta.checkpoint import CheckpointError
+from l2l_cli.meta.distributed import DistributedError
 from l2l_cli.meta.trainer import DivergenceError, StopRequested
 from l2l_cli.optimizees.base import DataError
+from l2l_cli.rundir import RunDirBusy
 from l2l_cli.schemas import ConfigError, EvalConfig, EvalLoopConfig, TrainConfig, TrainLoopConfig
 
 # errors whose message is the whole story: no traceback for these
-USER_ERRORS = (ConfigError, CheckpointError, DivergenceError, DataError)
+USER_ERRORS = (ConfigError, CheckpointError, DivergenceError, DataError, RunDirBusy, DistributedError)
 
 
 def _fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def chosen_option(group: str) -> str | None:
+    """The option of a config group chosen on this command line (`optimizee=mnist`), if one was."""
+    return next((arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith(f"{group}=")), None)
+
+
 def allowed_keys(parent: str, root_type: str = "") -> list[str]:
-    """Keys that exist under ``parent`` ('' is the top level of ``root_type``) according to the schemas."""
+    """Keys that exist under ``parent`` ('' is the top level of ``root_type``) according to the schemas: those of
+    the option chosen on the command line, else of every option of the group."""
     groups = group_schemas()
     if parent in groups:
-        return sorted({name for schema in groups[parent].values() for name in _fields(schema)})
+        chosen = chosen_option(parent)
+        schemas = [groups[parent][chosen]] if chosen in groups[parent] else groups[parent].values()
+        return sorted({name for schema in schemas for name in _fields(schema)})
     if parent == "train":
         return _fields(TrainLoopConfig)
     if parent == "eval":
@@ -62,7 +72,9 @@ def describe(exc: BaseException) -> str | None:
             full_key = getattr(cause, "full_key", None) or not_in_struct.group(1)
             parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
             allowed = allowed_keys(parent, not_in_struct.group(2) or "")
-            hint = f", allowed keys{' under ' + parent if parent else ''}: {', '.join(allowed)}" if allowed else ""
+            chosen = chosen_option(parent) if parent else None
+            under = (f" under {parent}" + (f"={chosen}" if chosen else "")) if parent else ""
+            hint = f", allowed keys{under}: {', '.join(allowed)}" if allowed else ""
             return f"{full_key}: unknown key{hint}"
         line = _first_line(text)
         if cause is not None:

@@ -185,6 +185,7 @@ class TrainLoopConfig:
     # processes sharing each batch's functions on the CPU, each with threads / workers torch threads; null (auto):
     # one per thread for runs long enough to repay their start, when each gets enough coordinates; 1: no workers
     workers: Optional[int] = None
+    dist_timeout: float = 300.0  # seconds a collective waits for the other ranks before the run stops with an error
     val_every: int = 50
     val_functions: int = 256
     checkpoint_every: int = 50
@@ -198,6 +199,7 @@ class TrainLoopConfig:
               f"must be a positive number, got {self.meta_lr}")
         check_choice(self.meta_lr_schedule, "train.meta_lr_schedule", META_LR_SCHEDULES)
         check_choice(self.bptt, "train.bptt", BPTT_METHODS)
+        check(self.dist_timeout > 0, "train.dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         check(self.workers is None or self.workers >= 1, "train.workers",
               f"must be >= 1 or null (auto), got {self.workers}")
         check(0 <= self.meta_lr_final <= 1, "train.meta_lr_final", f"must be in [0, 1], got {self.meta_lr_final}")

@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from l2l_cli.console import console, fmt, runs_table
+from l2l_cli.files import write_text
 from l2l_cli.runs import RunRecord, collect_runs
 from l2l_cli.writers import write_csv
 
@@ -26,7 +27,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     """summary.json and summary.csv in the sweep dir, and a rich table."""
     records = collect_runs([sweep_dir])
     rows = summary_rows(records)
-    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, allow_nan=True))
+    write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2, allow_nan=True))
     write_csv(sweep_dir / "summary.csv", ["job", "status", "val_best", "test_final_mean", "improved", "overrides",
                                           "error"],
               ([row["job"], row["status"], row["val_best"], row["test_final_mean"], row["improved"],

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence
 
 from l2l_cli.evaluation import CurveStats
+from l2l_cli.files import write_text
 
 CURVE_TAGS = ("mean", "median", "q10", "q90")
 
@@ -59,21 +60,16 @@ def write_curves_tensorboard(tb_dir: str | Path, stats: Dict[str, CurveStats], p
 
 def write_json(path: str | Path, payload: dict) -> None:
     """Atomic: a crash mid-write never leaves a truncated results file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
     """Atomic like write_json: readers (a sweep summary, `l2l plot`) never see half a table."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def write_curves_csv(path: str | Path, stats: Dict[str, CurveStats]) -> None:

@@ -17,6 +17,40 @@ from l2l_cli.commands.config import register_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def slurm_cluster() -> str | None:
+    """Why the tests marked `slurm` cannot run here, or None when a cluster answers with an idle node."""
+    import shutil
+
+    if shutil.which("sinfo") is None:
+        return "no SLURM here (no sinfo); as root, tests/slurm/start.sh installs and starts a one-node cluster"
+    try:
+        out = subprocess.run(["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"sinfo failed ({exc}); start a cluster with tests/slurm/start.sh"
+    if out.returncode != 0 or not any(s.strip("*") in ("idle", "mix", "alloc") for s in out.stdout.split()):
+        return "no SLURM node answers (sinfo); start one with tests/slurm/start.sh"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    slurm_items = [item for item in items if "slurm" in item.keywords]
+    if not slurm_items:
+        return
+    reason = slurm_cluster()
+    if reason is None:
+        return
+    required = os.environ.get("L2L_REQUIRE_SLURM") == "1"  # CI: a SLURM test that cannot run is a failure
+    for item in slurm_items:
+        item.add_marker(pytest.mark.slurm_missing(reason) if required else pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def _fail_without_required_slurm(request):
+    marker = request.node.get_closest_marker("slurm_missing")
+    if marker is not None:
+        pytest.fail(f"L2L_REQUIRE_SLURM=1 but {marker.args[0]}", pytrace=False)
+
 # the debug preset (conf/debug/tiny.yaml) users run as a smoke test, on a smaller quadratic, without the evaluation
 TINY_TRAIN = ["debug=tiny", "optimizee.batch_size=8", "optimizee.dim=4", "train.evaluate=false"]
 

@@ -5,6 +5,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from l2l_cli.cli import main
+from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
 
 MALFORMED = [
     (["train", "optimizee.dim=abc"], "optimizee.dim: Value 'abc' of type 'str' could not be converted to Integer"),
@@ -12,11 +13,13 @@ MALFORMED = [
     (["train", "optimizee.batch_size=0"], "optimizee.batch_size: must be >= 1, got 0"),
     (["train", "optimizee.distribution=cauchy"],
      "optimizee.distribution: got 'cauchy', allowed values: gaussian, uniform"),
-    (["train", "optimizee=nope"], "optimizee=nope: no such option, allowed values: mnist, quadratic"),
-    (["train", "optimizer=lbfgs"], "optimizer=lbfgs: no such option, allowed values: adam, lstm, nag, rmsprop, sgd"),
+    (["train", "optimizee=nope"], f"optimizee=nope: no such option, allowed values: {', '.join(OPTIMIZEES.names())}"),
+    (["train", "optimizer=lbfgs"], f"optimizer=lbfgs: no such option, allowed values: {', '.join(OPTIMIZERS.names())}"),
     (["train", "schedule=cosine"], "schedule=cosine: no such option, allowed values: truncated"),
     (["train", "optimizee.nope=1"],
-     "optimizee.nope: unknown key, allowed keys under optimizee: activation, batch_size"),
+     "optimizee.nope: unknown key, allowed keys under optimizee: activation, args, batch_size"),
+    (["train", "optimizee=mnist", "optimizee.dim=4"],
+     "optimizee.dim: unknown key, allowed keys under optimizee=mnist: activation, batch_size, data, hidden"),
     (["train", "trian.iterations=5"], "trian: unknown key, allowed keys: compile, data_seed, device, eval, optimizee"),
     (["train", "train.iteration=5"],
      "train.iteration: unknown key, allowed keys under train: iterations, population, meta_lr"),
@@ -38,7 +41,7 @@ MALFORMED = [
     (["train", "train.bptt=magic"], "train.bptt: got 'magic', allowed values: manual, autograd"),
     (["train", "train.workers=0"], "train.workers: must be >= 1 or null (auto), got 0"),
     (["train", "train.workers=500"],
-     "train.workers: each worker takes a share of optimizee.batch_size=128 functions, so at most 128, got 500"),
+     "train.workers: each rank takes a share of optimizee.batch_size=128 functions, so at most 128, got 500"),
     (["train", "train.ema_decay=1"], "train.ema_decay: must be in [0, 1), got 1.0"),
     (["train", "eval.refine_lr=-1"], "eval.refine_lr: must be >= 0 (rounds of refinement), got -1"),
     (["train", "optimizee=mnist", "optimizee.data.images_per_function=0"],
@@ -46,12 +49,14 @@ MALFORMED = [
     (["train", "train.second_order=maybe"], "train.second_order: Value 'maybe' is not a valid bool"),
     (["train", "eval.lr_grid=[]"], "eval.lr_grid: must not be empty"),
     (["train", "eval.lr_grid=[0.1,-1]"], "eval.lr_grid: every value must be positive, got -1.0"),
-    (["train", "eval.baselines=[sgd,lbfgs]"], "eval.baselines: got 'lbfgs', allowed values: sgd, nag, rmsprop, adam"),
+    (["train", "eval.baselines=[sgd,lbfgs]"],
+     f"eval.baselines: got 'lbfgs', allowed values: {', '.join(OPTIMIZERS.baselines())}"),
     (["train", "device=tpu"], "device: got 'tpu', allowed values: cpu, cuda, auto"),
     (["train", "threads=0"], "threads: must be >= 1 or null, got 0"),
     (["train", "seed=-1"], "seed: must be >= 0, got -1"),
     (["train", "resume=/nonexistent/run"], "resume: no checkpoint at /nonexistent/run"),
-    (["train", "optimizer=adam"], "optimizer: train needs a learned optimizer, got 'adam', allowed values: lstm"),
+    (["train", "optimizer=adam"],
+     f"optimizer: train needs a learned optimizer, got 'adam', allowed values: {', '.join(OPTIMIZERS.learned())}"),
     (["train", "optimizee.dim"], "Error parsing override 'optimizee.dim'"),
     (["train", "hydra.run.dir=/proc/l2l/run"], "/proc/l2l"),
     (["eval"], "checkpoint: eval with optimizer=lstm needs checkpoint=PATH"),

@@ -21,7 +21,8 @@ from l2l_cli.schemas import LearnedOptimizerConfig, TrainLoopConfig, TruncatedSc
 from l2l_cli.seeding import generator
 
 CORE = ["l2l_cli.schemas", "l2l_cli.registry", "l2l_cli.optimizers", "l2l_cli.optimizees", "l2l_cli.meta",
-        "l2l_cli.meta.trainer", "l2l_cli.meta.unroll", "l2l_cli.meta.manual_bptt", "l2l_cli.meta.parallel",
+        "l2l_cli.meta.trainer", "l2l_cli.meta.unroll", "l2l_cli.meta.manual_bptt", "l2l_cli.meta.distributed",
+        "l2l_cli.meta.launch", "l2l_cli.torch_optimizer", "l2l_cli.pretrained",
         "l2l_cli.meta.policy", "l2l_cli.meta.population", "l2l_cli.meta.checkpoint", "l2l_cli.evaluation",
         "l2l_cli.rollout", "l2l_cli.writers"]
 

@@ -56,7 +56,8 @@ def test_best_member_is_promoted_and_each_member_is_its_own_run(runs):
 def test_population_resume_continues_every_member_exactly(runs, tmp_path):
     first = run_cli("train", *POPULATION, "train.iterations=3", f"hydra.run.dir={tmp_path}")
     assert first.returncode == 0, first.stderr
-    resumed = run_cli("train", *POPULATION, "resume=true", f"hydra.run.dir={tmp_path}")
+    # a resumed run keeps its recorded config (3 iterations); the command line extends it to the reference's 6
+    resumed = run_cli("train", *POPULATION, "resume=true", "train.iterations=6", f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     out = " ".join(resumed.stdout.split())
     for k in range(2):

@@ -106,13 +106,13 @@ def test_plot_across_sweeps_and_eval_dirs(sweeps, tmp_path):
                      env={"COLUMNS": "220"})
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(out / "comparison.csv")))
-    assert len(rows) == 5  # 2 joblib jobs, 2 failing-sweep jobs, 1 eval dir
+    assert len(rows) == 6  # 2 joblib jobs, 3 failing-sweep jobs, 1 eval dir
     statuses = [r["status"] for r in rows]
     assert statuses.count("failed") == 1 and statuses[-1] == "failed"
     vals = [float(r["val_best"]) for r in rows if r["val_best"] not in ("", "nan")]
     assert vals == sorted(vals)
     assert (out / "comparison.png").stat().st_size > 10_000
-    assert len(list((out / "tb").iterdir())) == 5
+    assert len(list((out / "tb").iterdir())) == 6
     for row in rows:
         events = EventAccumulator(str(out / "tb" / run_name(RunRecord(path=out, label=row["run"]))))
         events.Reload()
@@ -120,7 +120,7 @@ def test_plot_across_sweeps_and_eval_dirs(sweeps, tmp_path):
             assert [e.step for e in events.Scalars("loss/mean")] == list(range(6))
         hparams = events.PluginTagToContent("hparams")
         assert "_hparams_/session_start_info" in hparams and "_hparams_/experiment" in hparams
-    assert "5 runs" in result.stdout
+    assert "6 runs" in result.stdout
 
 
 def test_plot_rejects_empty_or_missing_dirs(tmp_path):

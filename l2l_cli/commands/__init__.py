@@ -19,6 +19,8 @@ def hydra_task(run):
     sweepers record it as failed.
     """
 
+    from l2l_cli.meta.trainer import StopRequested
+
     @functools.wraps(run)
     def task(cfg):
         from hydra.core.hydra_config import HydraConfig
@@ -33,6 +35,8 @@ def hydra_task(run):
                 exit_on_error(exc)  # one line and SystemExit, which Hydra lets through untouched
         try:
             return run(cfg)
+        except StopRequested:
+            raise  # an interruption (Ctrl-C, SIGTERM, a requeue), not a failure: nothing to record
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
             from pathlib import Path
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from l2l_cli.runtime import environment_record
+from l2l_cli.writers import write_json
 
 
 def output_dir() -> Path:
@@ -21,7 +21,7 @@ def record_run(cfg: DictConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"config": OmegaConf.to_container(cfg, resolve=True),
               "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed}, "environment": environment_record()}
-    (out_dir / "run.json").write_text(json.dumps(record, indent=2))
+    write_json(out_dir / "run.json", record)
     return record
 
 
@@ -48,4 +48,4 @@ def job_threads(configured: int | None) -> int | None:
 
 def write_metrics(out_dir: Path, metrics: dict) -> None:
     """metrics.json: what a sweep summary and `l2l plot` read back for each job."""
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out_dir / "metrics.json", metrics)

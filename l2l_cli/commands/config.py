@@ -16,8 +16,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
+from l2l_cli.rundir import unique_suffix
 from l2l_cli.schemas import (
     SCHEDULES,
+    ConfigError,
     EvalConfig,
     EvalLoopConfig,
     TrainConfig,
@@ -47,6 +49,9 @@ def register_schemas() -> None:
     cs.store(group="schema", name="train", node=TrainConfig)
     cs.store(group="schema", name="eval", node=EvalConfig)
     OmegaConf.register_new_resolver("l2l_groups", config_groups_help, replace=True)
+    # after the run dir's timestamp: runs started in the same second get directories of their own (one value per
+    # process: cached)
+    OmegaConf.register_new_resolver("l2l_unique", unique_suffix, replace=True, use_cache=True)
 
 
 def config_groups_help() -> str:
@@ -78,3 +83,55 @@ def to_objects(cfg: DictConfig):
         if key in plain:
             plain[key] = cls(**plain[key])
     return root_cls(**plain)
+
+
+def command_line_keys(cfg_overrides) -> list[tuple[str, str]]:
+    """(key, override) of each `key=value` the user gave (not `group=option` choices, not hydra.* keys)."""
+    keys = []
+    for override in cfg_overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "." in key and not key.startswith("hydra."):
+            keys.append((key, override))
+    return keys
+
+
+def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
+    """The config a resumed run continues with: the one recorded in ``run_dir``/run.json, with the values given on
+    this command line on top (listed in one warning line). Another optimizee family or learned-optimizer
+    architecture than the recorded one fails with one line."""
+    import json
+    import logging
+
+    log = logging.getLogger("l2l.train")
+    try:
+        recorded = json.loads((run_dir / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        log.warning("resume: %s has no readable run.json; continuing with this command's config", run_dir)
+        return cfg
+    for group in ("optimizee", "optimizer"):
+        was, now = recorded.get(group, {}).get("name"), cfg[group].name
+        if was != now:
+            raise ConfigError(f"resume: the run in {run_dir} meta-trained {group}={was}; a resumed run cannot switch "
+                              f"to {group}={now} (start a new run instead)")
+    learned = OPTIMIZERS.get(recorded["optimizer"]["name"])
+    architecture = learned.config(**recorded["optimizer"]).architecture() if learned.learned else {}
+    merged = OmegaConf.create(recorded)
+    changed = []
+    for key, _ in command_line_keys(overrides):
+        if key == "resume":
+            continue
+        now = OmegaConf.select(cfg, key)
+        now = OmegaConf.to_container(now, resolve=True) if OmegaConf.is_config(now) else now
+        was = OmegaConf.select(merged, key)
+        was = OmegaConf.to_container(was, resolve=True) if OmegaConf.is_config(was) else was
+        if key.startswith("optimizer.") and key.split(".", 1)[1] in architecture and now != was:
+            raise ConfigError(f"resume: the run in {run_dir} has {key}={was}; a resumed run keeps its architecture "
+                              f"(got {now})")
+        if now != was:
+            changed.append(f"{key}={now} (was {was})")
+            OmegaConf.update(merged, key, now, force_add=True)
+    merged.resume = OmegaConf.to_container(cfg, resolve=True).get("resume")
+    if changed:
+        log.warning("resume: continuing %s with its recorded config; from this command line: %s", run_dir,
+                    ", ".join(changed))
+    return merged

@@ -22,6 +22,7 @@ from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config
 from l2l_cli.optimizers.compiled import maybe_compile, should_compile
 from l2l_cli.registry import OPTIMIZERS
+from l2l_cli.rundir import RunDirLock
 from l2l_cli.runtime import configure_torch, environment_record, release_freed_memory, resolve_device
 from l2l_cli.schemas import ConfigError, EvalConfig
 from l2l_cli.writers import plot_curves, stats_curves, write_csv, write_curves_csv, write_curves_tensorboard, write_json
@@ -217,10 +218,10 @@ def run(cfg: DictConfig) -> float:
     conf.threads = job_threads(conf.threads)
     configure_torch(conf.threads)
     out_dir = output_dir()
-    record = record_run(cfg, out_dir)
-    torch.manual_seed(conf.seed)
-    return evaluate(conf, out_dir, config_record=record["config"],
-                    explicit_keys=_explicit_optimizer_keys())
+    with RunDirLock(out_dir, "eval"):
+        record = record_run(cfg, out_dir)
+        torch.manual_seed(conf.seed)
+        return evaluate(conf, out_dir, config_record=record["config"], explicit_keys=_explicit_optimizer_keys())
 
 
 main = hydra_task(run)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from l2l_cli.console import console, runs_table
+from l2l_cli.rundir import RunDirBusy, RunDirLock, unique_suffix
 from l2l_cli.runs import RunRecord, collect_runs, metrics_of
 from l2l_cli.writers import Curve, TensorBoardWriter, plot_curves, write_csv
 
@@ -80,15 +81,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"l2l: error: plot: not a directory: {', '.join(missing)}", file=sys.stderr)
         sys.exit(2)
     out = args.out or (args.dirs[0] / "plot" if len(args.dirs) == 1 else
-                       Path("outputs") / "plot" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+                       Path("outputs") / "plot" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{unique_suffix()}")
     records = [r for r in collect_runs(args.dirs) if out.resolve() not in (r.path, *r.path.parents)]
     if not records:
         print(f"l2l: error: plot: no runs (metrics.json, results.json or error.json) under "
               f"{', '.join(map(str, args.dirs))}", file=sys.stderr)
         sys.exit(2)
-    out.mkdir(parents=True, exist_ok=True)
-    write_tensorboard(out, records)
-    write_comparison_csv(out / "comparison.csv", records)
-    has_png = plot_png(out / "comparison.png", records)
+    try:
+        lock = RunDirLock(out, "plot").acquire()
+    except (RunDirBusy, OSError) as exc:
+        print(f"l2l: error: plot: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        write_tensorboard(out, records)
+        write_comparison_csv(out / "comparison.csv", records)
+        has_png = plot_png(out / "comparison.png", records)
+    finally:
+        lock.release()
     console().print(runs_table(records, f"{len(records)} runs, best validation loss first"))
     print(f"wrote {out}: tb/, comparison.csv{', comparison.png' if has_png else ''}")

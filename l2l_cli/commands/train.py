@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from l2l_cli.commands import hydra_task
 from l2l_cli.commands.common import job_threads, output_dir, record_run, write_metrics
-from l2l_cli.commands.config import to_objects
+from l2l_cli.commands.config import continue_recorded, to_objects
 from l2l_cli.console import fmt, progress
+from l2l_cli.meta.distributed import from_environment, join_group, shared_value
+from l2l_cli.meta.launch import TrainingResult, run_training
 from l2l_cli.meta.policy import plan_training
-from l2l_cli.meta.population import PopulationResult, train_population
-from l2l_cli.meta.trainer import improvement, not_improved_message
+from l2l_cli.meta.population import find_resume, run_dir_of
+from l2l_cli.meta.trainer import StopRequested, improvement, not_improved_message
 from l2l_cli.optimizees import build_family
 from l2l_cli.registry import OPTIMIZERS
+from l2l_cli.rundir import RunDirLock
 from l2l_cli.runtime import configure_torch, resolve_device
 from l2l_cli.schemas import ConfigError, EvalConfig, TrainConfig
 from l2l_cli.signals import GracefulStop
@@ -25,7 +31,7 @@ from l2l_cli.writers import TensorBoardWriter
 log = logging.getLogger("l2l.train")
 
 
-def train(conf: TrainConfig, out_dir: Path) -> PopulationResult:
+def train(conf: TrainConfig, out_dir: Path) -> TrainingResult:
     """Meta-train every member of the population, with a progress bar; Ctrl-C stops after the iteration."""
     if conf.optimizer.name not in OPTIMIZERS.learned():
         raise ConfigError(f"optimizer: train needs a learned optimizer, got {conf.optimizer.name!r}, "
@@ -35,7 +41,9 @@ def train(conf: TrainConfig, out_dir: Path) -> PopulationResult:
                           schedule=conf.schedule, loop=conf.train, seed=conf.seed, data_seed=conf.data_seed,
                           device=resolve_device(conf.device), out_dir=out_dir, compile=conf.compile)
     population, iterations = conf.train.population, conf.train.iterations
-    with GracefulStop() as stopper, progress() as bar:
+    launched = from_environment()
+    with GracefulStop(quiet=launched is not None and not launched.writes) as stopper, \
+            progress(disable=launched is not None and not launched.writes) as bar:
         task = bar.add_task("meta-train", total=population * iterations, completed=0, info="")
 
         def on_start(k: int, t) -> None:
@@ -47,19 +55,63 @@ def train(conf: TrainConfig, out_dir: Path) -> PopulationResult:
             bar.update(task, completed=k * iterations + t.iteration,
                        info=f"{name}loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
 
-        return train_population(setup, population, conf.resume, writer_for=TensorBoardWriter, on_start=on_start,
+        try:
+            return run_training(setup, population, conf.resume, writer_for=TensorBoardWriter, on_start=on_start,
                                 on_iteration=on_iteration, should_stop=stopper.stop)
+        except StopRequested:
+            requeue = stopper.requeue()
+            if requeue is not None:  # SLURM's time limit or a preemption: last.pt is written; requeue the job
+                log.warning("preempted or at the time limit: last.pt written; requeuing the job, which resumes it")
+                requeue(stopper.signum, None)
+            raise
+
+
+def requeued() -> bool:
+    """This is a SLURM job that was requeued and started again."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
 
 def run(cfg: DictConfig) -> float:
     started = time.monotonic()
-    conf: TrainConfig = to_objects(cfg)
+    out_dir = output_dir()
+    launched = from_environment()  # one of several ranks started by torchrun or SLURM
+    writes = launched is None or launched.writes
+    with RunDirLock(out_dir, "train") if writes else contextlib.nullcontext():
+        return _run(cfg, out_dir, launched, started)
+
+
+def _run(cfg: DictConfig, out_dir: Path, launched, started: float) -> float:
+    conf: TrainConfig = to_objects(cfg)  # every check before anything else
+    if launched is not None:  # rank 0's run dir and resume decision are the run's
+        join_group(launched, resolve_device(conf.device), conf.train.dist_timeout)
+        out_dir = Path(shared_value("out_dir", str(out_dir), launched))
+    overrides = list(HydraConfig.get().overrides.task)
+    source = None
+    if launched is None or launched.writes:
+        explicit = any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra)
+        source = find_resume(conf.resume, out_dir, explicit, "train", conf.optimizee.name)
+    if launched is not None:
+        source = shared_value("resume", str(source or ""), launched) or None
+    if source is not None:
+        source = Path(source)
+        cfg = continue_recorded(cfg, source if source.is_dir() else run_dir_of(source), overrides)
+        conf = to_objects(cfg)
+        conf.resume = str(source)
+    if source is None and requeued() and (out_dir / "checkpoints" / "last.pt").is_file():
+        source = out_dir  # this SLURM job was requeued (time limit, preemption, scontrol requeue): continue it
+        log.info("requeued job (restart %s): resuming %s", os.environ.get("SLURM_RESTART_COUNT"), out_dir)
+        conf.resume = str(source)
     conf.threads = job_threads(conf.threads)
     configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
-    out_dir = output_dir()
-    record_run(cfg, out_dir)
-    result = train(conf, out_dir)
+    if launched is None or launched.writes:
+        record_run(cfg, out_dir)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports
+    training = train(conf, out_dir)
+    result = training.population
     members, winner, best_path = result.members, result.winner, result.best_path
+    if not training.writes:  # rank 0 writes the metrics and evaluates
+        return members[winner].best_val
     best = members[winner]
     verdict = improvement(best.history, best.best_val)
     if not verdict["improved"]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+from l2l_cli.files import atomic_write
 
 FORMAT = "l2l-checkpoint"
 FORMAT_VERSION = 1
@@ -18,25 +19,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
-def save_checkpoint(payload: dict, path: str | Path) -> Path:
-    """Write to a temporary file in the same directory, fsync, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as any file this user writes (mkstemp makes it private)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def save_checkpoint(payload: dict, path: str | Path, make_dirs: bool = True) -> Path:
+    """Atomic (``files.atomic_write``): readers never see a partial file; a failed write is one line naming it."""
+    buffer = io.BytesIO()  # serialised first: a full disk then fails in a plain write, with its errno
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buffer)
+    return atomic_write(path, lambda handle: handle.write(buffer.getbuffer()), make_dirs)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -1,5 +1,5 @@
-"""Run policy: from a run's size and this process's threads, whether to compile and how many worker processes to
-use; the result is a final ``TrainSetup``."""
+"""Run policy: from a run's size and this process's threads, whether to compile and how many ranks to use on this
+machine; the result is a final ``TrainSetup``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,33 @@ from pathlib import Path
 
 import torch
 
-from l2l_cli.meta.parallel import resolve_workers
 from l2l_cli.meta.trainer import TrainSetup
 from l2l_cli.optimizees.base import Family
 from l2l_cli.optimizers.compiled import should_compile
-from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
+from l2l_cli.schemas import ConfigError, TrainLoopConfig, TruncatedScheduleConfig
+
+# a rank's start (a fresh interpreter importing torch, then compiling) costs a few seconds; below this much work
+# (functions x coordinates x steps x iterations) a run is over before that is repaid
+AUTO_MIN_COORDINATE_STEPS = 2e7
+# fewer coordinates than this per rank and each step is all per-call overhead
+MIN_COORDINATES_PER_WORKER = 512
+
+
+def resolve_workers(setting: int | None, threads: int, batch: int, num_params: int, work: float,
+                    device: torch.device) -> int:
+    """Ranks for a meta-training on this machine (train.workers): as set (checked), or for null (auto) one per
+    thread when the run is long enough and each rank gets enough coordinates; 1 means this process alone."""
+    if setting is not None:
+        if setting > 1 and device.type != "cpu":
+            raise ConfigError(f"train.workers: the ranks it starts run on the CPU; with device={device.type} set "
+                              f"train.workers=1 or null, and start one rank per GPU with torchrun, got {setting}")
+        if setting > batch:
+            raise ConfigError(f"train.workers: each rank takes a share of optimizee.batch_size={batch} functions, "
+                              f"so at most {batch}, got {setting}")
+        return setting
+    if device.type != "cpu" or threads < 2 or work < AUTO_MIN_COORDINATE_STEPS:
+        return 1
+    return max(1, min(threads, batch, batch * num_params // MIN_COORDINATES_PER_WORKER))
 
 
 def coordinate_steps(batch_size: int, num_params: int, num_steps: int, iterations: int) -> float:

@@ -13,6 +13,7 @@ Layout of a run with train.population > 1 (a population of 1 keeps the plain sin
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from l2l_cli.meta.checkpoint import copy_checkpoint, load_checkpoint
+from l2l_cli.meta.distributed import Rank
 from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
 from l2l_cli.runtime import release_freed_memory
 from l2l_cli.schemas import ConfigError
@@ -49,21 +51,64 @@ def best_member(best_scores: list) -> int:
     return min(finite)[1] if finite else 0
 
 
-def resolve_resume(resume, out_dir: Path, last: str = "checkpoints/last.pt") -> Path | None:
-    """false -> None; true -> this run dir's ``last`` file, else the newest run beside it that has one; a path ->
-    that file, or <dir>/``last``. (A population run's ``last`` is its first member's last.pt.)"""
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a last.pt belongs to (a population member's: the population's run)."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    population = population_run_dir(checkpoint)
+    return population if population is not None else run_dir
+
+
+def _last_of(run_dir: Path) -> Path | None:
+    for last in ("checkpoints/last.pt", FIRST_MEMBER_LAST):
+        if (run_dir / last).is_file():
+            return run_dir / last
+    return None
+
+
+def find_resume(resume, out_dir: Path, explicit_dir: bool, command: str, family: str) -> Path | None:
+    """The run directory (or .pt) that `resume` names, strictly: ``true`` with the run dir given on the command line
+    (``explicit_dir``) resumes that dir or fails; ``true`` without one takes the newest earlier run of the same
+    command and family under this command's output root (``out_dir.parent``) and says which; a path is that run dir
+    or file. None: start fresh."""
     if resume is False or resume is None:
         return None
-    if resume is True:
-        candidates = [out_dir / last]
-        siblings = sorted((p for p in out_dir.parent.glob(f"*/{last}") if out_dir not in p.parents),
-                          key=lambda p: p.stat().st_mtime, reverse=True)
-        for path in candidates + siblings:
-            if path.is_file():
-                return path
-        raise ConfigError(f"resume: true, but no {last} in {out_dir} or beside it; "
-                          "pass resume=PATH (a run dir or a .pt file)")
-    path = Path(str(resume))
+    if resume is not True:
+        path = Path(str(resume)).expanduser()
+        if not (path.is_file() or (path.is_dir() and _last_of(path) is not None)):
+            raise ConfigError(f"resume: no checkpoint at {path} (a run dir with checkpoints/last.pt, or a .pt file)")
+        return path
+    if explicit_dir:
+        if _last_of(out_dir) is None:
+            raise ConfigError(f"resume: true with hydra.run.dir={out_dir}, but that run dir has no checkpoints/last.pt"
+                              f"; give resume=PATH, or leave hydra.run.dir out to resume the newest {family} run")
+        return out_dir
+    root = out_dir.parent
+    candidates = []
+    for record in root.glob("*/run.json"):
+        run_dir = record.parent
+        last = _last_of(run_dir)
+        if run_dir == out_dir or last is None:
+            continue
+        try:
+            config = json.loads(record.read_text()).get("config", {})
+        except (OSError, ValueError):
+            continue
+        if config.get("optimizee", {}).get("name") == family and "train" in config:
+            candidates.append((last.stat().st_mtime, run_dir))
+    if not candidates:
+        raise ConfigError(f"resume: true, but no earlier `l2l {command}` run of optimizee={family} with a "
+                          f"checkpoint under {root}; give resume=PATH or hydra.run.dir=<that run's dir>")
+    chosen = max(candidates)[1]
+    log.info("resume: true: continuing the newest earlier %s run of optimizee=%s, %s", command, family, chosen)
+    return chosen
+
+
+def resolve_resume(resume, out_dir: Path, last: str = "checkpoints/last.pt") -> Path | None:
+    """false -> None; true -> this run dir's ``last`` file; a path -> that file, or <dir>/``last``. (A population
+    run's ``last`` is its first member's last.pt; `l2l train` turns resume=true into a path with find_resume.)"""
+    if resume is False or resume is None:
+        return None
+    path = out_dir if resume is True else Path(str(resume))
     if path.is_dir():
         path = path / last
     if not path.is_file():
@@ -97,18 +142,20 @@ def train_population(setup: TrainSetup, population: int, resume=False, *,
                      writer_for: Callable[[Path], object] = lambda path: None,
                      on_start: Optional[Callable[[int, MetaTrainer], None]] = None,
                      on_iteration: Optional[Callable[[int, MetaTrainer, object], None]] = None,
-                     should_stop: Callable[[], int] = lambda: 0) -> PopulationResult:
+                     should_stop: Callable[[], int] = lambda: 0, rank: Optional[Rank] = None) -> PopulationResult:
     """Meta-train every member of the population, one after another, each resumed from its last.pt where
     ``resume`` finds one; the best member's best.pt becomes the run's. ``writer_for(dir)``: a scalar writer for a
-    member's curves (or None); ``on_start(k, trainer)`` / ``on_iteration(k, trainer, stats)``: progress."""
+    member's curves (or None); ``on_start(k, trainer)`` / ``on_iteration(k, trainer, stats)``: progress. ``rank``:
+    this process's place in a distributed run (every rank calls this; rank 0 alone writes)."""
     run_dir = setup.out_dir
+    writes = rank is None or rank.writes
     members: list[MetaTrainer] = []
     for k, resume_from in enumerate(member_resume_files(resume, run_dir, population)):
         name = "" if population == 1 else f"member {k}: "
-        writer = writer_for(member_tb_dir(run_dir, k, population))
+        writer = writer_for(member_tb_dir(run_dir, k, population)) if writes else None
         trainer = None
         try:
-            trainer = MetaTrainer(replace(setup, member=k, out_dir=member_dir(run_dir, k, population)), writer)
+            trainer = MetaTrainer(replace(setup, member=k, out_dir=member_dir(run_dir, k, population)), writer, rank)
             if resume_from is not None:
                 trainer.restore(load_checkpoint(resume_from), resume_from)
                 log.info("%sresumed from %s at iteration %d (best validation loss %.4g)", name, resume_from,
@@ -120,15 +167,13 @@ def train_population(setup: TrainSetup, population: int, resume=False, *,
         finally:
             if writer is not None:
                 writer.close()
-            if trainer is not None:
-                trainer.close()
         log.info("%sbest validation loss %.4g at iteration %d; checkpoints in %s", name, trainer.best_val,
                  trainer.best_iteration, trainer.checkpoint_dir)
         members.append(trainer)
         release_freed_memory()
     winner = best_member([t.best_val for t in members])
     best_path = members[winner].checkpoint_dir / "best.pt"
-    if population > 1:
+    if population > 1 and writes:
         best_path = copy_checkpoint(best_path, run_dir / "checkpoints" / "best.pt")  # it records its member index
         log.info("member %d is best (validation loss %.4g); its best.pt is %s", winner, members[winner].best_val,
                  best_path)

@@ -10,8 +10,9 @@ from typing import Callable, Optional
 
 import torch
 
+from l2l_cli.files import remember_checkpoint
 from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
-from l2l_cli.meta.parallel import WorkerPool, WorkerSpec
+from l2l_cli.meta.distributed import DistributedRun, Rank, agree_stop, distributed_score, share
 from l2l_cli.meta.unroll import OptimizeeRun, RunStats, meta_train_run
 from l2l_cli.meta.weights import copy_into
 from l2l_cli.optimizees.base import Family, held_out_problems
@@ -19,7 +20,6 @@ from l2l_cli.optimizers import build_learned
 from l2l_cli.optimizers.base import LearnedOptimizer
 from l2l_cli.optimizers.compiled import maybe_compile
 from l2l_cli.rollout import selection_score
-from l2l_cli.runtime import torch_threads
 from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.seeding import generator, stream_seed
 
@@ -82,19 +82,22 @@ class TrainSetup:
     optimizee: Optional[object] = None  # the optimizee config dataclass, recorded in checkpoints
     compile: bool = False
     member: int = 0  # index in a population of independent meta-trainings (0: the run's seed itself)
-    workers: int = 1  # processes sharing each batch's functions (parallel.resolve_workers); 1: this process alone
+    # ranks sharing each batch's functions on this machine (policy.resolve_workers; meta.launch starts them); 1: this
+    # process alone. A MetaTrainer itself is always one rank: ``rank`` says which.
+    workers: int = 1
 
 
 class MetaTrainer:
-    def __init__(self, setup: TrainSetup, writer=None):
+    """``rank``: this process's place in a distributed run (``meta.distributed``), or None for a single process."""
+
+    def __init__(self, setup: TrainSetup, writer=None, rank: Optional[Rank] = None):
         self.s = setup
+        self.rank = rank
         # member 0 is exactly a single run with this seed; the others draw independent initialisations and functions
         torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
         self.net = build_learned(setup.optimizer).to(setup.device)
         compiled = maybe_compile(self.net, setup.compile)
         self.manual = gradient_estimator(self.net, setup.loop.bptt == "manual", setup.loop.second_order, compiled)
-        self.pool: Optional[WorkerPool] = None  # started by the first iteration that needs it
-        self.worker_threads = max(1, torch.get_num_threads() // setup.workers)  # each worker's share of ours
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
@@ -103,6 +106,7 @@ class MetaTrainer:
         self.writer = writer
         # the averaged weights are what validation, best.pt and evaluation see; the raw ones keep training
         self.ema = [p.detach().clone() for p in self.net.parameters()] if setup.loop.ema_decay > 0 else None
+        self._dir_made = False
         self.iteration = 0
         self.best_val = math.inf
         self.best_iteration = -1
@@ -135,7 +139,16 @@ class MetaTrainer:
         }
 
     def save(self, name: str) -> Path:
-        return save_checkpoint(self.payload(), self.checkpoint_dir / name)
+        path = self.checkpoint_dir / name
+        if self.rank is None or self.rank.writes:  # every rank holds the same state; one writes it
+            if not self._dir_made:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                self._dir_made = True
+            # never re-created later: a run whose directory was removed stops and says so
+            save_checkpoint(self.payload(), path, make_dirs=False)
+            if name == "last.pt":
+                remember_checkpoint(path, self.iteration)
+        return path
 
     def restore(self, payload: dict, path) -> None:
         check_architecture(path, payload["optimizer"], self.s.optimizer.architecture())
@@ -163,7 +176,8 @@ class MetaTrainer:
             return
         self.save("last.pt")
         if source.is_file():
-            copy_checkpoint(source, target)
+            if self.rank is None or self.rank.writes:
+                copy_checkpoint(source, target)
         else:
             self.best_val, self.best_iteration = math.inf, -1
 
@@ -199,7 +213,10 @@ class MetaTrainer:
     def _score(self) -> float:
         self.net.eval()
         try:
-            return selection_score(self.s.family, self.val_problem, self.net, self.s.schedule.num_steps)
+            if self.rank is None:
+                return selection_score(self.s.family, self.val_problem, self.net, self.s.schedule.num_steps)
+            return distributed_score(self.s.family, self.val_problem, self.net, self.s.schedule.num_steps,
+                                     self.rank)
         finally:
             self.net.train()
 
@@ -215,36 +232,17 @@ class MetaTrainer:
         s = self.s
         for group in self.meta_opt.param_groups:
             group["lr"] = self.meta_lr(self.iteration)
-        if s.workers == 1:
+        if self.rank is not None:  # this rank's share; the meta-gradient all-reduced
             problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
-            run = OptimizeeRun(s.family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
-            return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
-                                  clip_grad=s.loop.clip_grad)
-        # one thread here while the workers compute: this process's idle OpenMP threads spin after each of its own
-        # small operations, on the workers' cores
-        with torch_threads(1):
-            run = self.worker_pool().run(self.gen.get_state(), s.schedule.num_steps, self.net)
-            # the workers draw the batch from the generator's state; drawing it here too moves the generator on
-            # exactly as a single-process run does (resume, checkpoints)
-            s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, torch.device("cpu"))
-            return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
-                                  clip_grad=s.loop.clip_grad)
-
-    def worker_pool(self) -> WorkerPool:
-        if self.pool is None:
-            s = self.s
-            spec = WorkerSpec(family=s.family, optimizer=s.optimizer, dtype=next(self.net.parameters()).dtype,
-                              compiled=s.compile, manual=s.loop.bptt == "manual", second_order=s.loop.second_order,
-                              weighting=s.schedule.weighting, threads=self.worker_threads)
-            num_weights = sum(p.numel() for p in self.net.parameters())
-            self.pool = WorkerPool(spec, s.batch_size, s.workers, num_weights)
-        return self.pool
-
-    def close(self) -> None:
-        """Stop the worker processes, if any (a later iteration would start them again)."""
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+            start, stop = share(s.batch_size, self.rank)
+            run = OptimizeeRun(s.family, s.family.select(problem, start, stop), self.net, s.loop.second_order,
+                               s.schedule.weighting, self.manual)
+            return meta_train_run(DistributedRun(run, (stop - start) / s.batch_size), self.net, self.meta_opt,
+                                  s.schedule.num_steps, s.schedule.unroll, clip_grad=s.loop.clip_grad)
+        problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
+        run = OptimizeeRun(s.family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
+        return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
+                              clip_grad=s.loop.clip_grad)
 
     def _log(self, tag: str, value: float) -> None:
         if self.writer is not None and math.isfinite(value):
@@ -288,6 +286,8 @@ class MetaTrainer:
                     self.save("best.pt")
                 self._log("val/best_final_loss", self.best_val)
             stop = should_stop()  # a signal number, or 0
+            if self.rank is not None:  # all ranks stop after the same iteration
+                stop = agree_stop(stop, self.s.device)
             if self.iteration % loop.checkpoint_every == 0 or last or stop:
                 self.save("last.pt")
             if on_iteration:

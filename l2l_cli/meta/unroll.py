@@ -114,7 +114,7 @@ class OptimizeeRun:
 def meta_train_run(run, net: LearnedOptimizer, meta_opt: torch.optim.Optimizer, num_steps: int, unroll: int,
                    clip_grad: float | None = None) -> RunStats:
     """Truncated BPTT over one optimizee run with a meta-update after each unroll. ``run``: an ``OptimizeeRun``, or
-    anything with its ``unroll(start, steps)`` (``parallel.ShardedRun`` spreads the functions over processes)."""
+    anything with its ``unroll(start, steps)`` (``distributed.DistributedRun`` all-reduces a rank's share)."""
     loss_total = 0.0
     finite = []
     norm = torch.zeros(())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from l2l_cli.files import write_text
 from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from l2l_cli.meta.trainer import improvement
 
@@ -104,9 +105,7 @@ def package(name: str, run_dir: Path, directory: Path = HERE) -> dict:
         "config": run_record["config"],
     }
     save_checkpoint(kept, directory / f"{name}.pt")
-    tmp = directory / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, allow_nan=True) + "\n")
-    tmp.replace(directory / f"{name}.json")
+    write_text(directory / f"{name}.json", json.dumps(info, indent=2, allow_nan=True) + "\n")
     return info
 
 
