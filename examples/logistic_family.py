@@ -8,7 +8,7 @@ from sklearn.datasets import load_breast_cancer
 
 
 class LogisticRegression:
-    def __init__(self, examples: int = 64, l2: float = 0.01):
+    def __init__(self, examples: int = 64, l2: float = 1e-3):
         X, y = load_breast_cancer(return_X_y=True)
         X = torch.tensor((X - X.mean(0)) / X.std(0), dtype=torch.float32)
         order = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))  # fixed, disjoint splits

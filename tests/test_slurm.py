@@ -4,9 +4,14 @@ through the submitit launcher, a failing job, and a meta-training distributed ov
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import TINY_TRAIN, run_cli
+import torch
+from conftest import ROOT, TINY_TRAIN, run_cli
 
 from l2l_cli.meta.checkpoint import load_checkpoint
 
@@ -54,3 +59,60 @@ def test_a_meta_training_over_two_tasks_equals_one_process(tmp_path):
     reference = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["model"]
     difference = max(float((ours[k] - reference[k]).abs().max()) for k in reference)
     assert difference < 1e-6, difference
+
+
+PREEMPTABLE = [*TINY_TRAIN, "train.iterations=3000", "train.checkpoint_every=5", "train.val_every=1000", "threads=1"]
+
+
+def _interrupted_sweep(tmp_path, interrupt, *args):
+    """A one-job sweep on the cluster, interrupted by ``interrupt(job_id)`` once it has checkpointed; returns the
+    job dir after the sweep ended."""
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "l2l_cli", "train", "-m", *PREEMPTABLE, *SLURM, *args, "seed=0",
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    last = sweep_dir / "0" / "checkpoints" / "last.pt"
+    deadline = time.time() + 180
+    while not last.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    job = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True).stdout.split()[0]
+    interrupt(job)
+    # SLURM holds a requeued job back for a while before it may start again; let it start now
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = subprocess.run(["squeue", "--noheader", "--format=%t", f"--jobs={job}"], capture_output=True,
+                               text=True).stdout.strip()
+        if state == "PD":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            break
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return sweep_dir / "0"
+
+
+def _uninterrupted(tmp_path) -> dict:
+    straight = run_cli("train", *PREEMPTABLE, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    return load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("how", ["scontrol requeue", "preemption signal"])
+def test_a_requeued_job_resumes_where_it_stopped_and_ends_bit_identical(tmp_path, how):
+    """`scontrol requeue` (SLURM sends SIGTERM, then requeues) and the signal submitit asks SLURM to send before a
+    time limit or preemption (USR2: submitit requeues): last.pt at the end of the iteration, the requeued job resumes
+    from it, and the run ends exactly where an uninterrupted one ends."""
+    if how == "scontrol requeue":
+        job_dir = _interrupted_sweep(tmp_path, lambda job: subprocess.run(["scontrol", "requeue", job], check=True))
+    else:  # submitit counts a USR2 in the last 10 minutes of the limit as a time-out: a limit far away, a preemption
+        job_dir = _interrupted_sweep(tmp_path, lambda job: subprocess.run(["scancel", "--signal=USR2", job],
+                                                                           check=True), "hydra.launcher.timeout_min=60")
+    log = (job_dir / "train.log").read_text()
+    assert "finishing the current iteration, then writing last.pt" in log
+    assert "requeued job (restart 1): resuming" in log
+    assert json.loads((job_dir / "metrics.json").read_text())["iterations"] == 3000
+    assert not (job_dir / "error.json").exists()
+    ours, reference = load_checkpoint(job_dir / "checkpoints" / "last.pt")["model"], _uninterrupted(tmp_path)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)

@@ -35,8 +35,13 @@ def hydra_task(run):
                 exit_on_error(exc)  # one line and SystemExit, which Hydra lets through untouched
         try:
             return run(cfg)
-        except StopRequested:
-            raise  # an interruption (Ctrl-C, SIGTERM, a requeue), not a failure: nothing to record
+        except StopRequested as exc:
+            # an interruption (Ctrl-C, SIGTERM, SLURM requeueing the job), not a failed job: no error.json, no result
+            # (submitit then waits for the requeued job), and a sweep on this machine stops
+            import sys
+
+            print(f"l2l: {exc}", file=sys.stderr)
+            raise SystemExit(128 + exc.signum) from None
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
             from pathlib import Path
 

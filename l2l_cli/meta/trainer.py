@@ -37,6 +37,9 @@ class StopRequested(RuntimeError):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self):
+        return StopRequested, (str(self), self.signum)
+
 
 NOT_IMPROVED_HINT = ("lower train.meta_lr, check optimizer.output_scale and optimizer.preprocess, or train for more "
                      "iterations")
