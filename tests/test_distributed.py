@@ -103,7 +103,7 @@ class FailingOnRank1(QuadraticFamily):
 ])
 def test_a_failing_rank_ends_the_run_with_one_line_naming_it(tmp_path, how, message):
     family = FailingOnRank1(QuadraticConfig(dim=6), how)
-    setup = _setup(tmp_path, 2, family=family, dist_timeout=8.0)
+    setup = _setup(tmp_path, 2, family=family, dist_timeout=4.0)
     start = time.monotonic()
     with pytest.raises(DistributedError, match=message):
         run_training(setup, 1)

@@ -61,7 +61,7 @@ def test_a_meta_training_over_two_tasks_equals_one_process(tmp_path):
     assert difference < 1e-6, difference
 
 
-PREEMPTABLE = [*TINY_TRAIN, "train.iterations=3000", "train.checkpoint_every=5", "train.val_every=1000", "threads=1"]
+PREEMPTABLE = [*TINY_TRAIN, "train.iterations=1500", "train.checkpoint_every=5", "train.val_every=500", "threads=1"]
 
 
 def _interrupted_sweep(tmp_path, interrupt, *args):
@@ -112,7 +112,7 @@ def test_a_requeued_job_resumes_where_it_stopped_and_ends_bit_identical(tmp_path
     log = (job_dir / "train.log").read_text()
     assert "finishing the current iteration, then writing last.pt" in log
     assert "requeued job (restart 1): resuming" in log
-    assert json.loads((job_dir / "metrics.json").read_text())["iterations"] == 3000
+    assert json.loads((job_dir / "metrics.json").read_text())["iterations"] == 1500
     assert not (job_dir / "error.json").exists()
     ours, reference = load_checkpoint(job_dir / "checkpoints" / "last.pt")["model"], _uninterrupted(tmp_path)
     assert all(torch.equal(ours[k], reference[k]) for k in reference)

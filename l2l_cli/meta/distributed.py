@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -244,11 +245,17 @@ class LocalRanks:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.own_cpus = cpus[:threads] if self.pin else None
 
-    def check(self) -> None:
-        """A rank that ended without reporting (killed, crashed): one line naming it."""
-        for k, proc in enumerate(self.procs, start=1):
-            if not proc.is_alive() and proc.exitcode not in (0, None):
-                raise DistributedError(f"rank {k} exited unexpectedly (exit code {proc.exitcode})", k)
+    def check(self, wait: float = 5.0) -> None:
+        """A rank that ended without reporting (killed, crashed): one line naming it. Its end may reach us after
+        the failed collective did, so look for up to ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            for k, proc in enumerate(self.procs, start=1):
+                if not proc.is_alive() and proc.exitcode not in (0, None):
+                    raise DistributedError(f"rank {k} exited unexpectedly (exit code {proc.exitcode})", k)
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def join(self, timeout: float = 30) -> None:
         for proc in self.procs:

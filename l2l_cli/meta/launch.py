@@ -84,6 +84,12 @@ def _as_launched_rank(setup: TrainSetup, population: int, resume, rank: Rank, ca
                  torch.distributed.get_backend())
     else:  # the others train quietly
         callbacks = {"should_stop": callbacks.get("should_stop", lambda: 0)}
+    return _train_as_rank(setup, population, resume, rank, callbacks)
+
+
+def _train_as_rank(setup: TrainSetup, population: int, resume, rank: Rank, callbacks: dict) -> PopulationResult:
+    """train_population in a joined group: a failure is left in the store for the other ranks; the group is left
+    at the end either way."""
     try:
         return train_population(setup, population, resume, rank=rank, **callbacks)
     except StopRequested:
@@ -104,22 +110,22 @@ def _with_local_ranks(setup: TrainSetup, population: int, resume, callbacks: dic
     rank = Rank(0, world, 0)
     log.info("meta-training on %d ranks (torch.distributed, gloo), %d thread(s) each%s", world, threads,
              ", pinned to cores" if local.pin else "")
+    failed = True
     with torch_threads(threads), pinned(local.own_cpus):
         try:
             init_group(rank, setup.device, setup.loop.dist_timeout)
-            return train_population(ranks_setup, population, resume, rank=rank, **callbacks)
+            result = _train_as_rank(ranks_setup, population, resume, rank, callbacks)
+            failed = False
+            return result
         except DistributedError as exc:
             if exc.rank is None:
                 local.check()  # a rank that died without a word: name it
             raise
         except StopRequested:
-            raise
-        except BaseException as exc:
-            report_failure(rank, exc)
+            failed = False  # the ranks agreed to stop: they end by themselves
             raise
         finally:
-            close_group()
-            local.join()
+            local.join(timeout=30 if not failed else 3)  # a hung rank is not waited for long
 
 
 def _follow(rank: Rank, stopper, setup: TrainSetup, population: int, resume) -> None:
