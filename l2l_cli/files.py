@@ -37,8 +37,9 @@ def last_good_hint() -> str:
     path, iteration = _last_good
     if not path.is_file():
         return f"the last checkpoint written, {path} (iteration {iteration}), is gone too"
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return f"the last good checkpoint is {path} (iteration {iteration}): continue with resume={run_dir}"
+    from l2l_cli.meta.population import run_dir_of
+
+    return f"the last good checkpoint is {path} (iteration {iteration}): continue with resume={run_dir_of(path)}"
 
 
 def atomic_write(path: str | Path, write: Callable, make_dirs: bool = True) -> Path:

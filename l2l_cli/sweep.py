@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -10,10 +9,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from l2l_cli.console import console, fmt, runs_table
-from l2l_cli.files import write_text
+from l2l_cli.console import fmt, runs_table, show
 from l2l_cli.runs import RunRecord, collect_runs
-from l2l_cli.writers import write_csv
+from l2l_cli.writers import write_csv, write_json
 
 log = logging.getLogger("l2l.sweep")
 
@@ -27,13 +25,13 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     """summary.json and summary.csv in the sweep dir, and a rich table."""
     records = collect_runs([sweep_dir])
     rows = summary_rows(records)
-    write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2, allow_nan=True))
+    write_json(sweep_dir / "summary.json", rows)
     write_csv(sweep_dir / "summary.csv", ["job", "status", "val_best", "test_final_mean", "improved", "overrides",
                                           "error"],
               ([row["job"], row["status"], row["val_best"], row["test_final_mean"], row["improved"],
                 " ".join(f"{k}={v}" for k, v in row["overrides"].items()), row["error"] or ""] for row in rows))
     failed = sum(row["status"] == "failed" for row in rows)
-    console().print(runs_table(records, f"sweep {sweep_dir}: {len(rows)} jobs, {failed} failed",
+    show(runs_table(records, f"sweep {sweep_dir}: {len(rows)} jobs, {failed} failed",
                                caption="sorted by validation loss; failed jobs last"))
     finite = [row for row in rows if math.isfinite(row["val_best"])]
     if finite:

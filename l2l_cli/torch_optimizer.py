@@ -70,11 +70,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, checkpoint, lr: float = 1.0, compile: bool = False):
         if not lr >= 0:
             raise ValueError(f"lr: must be >= 0 (it multiplies the learned update), got {lr}")
-        net, payload = load_learned_optimizer(checkpoint)
+        net, _ = load_learned_optimizer(checkpoint)
         if not net.coordinatewise:
             from l2l_cli.registry import OPTIMIZERS
 
-            usable = [n for n in OPTIMIZERS.learned() if OPTIMIZERS.get(n).build.coordinatewise]
+            usable = [n for n in OPTIMIZERS.learned() if getattr(OPTIMIZERS.get(n).build, "coordinatewise", False)]
             raise CheckpointError(
                 f"checkpoint {checkpoint}: its learned optimizer {net.name!r} shares information between "
                 f"coordinates, so it cannot run as a torch optimizer on a model's parameters; coordinatewise "
@@ -83,7 +83,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.checkpoint = str(checkpoint)
         self.compile = compile
         self.net = net.eval().requires_grad_(False)
-        self.trained_on = payload.get("optimizee", {}).get("name")
         self._nets: Dict[tuple, torch.nn.Module] = {}
         self._slabs: Dict[int, Tuple[tuple, List[_Slab]]] = {}  # group index -> (its params with grads, slabs)
         self._template = self.net.init_state(torch.zeros(1, 1))

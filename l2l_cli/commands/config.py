@@ -85,14 +85,10 @@ def to_objects(cfg: DictConfig):
     return root_cls(**plain)
 
 
-def command_line_keys(cfg_overrides) -> list[tuple[str, str]]:
-    """(key, override) of each `key=value` the user gave (not `group=option` choices, not hydra.* keys)."""
-    keys = []
-    for override in cfg_overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "." in key and not key.startswith("hydra."):
-            keys.append((key, override))
-    return keys
+def command_line_keys(cfg_overrides) -> list[str]:
+    """The key of each `key=value` the user gave (not `group=option` choices, not hydra.* keys)."""
+    keys = [override.split("=", 1)[0].lstrip("+~") for override in cfg_overrides]
+    return [key for key in keys if "." in key and not key.startswith("hydra.")]
 
 
 def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
@@ -117,7 +113,7 @@ def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
     architecture = learned.config(**recorded["optimizer"]).architecture() if learned.learned else {}
     merged = OmegaConf.create(recorded)
     changed = []
-    for key, _ in command_line_keys(overrides):
+    for key in command_line_keys(overrides):
         if key == "resume":
             continue
         now = OmegaConf.select(cfg, key)

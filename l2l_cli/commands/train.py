@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -15,7 +16,7 @@ from l2l_cli.commands import hydra_task
 from l2l_cli.commands.common import job_threads, output_dir, record_run, write_metrics
 from l2l_cli.commands.config import continue_recorded, to_objects
 from l2l_cli.console import fmt, progress
-from l2l_cli.meta.distributed import from_environment, join_group, shared_value
+from l2l_cli.meta.distributed import Rank, from_environment, join_group, shared_value
 from l2l_cli.meta.launch import TrainingResult, run_training
 from l2l_cli.meta.policy import plan_training
 from l2l_cli.meta.population import find_resume, run_dir_of
@@ -31,8 +32,9 @@ from l2l_cli.writers import TensorBoardWriter
 log = logging.getLogger("l2l.train")
 
 
-def train(conf: TrainConfig, out_dir: Path) -> TrainingResult:
-    """Meta-train every member of the population, with a progress bar; Ctrl-C stops after the iteration."""
+def train(conf: TrainConfig, out_dir: Path, launched: Optional[Rank] = None) -> TrainingResult:
+    """Meta-train every member of the population, with a progress bar; Ctrl-C stops after the iteration.
+    ``launched``: this process's rank when torchrun or SLURM started it as one of a group."""
     if conf.optimizer.name not in OPTIMIZERS.learned():
         raise ConfigError(f"optimizer: train needs a learned optimizer, got {conf.optimizer.name!r}, "
                           f"allowed values: {', '.join(OPTIMIZERS.learned())}")
@@ -41,9 +43,8 @@ def train(conf: TrainConfig, out_dir: Path) -> TrainingResult:
                           schedule=conf.schedule, loop=conf.train, seed=conf.seed, data_seed=conf.data_seed,
                           device=resolve_device(conf.device), out_dir=out_dir, compile=conf.compile)
     population, iterations = conf.train.population, conf.train.iterations
-    launched = from_environment()
-    with GracefulStop(quiet=launched is not None and not launched.writes) as stopper, \
-            progress(disable=launched is not None and not launched.writes) as bar:
+    quiet = launched is not None and not launched.writes
+    with GracefulStop(quiet=quiet) as stopper, progress(disable=quiet) as bar:
         task = bar.add_task("meta-train", total=population * iterations, completed=0, info="")
 
         def on_start(k: int, t) -> None:
@@ -56,8 +57,8 @@ def train(conf: TrainConfig, out_dir: Path) -> TrainingResult:
                        info=f"{name}loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
 
         try:
-            return run_training(setup, population, conf.resume, writer_for=TensorBoardWriter, on_start=on_start,
-                                on_iteration=on_iteration, should_stop=stopper.stop)
+            return run_training(setup, population, conf.resume, rank=launched, writer_for=TensorBoardWriter,
+                                on_start=on_start, on_iteration=on_iteration, should_stop=stopper.stop)
         except StopRequested:
             requeue = stopper.requeue()
             if requeue is not None:  # SLURM's time limit or a preemption: last.pt is written; requeue the job
@@ -77,17 +78,17 @@ def run(cfg: DictConfig) -> float:
     launched = from_environment()  # one of several ranks started by torchrun or SLURM
     writes = launched is None or launched.writes
     with RunDirLock(out_dir, "train") if writes else contextlib.nullcontext():
-        return _run(cfg, out_dir, launched, started)
+        return _run(cfg, out_dir, launched, writes, started)
 
 
-def _run(cfg: DictConfig, out_dir: Path, launched, started: float) -> float:
+def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool, started: float) -> float:
     conf: TrainConfig = to_objects(cfg)  # every check before anything else
     if launched is not None:  # rank 0's run dir and resume decision are the run's
         join_group(launched, resolve_device(conf.device), conf.train.dist_timeout)
         out_dir = Path(shared_value("out_dir", str(out_dir), launched))
     overrides = list(HydraConfig.get().overrides.task)
     source = None
-    if launched is None or launched.writes:
+    if writes:
         explicit = any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra)
         source = find_resume(conf.resume, out_dir, explicit, "train", conf.optimizee.name)
     if launched is not None:
@@ -103,11 +104,11 @@ def _run(cfg: DictConfig, out_dir: Path, launched, started: float) -> float:
         conf.resume = str(source)
     conf.threads = job_threads(conf.threads)
     configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
-    if launched is None or launched.writes:
+    if writes:
         record_run(cfg, out_dir)
     else:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports
-    training = train(conf, out_dir)
+    training = train(conf, out_dir, launched)
     result = training.population
     members, winner, best_path = result.members, result.winner, result.best_path
     if not training.writes:  # rank 0 writes the metrics and evaluates

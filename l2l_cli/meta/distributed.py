@@ -105,10 +105,15 @@ def close_group() -> None:
         dist.destroy_process_group()
 
 
+def _store():
+    """The process group's rendezvous store (torch exposes no public accessor)."""
+    return dist.distributed_c10d._get_default_store()
+
+
 def report_failure(rank: Rank, exc: BaseException) -> None:
     """Leave this rank's error where the others look when a collective fails."""
     try:
-        store = dist.distributed_c10d._get_default_store()
+        store = _store()
         store.set(FAILED_KEY.format(rank.rank), f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     except Exception:  # noqa: BLE001 - the store may be gone with rank 0
         pass
@@ -118,7 +123,7 @@ def failed_ranks(world: int) -> dict:
     """rank -> error of every rank that reported one."""
     found = {}
     try:
-        store = dist.distributed_c10d._get_default_store()
+        store = _store()
         for k in range(world):
             key = FAILED_KEY.format(k)
             if store.check([key]):
@@ -144,7 +149,7 @@ def collective(fn: Callable, *args, **kwargs):
 
 def shared_value(key: str, value: str, rank: Rank) -> str:
     """Rank 0's ``value`` on every rank, through the rendezvous store (no pickles)."""
-    store = dist.distributed_c10d._get_default_store()
+    store = _store()
     if rank.rank == 0:
         store.set(f"l2l_{key}", value)
         return value

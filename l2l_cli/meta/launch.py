@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -18,11 +17,9 @@ from l2l_cli.meta.distributed import (
     LocalRanks,
     Rank,
     close_group,
-    device_for,
-    from_environment,
     init_group,
+    join_group,
     report_failure,
-    shared_value,
 )
 from l2l_cli.meta.population import PopulationResult, train_population
 from l2l_cli.meta.trainer import StopRequested, TrainSetup
@@ -56,10 +53,12 @@ def pinned(cpus):
         os.sched_setaffinity(0, before)
 
 
-def run_training(setup: TrainSetup, population: int, resume=False, **callbacks) -> TrainingResult:
-    """Train the population where the environment and ``setup`` say. ``callbacks``: train_population's
-    writer_for, on_start, on_iteration, should_stop (used by the process that writes)."""
-    rank = from_environment()
+def run_training(setup: TrainSetup, population: int, resume=False, rank: Optional[Rank] = None,
+                 **callbacks) -> TrainingResult:
+    """Train the population as one of a launched group (``rank``: from ``distributed.from_environment``, the group
+    joined and ``setup.out_dir`` rank 0's, as `l2l train` does), on local ranks (``setup.workers`` > 1), or in this
+    process. ``callbacks``: train_population's writer_for, on_start, on_iteration, should_stop (used by the process
+    that writes)."""
     if rank is not None:
         return TrainingResult(_as_launched_rank(setup, population, resume, rank, callbacks), rank)
     if setup.workers > 1:
@@ -75,10 +74,7 @@ def _as_launched_rank(setup: TrainSetup, population: int, resume, rank: Rank, ca
     if rank.world > setup.batch_size:
         raise ConfigError(f"optimizee.batch_size: each of the {rank.world} ranks runs a share of the batch's "
                           f"functions, so at least {rank.world}, got {setup.batch_size}")
-    device = device_for(rank, setup.device)
-    init_group(rank, device, setup.loop.dist_timeout)
-    # rank 0's run dir is the run's (each rank's own may carry another timestamp)
-    setup = replace(setup, device=device, workers=1, out_dir=Path(shared_value("out_dir", str(setup.out_dir), rank)))
+    setup = replace(setup, device=join_group(rank, setup.device, setup.loop.dist_timeout), workers=1)
     if rank.writes:
         log.info("distributed meta-training: %d ranks (%s backend); rank 0 writes", rank.world,
                  torch.distributed.get_backend())

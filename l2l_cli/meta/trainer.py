@@ -109,7 +109,8 @@ class MetaTrainer:
         self.writer = writer
         # the averaged weights are what validation, best.pt and evaluation see; the raw ones keep training
         self.ema = [p.detach().clone() for p in self.net.parameters()] if setup.loop.ema_decay > 0 else None
-        self._dir_made = False
+        if rank is None or rank.writes:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.iteration = 0
         self.best_val = math.inf
         self.best_iteration = -1
@@ -144,10 +145,7 @@ class MetaTrainer:
     def save(self, name: str) -> Path:
         path = self.checkpoint_dir / name
         if self.rank is None or self.rank.writes:  # every rank holds the same state; one writes it
-            if not self._dir_made:
-                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                self._dir_made = True
-            # never re-created later: a run whose directory was removed stops and says so
+            # the directory is made once, at the start: a run whose directory was removed stops and says so
             save_checkpoint(self.payload(), path, make_dirs=False)
             if name == "last.pt":
                 remember_checkpoint(path, self.iteration)
@@ -235,15 +233,13 @@ class MetaTrainer:
         s = self.s
         for group in self.meta_opt.param_groups:
             group["lr"] = self.meta_lr(self.iteration)
-        if self.rank is not None:  # this rank's share; the meta-gradient all-reduced
-            problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
-            start, stop = share(s.batch_size, self.rank)
-            run = OptimizeeRun(s.family, s.family.select(problem, start, stop), self.net, s.loop.second_order,
-                               s.schedule.weighting, self.manual)
-            return meta_train_run(DistributedRun(run, (stop - start) / s.batch_size), self.net, self.meta_opt,
-                                  s.schedule.num_steps, s.schedule.unroll, clip_grad=s.loop.clip_grad)
         problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
+        if self.rank is not None:  # this rank's share; the meta-gradient all-reduced
+            start, stop = share(s.batch_size, self.rank)
+            problem = s.family.select(problem, start, stop)
         run = OptimizeeRun(s.family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
+        if self.rank is not None:
+            run = DistributedRun(run, (stop - start) / s.batch_size)
         return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
                               clip_grad=s.loop.clip_grad)
 

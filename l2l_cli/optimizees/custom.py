@@ -48,6 +48,11 @@ class CustomConfig(OptimizeeConfig):
               f"required with optimizee=custom: 'module:callable' or 'path/to/file.py:callable', got {self.target}")
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong in the user's code, on one line."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def load_target(target: str):
     """The callable that ``module:callable`` or ``file.py:callable`` names; one line naming the target if not."""
     where, _, attr = target.rpartition(":")
@@ -65,8 +70,7 @@ def load_target(target: str):
                 sys.path.insert(0, str(Path.cwd()))  # the `l2l` script, unlike `python -m`, does not add it
             module = importlib.import_module(where)
     except Exception as exc:  # noqa: BLE001 - any failure to import is the user's target's
-        raise ConfigError(f"optimizee.target={target}: cannot import {where!r} ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ConfigError(f"optimizee.target={target}: cannot import {where!r} ({_reason(exc)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"optimizee.target={target}: {where!r} has no callable {attr!r}")
@@ -100,8 +104,7 @@ class CustomFamily:
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's callable failed
-            raise ConfigError(f"optimizee.target={target}: calling it failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise ConfigError(f"optimizee.target={target}: calling it failed ({_reason(exc)})") from None
         for attr in ("sample", "initial_params", "loss"):
             if not callable(getattr(inner, attr, None)):
                 raise ConfigError(f"optimizee.target={target}: it returned a {type(inner).__name__} without a "

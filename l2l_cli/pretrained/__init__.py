@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from l2l_cli.files import write_text
 from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from l2l_cli.meta.trainer import improvement
 
@@ -104,16 +103,11 @@ def package(name: str, run_dir: Path, directory: Path = HERE) -> dict:
         "check": check_figures(kept, best, lr, CHECK_FUNCTIONS.get(family, CHECK_FUNCTIONS_DEFAULT)),
         "config": run_record["config"],
     }
+    from l2l_cli.writers import write_json
+
     save_checkpoint(kept, directory / f"{name}.pt")
-    write_text(directory / f"{name}.json", json.dumps(info, indent=2, allow_nan=True) + "\n")
+    write_json(directory / f"{name}.json", info)
     return info
 
 
-def load(spec: str | Path, device="cpu"):
-    """(the learned optimizer of a checkpoint path or ``pretrained:<name>``, its payload)."""
-    from l2l_cli.meta.checkpoint import load_learned_optimizer
-
-    return load_learned_optimizer(resolve(spec), device)
-
-
-__all__ = ["PREFIX", "check_figures", "load", "names", "package", "record", "resolve"]
+__all__ = ["PREFIX", "check_figures", "names", "package", "record", "resolve"]
