@@ -41,21 +41,32 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+SHORT_TEXT = 16  # text columns no longer than this are kept whole, as numbers are
+
+
 def make_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None,
                right: Sequence[str] = (), styles: Sequence[str | None] | None = None) -> Table:
-    """Every table l2l prints: text columns left-aligned, the number columns named in ``right`` right-aligned; the
-    first column (each row's name) and the numbers are never wrapped or cut (on a narrow terminal the other columns
-    give way); ``styles``: one rich style (or None) per row."""
+    """Every table l2l prints (through ``show``): text columns left-aligned, the number columns named in ``right``
+    right-aligned. The first column (each row's name), the numbers and short texts (a baseline's name) are never
+    wrapped or cut; long texts (a sweep job's overrides) wrap (a long word folded, never cut), and are what gives
+    way on a narrow terminal.
+    ``styles``: one rich style (or None) per row."""
     rows = [list(row) for row in rows]
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     for k, column in enumerate(columns):
-        whole = k == 0 or column in right
-        width = max([len(line) for line in column.split("\n")] + [Text.from_markup(row[k]).cell_len for row in rows]
-                    ) if whole else None
-        table.add_column(column, justify="right" if column in right else "left", no_wrap=whole, min_width=width)
+        cells = [Text.from_markup(row[k]).cell_len for row in rows]
+        width = max([len(line) for line in column.split("\n")] + cells)
+        whole = k == 0 or column in right or max(cells, default=0) <= SHORT_TEXT
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=whole,
+                         min_width=width if whole else None, overflow="ellipsis" if whole else "fold")
     for k, row in enumerate(rows):
         table.add_row(*row, style=styles[k] if styles else None)
     return table
+
+
+def show(table: Table) -> None:
+    """Print a table whole: on a terminal narrower than its narrowest layout the lines wrap instead of being cut."""
+    console().print(table, crop=False)
 
 
 def results_table(stats: Dict[str, CurveStats], learning_rates: Dict[str, str], learned: Optional[str],

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from l2l_cli.commands import hydra_task
 from l2l_cli.commands.common import job_threads, output_dir, record_run
 from l2l_cli.commands.config import to_objects
-from l2l_cli.console import console, fmt, generalization_table, progress, results_table
+from l2l_cli.console import fmt, generalization_table, progress, results_table, show
 from l2l_cli.evaluation import Evaluation, evaluate_task
 from l2l_cli.meta.checkpoint import check_architecture, load_learned_optimizer
 from l2l_cli.meta.trainer import improvement
@@ -105,7 +105,7 @@ def write_generalization(out_dir: Path, results: dict, config_record: dict | Non
     optimizers = list(next(iter(results.values()))["optimizers"])
     rows = {variant: {name: r["optimizers"][name]["final_mean"] for name in optimizers} for variant, r in
             results.items()}
-    console().print(generalization_table(rows, {v: r["num_steps"] for v, r in results.items()}))
+    show(generalization_table(rows, {v: r["num_steps"] for v, r in results.items()}))
     write_csv(out_dir / "generalization.csv", ["variant", "num_steps", *optimizers],
               ([variant, str(results[variant]["num_steps"]), *(f"{row[n]:.6g}" for n in optimizers)]
                for variant, row in rows.items()))
@@ -165,7 +165,7 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
     if result.learned:
         lr_text[result.learned] = "learned"
     title = f"{name}: final loss (step {result.num_steps}) on {result.num_test_functions} test functions"
-    console().print(results_table(stats, lr_text, result.learned, result.best_baseline, title))
+    show(results_table(stats, lr_text, result.learned, result.best_baseline, title))
     if learned_info is not None and learned_info.get("improved") is False:
         log.warning("%s is no better than untrained (validation %.4g vs %.4g at iteration 0): not worth using",
                     result.learned, learned_info["best_val"], learned_info["untrained_val"])

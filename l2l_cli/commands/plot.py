@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from l2l_cli.console import console, runs_table
+from l2l_cli.console import runs_table, show
 from l2l_cli.rundir import RunDirBusy, RunDirLock, unique_suffix
 from l2l_cli.runs import RunRecord, collect_runs, metrics_of
 from l2l_cli.writers import Curve, TensorBoardWriter, plot_curves, write_csv
@@ -98,5 +98,5 @@ def main(argv: list[str] | None = None) -> None:
         has_png = plot_png(out / "comparison.png", records)
     finally:
         lock.release()
-    console().print(runs_table(records, f"{len(records)} runs, best validation loss first"))
+    show(runs_table(records, f"{len(records)} runs, best validation loss first"))
     print(f"wrote {out}: tb/, comparison.csv{', comparison.png' if has_png else ''}")

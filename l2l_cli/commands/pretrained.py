@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from l2l_cli import pretrained
-from l2l_cli.console import console, fmt, make_table
+from l2l_cli.console import fmt, make_table, show
 from l2l_cli.evaluation import ratio
 from l2l_cli.meta.checkpoint import CheckpointError
 
@@ -25,19 +25,20 @@ def table():
         optimizers = evaluation["optimizers"]
         learned = optimizers[info["architecture"]]["final_mean"]
         best = evaluation["best_baseline"]
-        rows.append([f"{pretrained.PREFIX}{name}", info["architecture"], fmt(learned),
-                     f"{best} (lr {fmt(optimizers[best]['lr'])})", fmt(optimizers[best]["final_mean"]),
-                     fmt(ratio(learned, optimizers[best]["final_mean"])),
-                     f"{evaluation['num_test_functions']} x {evaluation['num_steps']}"])
-    return make_table("shipped learned optimizers: mean final test loss when made", (
-        "checkpoint", "arch", "learned", "best tuned\nbaseline", "its\nloss", "ratio", "functions\nx steps"),
-        rows, right=("learned", "its\nloss", "ratio"))
+        rows.append([f"{pretrained.PREFIX}{name}", fmt(learned), best, fmt(optimizers[best]["lr"]),
+                     fmt(optimizers[best]["final_mean"]), fmt(ratio(learned, optimizers[best]["final_mean"])),
+                     f"{evaluation['num_test_functions']}x{evaluation['num_steps']}"])
+    numbers = ("learned", "lr", "its\nloss", "ratio", "tests")
+    return make_table("shipped learned optimizers: mean final test loss when made",
+                      ("checkpoint", "learned", "best\nbaseline", "lr", "its\nloss", "ratio", "tests"), rows,
+                      right=numbers, caption="tests: test functions x steps; best: the best tuned baseline")
 
 
 def provenance(name: str) -> str:
     info = pretrained.record(name)
     commit = (info["commit"] or "?")[:10] + ("+changes" if info.get("commit_dirty") else "")
-    return f"{pretrained.PREFIX}{name}: `{info['command']}` at commit {commit}; {pretrained.HERE / name}.json"
+    return (f"{pretrained.PREFIX}{name}: {info['architecture']} on {info['family']}, `{info['command']}` at commit "
+            f"{commit}; {pretrained.HERE / name}.json")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if not pretrained.names():
         print("no pretrained optimizers are shipped with this installation")
         return
-    console().print(table())
+    show(table())
     for name in pretrained.names():
         print(provenance(name))
     print("use: l2l eval optimizee=<family> checkpoint=pretrained:<name>, or "
