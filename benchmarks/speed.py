@@ -2,14 +2,15 @@
 
 Prints, and writes to benchmarks/results/speed.json (torch version, threads and device included):
 - dense fp32 matmul FLOP/s (2048 x 2048), the arithmetic limit the other figures are compared with;
-- per task (default quadratic, default MNIST) and mode (eager, torch.compile): seconds per meta-iteration,
-  coordinate-steps per second (functions x coordinates x optimizee steps / wall s) and model FLOP/s
-  (3 x the LSTM's forward matmul FLOPs per coordinate-step) as a fraction of the matmul FLOP/s;
+- per task (default quadratic, default MNIST) and mode (eager, torch.compile; es and pes: train.estimator=es | pes
+  with the default train.es): seconds per meta-iteration, coordinate-steps per second (functions x coordinates x
+  optimizee steps / wall s) and model FLOP/s (3 x the LSTM's forward matmul FLOPs per coordinate-step for truncated
+  BPTT; for es / pes the forward FLOPs of every perturbed copy) as a fraction of the matmul FLOP/s;
 - the cost of one evaluation-time (no-grad) learned step relative to one Adam step on the same MNIST optimizee
   batch, next to the lower bound that arithmetic sets for that ratio, and the learned step's fraction of matmul
   FLOP/s;
 - peak resident memory of a meta-training run, and the bytes per coordinate per unrolled step (from two unroll
-  lengths, each in a fresh process);
+  lengths, each in a fresh process), per estimator;
 - ``LearnedOptimizer.step()`` (the trained optimizer as a torch optimizer) against ``torch.optim.Adam.step()`` on a
   784-20-10 MLP and a 784-1024-256-10 MLP (1.07M parameters), the arithmetic bound of the learned step, its state
   and peak memory per parameter.
@@ -22,7 +23,7 @@ Modes: eager and compiled run in this process; default is what `l2l train optimi
 (compiled, and train.workers: null, which gives the quadratic task one torch.distributed rank per thread);
 distributed is the same with --ranks ranks (on CUDA, --ranks 1 runs one rank on NCCL).
 
-Usage: python benchmarks/speed.py [--tasks quadratic,mnist,torch_optimizer] [--modes eager,compiled,default]
+Usage: python benchmarks/speed.py [--tasks quadratic,mnist,torch_optimizer] [--modes eager,compiled,default,es,pes]
                                   [--iterations N] [--blocks B] [--threads T] [--device cpu|cuda|auto]
 """
 
@@ -99,6 +100,9 @@ def mlp_forward_backward_flops(cfg: MLPConfig, num_params_weights: int) -> int:
     return 3 * 2 * cfg.minibatch * num_params_weights
 
 
+ESTIMATOR_MODES = ("es", "pes")  # modes that are train.estimator values (each eager, in this process)
+
+
 def setup_for(task: str, device, compiled: bool | None, loop: TrainLoopConfig, unroll: int | None = None):
     """The setup `l2l train optimizee=<task>` makes (meta.policy), with this loop and compile setting."""
     cfg = TASKS[task]
@@ -113,9 +117,19 @@ def default_workers(task: str, device) -> int:
     return setup_for(task, device, None, loop).workers
 
 
-def trainer_for(task: str, device, compiled: bool, unroll: int | None = None) -> MetaTrainer:
-    loop = TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9, val_functions=1, workers=1)
+def trainer_for(task: str, device, compiled: bool, unroll: int | None = None, estimator: str = "tbptt"
+                ) -> MetaTrainer:
+    loop = TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9, val_functions=1, workers=1,
+                           estimator=estimator)
     return MetaTrainer(setup_for(task, device, compiled, loop, unroll))
+
+
+def forward_passes(loop: TrainLoopConfig) -> int:
+    """LSTM forward-pass equivalents per coordinate-step: forward + backward (3) for truncated BPTT; one forward
+    per perturbed copy for es (2 x pairs + the unperturbed one) and pes (2 x pairs)."""
+    if loop.estimator == "tbptt":
+        return 3
+    return 2 * loop.es.pairs + (1 if loop.estimator == "es" else 0)
 
 
 def blocks_of(measure, blocks: int, device, reference=None) -> list:
@@ -142,8 +156,9 @@ def summarise(blocks: list, flops: float) -> tuple[int, dict]:
                   "blocks": [{"seconds": sec, "matmul_flops_per_second": pk} for sec, pk in blocks]}
 
 
-def bench_meta_training(task: str, device, compiled: bool, iterations: int, blocks: int) -> dict:
-    trainer = trainer_for(task, device, compiled)
+def bench_meta_training(task: str, device, compiled: bool, iterations: int, blocks: int,
+                        estimator: str = "tbptt") -> dict:
+    trainer = trainer_for(task, device, compiled, estimator=estimator)
     start = time.perf_counter()
     trainer.train_iteration()  # includes compilation when compiled
     sync(device)
@@ -154,7 +169,7 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, bloc
         return per_call(trainer.train_iteration, iterations, device)
 
     coord_steps = trainer.s.batch_size * trainer.s.family.num_params * trainer.s.schedule.num_steps
-    model_flops = 3 * lstm_forward_flops(trainer.s.optimizer) * coord_steps
+    model_flops = forward_passes(trainer.s.loop) * lstm_forward_flops(trainer.s.optimizer) * coord_steps
     _, figures = summarise(blocks_of(one_block, blocks, device), model_flops)
     seconds = figures.pop("seconds")
     return {"seconds_per_meta_iteration": seconds,
@@ -357,14 +372,14 @@ def peak_rss_mib(pid: int | str = "self") -> float:
     raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
-def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None) -> float:
+def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None, estimator: str = "tbptt") -> float:
     """Peak RSS (MiB) of a fresh process that meta-trains `iterations` iterations (in that process: no workers)."""
     code = ("import sys, torch; sys.path.insert(0, sys.argv[1]);"
             + f"from l2l_cli.runtime import configure_torch; configure_torch({threads});"
             + "from benchmarks.speed import peak_rss_mib, trainer_for;"
-            " t = trainer_for(sys.argv[2], torch.device('cpu'), False, int(sys.argv[3]));\n"
+            " t = trainer_for(sys.argv[2], torch.device('cpu'), False, int(sys.argv[3]), sys.argv[5]);\n"
             "[t.train_iteration() for _ in range(int(sys.argv[4]))]; print(peak_rss_mib())")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT), task, str(unroll), str(iterations)],
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), task, str(unroll), str(iterations), estimator],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -373,7 +388,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="quadratic,mnist,torch_optimizer",
                         help="quadratic, mnist (meta-training, eval step), torch_optimizer (LearnedOptimizer.step)")
-    parser.add_argument("--modes", default="eager,compiled,default")
+    parser.add_argument("--modes", default="eager,compiled,default,es,pes")
     parser.add_argument("--iterations", type=int, default=None,
                         help="timed meta-iterations per block (default 5 quadratic / 1 MNIST)")
     parser.add_argument("--blocks", type=int, default=4, help="timed blocks, each with its own matmul reference")
@@ -408,6 +423,8 @@ def main() -> None:
             distributed = mode in ("default", "distributed")
             if distributed:
                 m = bench_distributed(task, device, iterations, args.blocks, workers)
+            elif mode in ESTIMATOR_MODES:
+                m = bench_meta_training(task, device, False, iterations, args.blocks, estimator=mode)
             else:
                 m = bench_meta_training(task, device, mode != "eager", iterations, args.blocks)
             figures["meta_training"][f"{task}/{mode}"] = m
@@ -445,15 +462,18 @@ def main() -> None:
                   + (f", peak {s['peak_bytes_per_parameter']:.0f} bytes/parameter" if "peak_bytes_per_parameter" in s
                      else ""))
     if not args.skip_memory and device.type == "cpu":
-        for task in (t for t in tasks if t in TASKS):
-            short, full = child_peak_rss(task, 10, 2, args.threads), child_peak_rss(task, 20, 2, args.threads)
+        estimators = ["tbptt"] + [m for m in modes if m in ESTIMATOR_MODES]
+        for task, estimator in ((t, e) for t in tasks if t in TASKS for e in estimators):
+            short = child_peak_rss(task, 10, 2, args.threads, estimator)
+            full = child_peak_rss(task, 20, 2, args.threads, estimator)
             cfg = TASKS[task]
             coords = cfg.batch_size * build_family(cfg).num_params
             per = (full - short) * 2**20 / (10 * coords)
-            figures["memory"][task] = {"peak_rss_mib_unroll_20": full, "peak_rss_mib_unroll_10": short,
-                                       "bytes_per_coordinate_per_unrolled_step": per, "coordinates": coords}
-            print(f"memory {task:9s}: peak RSS {full:.0f} MiB (unroll 20) / {short:.0f} MiB (unroll 10) -> "
-                  f"{per:.0f} bytes per coordinate per unrolled step")
+            key = task if estimator == "tbptt" else f"{task}/{estimator}"
+            figures["memory"][key] = {"peak_rss_mib_unroll_20": full, "peak_rss_mib_unroll_10": short,
+                                      "bytes_per_coordinate_per_unrolled_step": per, "coordinates": coords}
+            print(f"memory {task:9s} {estimator:5s}: peak RSS {full:.0f} MiB (unroll 20) / {short:.0f} MiB (unroll "
+                  f"10) -> {per:.0f} bytes per coordinate per unrolled step")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(figures, indent=2))
     print(f"written to {args.out}")

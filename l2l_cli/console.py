@@ -71,7 +71,8 @@ def show(table: Table) -> None:
 
 def results_table(stats: Dict[str, CurveStats], learning_rates: Dict[str, str], learned: Optional[str],
                   best: Optional[str], title: str) -> Table:
-    """Final mean and median per optimizer and the ratio to the best baseline (below 1: better than it)."""
+    """Final mean, median and mean log10 (the log of the geometric mean) per optimizer, and the ratios of mean and
+    median to the best baseline's (below 1: better than it)."""
     ref = stats[best] if best else None
     rows, styles = [], []
     for name, s in stats.items():
@@ -79,8 +80,9 @@ def results_table(stats: Dict[str, CurveStats], learning_rates: Dict[str, str], 
         ratio_median = ratio(s.final_median, ref.final_median) if ref else math.nan
         styles.append("bold green" if name == best else ("bold" if name == learned else None))
         rows.append([name + (" *" if name == best else ""), learning_rates.get(name, ""), fmt(s.final_mean),
-                     fmt(s.final_median), fmt(ratio_mean), fmt(ratio_median), f"{s.nonfinite}/{s.runs}"])
-    numbers = ("lr", "mean", "median", "mean\n/best", "median\n/best", "diverged")
+                     fmt(s.final_median), f"{s.final_mean_log10:.2f}", fmt(ratio_mean), fmt(ratio_median),
+                     f"{s.nonfinite}/{s.runs}"])
+    numbers = ("lr", "mean", "median", "mean\nlog10", "mean\n/best", "median\n/best", "diverged")
     return make_table(title, ("optimizer", *numbers), rows, right=numbers, styles=styles,
                       caption="* best baseline; ratios below 1 beat it; diverged: non-finite runs")
 

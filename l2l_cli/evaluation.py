@@ -59,6 +59,13 @@ class CurveStats:
     runs: int
     # mean over the finite runs of the expected final loss (every image a function draws from; see selection_score)
     final_expected_mean: float = float("nan")
+    # per step, the mean of log10 loss over the finite runs (the log of the geometric mean: heavy-tailed losses make
+    # the arithmetic mean alone misleading); losses floored at LOG10_FLOOR
+    mean_log10: List[float] = field(default_factory=list)
+
+    @property
+    def final_mean_log10(self) -> float:
+        return self.mean_log10[-1] if self.mean_log10 else float("nan")
 
     @property
     def final_mean(self) -> float:
@@ -75,11 +82,15 @@ def curve_stats(losses: torch.Tensor, final_expected: Optional[torch.Tensor] = N
     kept = losses[:, finite_runs].double()
     if kept.shape[1] == 0:
         nan = [float("nan")] * losses.shape[0]
-        return CurveStats(nan, nan, nan, nan, nonfinite=losses.shape[1], runs=losses.shape[1])
+        return CurveStats(nan, nan, nan, nan, nonfinite=losses.shape[1], runs=losses.shape[1], mean_log10=nan)
     q = torch.quantile(kept, torch.tensor([0.1, 0.5, 0.9], dtype=kept.dtype), dim=1)
     expected = float("nan") if final_expected is None else float(final_expected[finite_runs].double().mean())
     return CurveStats(mean=kept.mean(1).tolist(), median=q[1].tolist(), q10=q[0].tolist(), q90=q[2].tolist(),
-                      nonfinite=int((~finite_runs).sum()), runs=losses.shape[1], final_expected_mean=expected)
+                      nonfinite=int((~finite_runs).sum()), runs=losses.shape[1], final_expected_mean=expected,
+                      mean_log10=kept.clamp_min(LOG10_FLOOR).log10().mean(1).tolist())
+
+
+LOG10_FLOOR = 1e-30  # a loss of exactly 0 counts as 1e-30 in the mean of log10
 
 
 def compare(family, test_problem, rules: dict, num_steps: int, on_done=None) -> Dict[str, CurveStats]:

@@ -162,6 +162,20 @@ SCHEDULES = {"truncated": TruncatedScheduleConfig}
 DEVICES = ("cpu", "cuda", "auto")
 META_LR_SCHEDULES = ("constant", "cosine")
 BPTT_METHODS = ("manual", "autograd")
+ESTIMATORS = ("tbptt", "es", "pes")
+
+
+@dataclass
+class EvolutionConfig:
+    """train.es: the perturbations of train.estimator=es | pes (Gaussian, antithetic, per optimizee)."""
+
+    sigma: float = 0.01  # standard deviation of each weight's perturbation
+    pairs: int = 2  # antithetic pairs (+eps, -eps) per optimizee: 2 x pairs perturbed copies of each function
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.sigma) and self.sigma > 0, "train.es.sigma",
+              f"must be a positive number, got {self.sigma}")
+        check_at_least_one(self, "train.es.", ("pairs",))
 
 
 @dataclass
@@ -182,6 +196,12 @@ class TrainLoopConfig:
     # memory; for architectures that have one, else autograd) | autograd (the reference). second_order: true
     # always uses autograd.
     bptt: str = "manual"
+    # the meta-gradient of each truncation: tbptt (backpropagation through the truncated unroll: biased towards
+    # short horizons) | es (antithetic evolution strategies on each truncation: forward passes only, same bias) |
+    # pes (persistent ES: each perturbed copy keeps its accumulated perturbation over the truncations of an optimizee
+    # run, unbiased for the whole run's objective). es and pes use train.es.
+    estimator: str = "tbptt"
+    es: EvolutionConfig = field(default_factory=EvolutionConfig)
     # processes sharing each batch's functions on the CPU, each with threads / workers torch threads; null (auto):
     # one per thread for runs long enough to repay their start, when each gets enough coordinates; 1: no workers
     workers: Optional[int] = None
@@ -199,6 +219,11 @@ class TrainLoopConfig:
               f"must be a positive number, got {self.meta_lr}")
         check_choice(self.meta_lr_schedule, "train.meta_lr_schedule", META_LR_SCHEDULES)
         check_choice(self.bptt, "train.bptt", BPTT_METHODS)
+        check_choice(self.estimator, "train.estimator", ESTIMATORS)
+        self.es = as_dataclass(EvolutionConfig, self.es)
+        check(not (self.second_order and self.estimator != "tbptt"), "train.second_order",
+              f"only with train.estimator=tbptt (es and pes never differentiate), got train.estimator="
+              f"{self.estimator}")
         check(self.dist_timeout > 0, "train.dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         check(self.workers is None or self.workers >= 1, "train.workers",
               f"must be >= 1 or null (auto), got {self.workers}")

@@ -39,6 +39,12 @@ MALFORMED = [
     (["train", "train.val_every=0"], "train.val_every: must be >= 1, got 0"),
     (["train", "train.meta_lr_schedule=step"], "train.meta_lr_schedule: got 'step', allowed values: constant, cosine"),
     (["train", "train.bptt=magic"], "train.bptt: got 'magic', allowed values: manual, autograd"),
+    (["train", "train.estimator=reinforce"], "train.estimator: got 'reinforce', allowed values: tbptt, es, pes"),
+    (["train", "train.es.sigma=0"], "train.es.sigma: must be a positive number, got 0.0"),
+    (["train", "train.es.pairs=0"], "train.es.pairs: must be >= 1, got 0"),
+    (["train", "train.estimator=pes", "train.second_order=true"],
+     "train.second_order: only with train.estimator=tbptt (es and pes never differentiate), got "
+     "train.estimator=pes"),
     (["train", "train.workers=0"], "train.workers: must be >= 1 or null (auto), got 0"),
     (["train", "train.workers=500"],
      "train.workers: each rank takes a share of optimizee.batch_size=128 functions, so at most 128, got 500"),

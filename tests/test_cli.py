@@ -1,6 +1,7 @@
 """The `l2l` command end to end as a subprocess: train, eval, TensorBoard (files and a real server), sweeps, errors."""
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -46,6 +47,20 @@ def test_train_writes_checkpoints_logs_and_records(trained_and_evaluated):
     assert train.stdout.count("best validation loss") == 1  # logged once, not twice
 
 
+def test_es_and_pes_runs_report_what_truncated_bptt_runs_report(trained_and_evaluated, tmp_path):
+    root, _, _ = trained_and_evaluated
+    pes = run_cli("train", *TINY_TRAIN, "train.estimator=pes", "train.es.pairs=2", "train.evaluate=false",
+                  f"hydra.run.dir={tmp_path}")
+    assert pes.returncode == 0, pes.stdout + pes.stderr
+    tags = []
+    for run_dir in (root / "train", tmp_path):
+        events = EventAccumulator(str(run_dir / "tb"))
+        events.Reload()
+        tags.append(set(events.Tags()["scalars"]))
+        assert [e.step for e in events.Scalars("val/final_loss")] == [0, 3, 6]
+    assert tags[0] == tags[1]
+
+
 def test_eval_outputs_and_table(trained_and_evaluated):
     root, _, evaluate = trained_and_evaluated
     out = root / "eval"
@@ -53,7 +68,8 @@ def test_eval_outputs_and_table(trained_and_evaluated):
     assert set(results["optimizers"]) == set(EVALUATED)
     for entry in results["optimizers"].values():
         assert len(entry["mean"]) == EVAL_STEPS + 1 and len(entry["q90"]) == EVAL_STEPS + 1
-        assert entry["runs"] == 32
+        assert entry["runs"] == 32 and len(entry["mean_log10"]) == EVAL_STEPS + 1
+        assert entry["final_mean_log10"] == entry["mean_log10"][-1] < math.log10(entry["final_mean"])
     for name in ("sgd", "nag", "rmsprop", "adam"):
         lr = results["learning_rates"][name]
         tried = sorted(float(v) for v in lr["validation_scores"])
@@ -65,7 +81,7 @@ def test_eval_outputs_and_table(trained_and_evaluated):
     assert (out / "curves.png").stat().st_size > 10_000
     for name in EVALUATED:
         assert name in evaluate.stdout  # the rich table
-    assert "/best" in evaluate.stdout and "diverged" in evaluate.stdout
+    assert "/best" in evaluate.stdout and "diverged" in evaluate.stdout and "log10" in evaluate.stdout
 
 
 def test_eval_event_files_read_back(trained_and_evaluated):

@@ -85,6 +85,9 @@ def test_presets_compose(compose_cfg):
     gen = compose_cfg("eval", ["experiment=mnist_generalization", "checkpoint=x.pt"])
     assert gen.optimizee.name == "mnist" and list(gen.eval.variants) == ["base", "steps_200", "hidden_40",
                                                                         "layers_2", "relu"]
+    long = to_objects(compose_cfg("train", ["experiment=long_horizon", "train.estimator=pes"]))
+    assert (long.optimizee.name, long.schedule.num_steps, long.schedule.unroll) == ("quadratic", 1000, 50)
+    assert long.schedule.weighting == "log" and long.train.estimator == "pes" and long.train.iterations == 300
     search = compose_cfg("train", ["hparams_search=meta_lr"])
     assert search.hydra.sweeper.params["train.meta_lr"] == "tag(log, interval(1e-4, 3e-2))"
     assert "optuna" in search.hydra.sweeper._target_.lower()

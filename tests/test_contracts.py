@@ -92,6 +92,11 @@ def test_family_contract(family):
     part_losses, part_grad = loss_and_grad(fam, part, fam.initial_params(part), 1)
     torch.testing.assert_close(part_losses, losses[1:3])
     torch.testing.assert_close(part_grad, grad[1:3])
+    copies = fam.repeat(problem, 2)  # the perturbed copies of es / pes: function r * 3 + b is function b
+    assert len(copies) == 6
+    copy_losses, copy_grad = loss_and_grad(fam, copies, theta.repeat(2, 1), 1)
+    torch.testing.assert_close(copy_losses, losses.repeat(2))
+    torch.testing.assert_close(copy_grad, grad.repeat(2, 1))
     assert fam.expected_loss(problem, theta).shape == (3,)
     analytic = fam.analytic_loss_and_grad(problem, theta, 1)
     if analytic is not None:
@@ -102,10 +107,11 @@ def test_family_contract(family):
     json.dumps(fam.data_record())  # results.json records it
 
 
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
 @pytest.mark.parametrize("optimizer", LEARNED)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tiny_meta_training_stays_finite(tmp_path, family, optimizer):
-    trainer = tiny_trainer(tmp_path, family, optimizer)
+def test_tiny_meta_training_stays_finite(tmp_path, family, optimizer, estimator):
+    trainer = tiny_trainer(tmp_path, family, optimizer, estimator=estimator)
     before = [p.detach().clone() for p in trainer.net.parameters()]
     trainer.fit()
     assert trainer.skipped_total == 0

@@ -52,11 +52,12 @@ def test_shares_cover_the_batch_in_rank_order():
     assert [share(2, Rank(k, 2)) for k in range(2)] == [(0, 1), (1, 2)]
 
 
-def test_local_ranks_train_what_one_process_trains(tmp_path):
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_local_ranks_train_what_one_process_trains(tmp_path, estimator):
     """Two ranks: the same validation history and checkpoint as one process, up to float rounding; the
-    generator (what resume restores) is identical."""
-    single = run_training(_setup(tmp_path / "one", 1), 1)
-    ranks = run_training(_setup(tmp_path / "two", 2), 1)
+    generator (what resume restores) is identical. PES: every rank draws all functions' perturbations."""
+    single = run_training(_setup(tmp_path / "one", 1, estimator=estimator), 1)
+    ranks = run_training(_setup(tmp_path / "two", 2, estimator=estimator), 1)
     a, b = single.population.members[0], ranks.population.members[0]
     assert [h[0] for h in a.history] == [h[0] for h in b.history] == [0, 2, 3]
     for (_, x), (_, y) in zip(a.history, b.history, strict=True):

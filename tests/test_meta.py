@@ -201,7 +201,8 @@ def test_checkpoint_round_trip_reproduces_validation_loss(tmp_path, ema_decay):
         assert all(torch.equal(a, p) for a, p in zip(before, trainer.net.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("loop", [{}, {"ema_decay": 0.7, "meta_lr_schedule": "cosine"}])
+@pytest.mark.parametrize("loop", [{}, {"ema_decay": 0.7, "meta_lr_schedule": "cosine"}, {"estimator": "es"},
+                                  {"estimator": "pes", "es": {"pairs": 2}}])
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, loop):
     straight = MetaTrainer(_setup(tmp_path / "straight", iterations=6, **loop))
     straight.fit()
@@ -209,7 +210,8 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, loop
     with pytest.raises(StopRequested):  # interrupted after iteration 3, as by a signal
         first.fit(should_stop=lambda: 15 if first.iteration == 3 else 0)
     second = MetaTrainer(_setup(tmp_path / "split", iterations=6, **loop))
-    second.restore(load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt"), "last.pt")
+    last = tmp_path / "split" / "checkpoints" / "last.pt"
+    second.restore(load_checkpoint(last), last)
     assert second.iteration == 3
     second.fit()
     for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values(), strict=True):

@@ -189,6 +189,9 @@ def test_evaluation_counts_nonfinite_runs_instead_of_averaging_them():
     stats = curve_stats(losses)
     assert stats.nonfinite == 1 and stats.runs == 3
     assert stats.mean[-1] == pytest.approx(0.15) and all(math.isfinite(v) for v in stats.mean)
+    # the geometric mean's log: (log10 0.25 + log10 0.05) / 2, over the same finite runs
+    assert stats.final_mean_log10 == pytest.approx((math.log10(0.25) + math.log10(0.05)) / 2)
+    assert curve_stats(torch.tensor([[1.0, 1.0], [0.0, 1e-4]])).final_mean_log10 == pytest.approx((-30 - 4) / 2)
 
 
 def test_diverging_baseline_is_reported_in_eval(tmp_path):

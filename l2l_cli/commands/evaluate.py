@@ -189,8 +189,10 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
                                                                                      r.scores.items()}}
                            for n, r in tuning.items()},
         "optimizers": {n: {"final_mean": s.final_mean, "final_median": s.final_median,
+                           "final_mean_log10": s.final_mean_log10,
                            "final_expected_mean": s.final_expected_mean, "nonfinite": s.nonfinite,
-                           "runs": s.runs, "mean": s.mean, "median": s.median, "q10": s.q10, "q90": s.q90}
+                           "runs": s.runs, "mean": s.mean, "median": s.median, "q10": s.q10, "q90": s.q90,
+                           "mean_log10": s.mean_log10}
                        for n, s in stats.items()},
         "config": config_record if config_record is not None else {
             "optimizee": asdict(conf.optimizee), "optimizer": asdict(conf.optimizer),

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from l2l_cli.meta.unroll import OptimizeeRun, UnrollGradient
+from l2l_cli.meta.weights import split_like
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +185,8 @@ class DistributedRun:
         result = self.run.unroll(start, steps)
         parts = [g.reshape(-1) for g in result.grads] + [result.loss_sum.reshape(1), result.final.mean().reshape(1)]
         flat = all_reduce_sum(torch.cat(parts) * self.weight)
-        grads, offset = [], 0
-        for g in result.grads:
-            grads.append(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
-        return UnrollGradient(grads, flat[offset], flat[offset + 1: offset + 2])
+        size = flat.numel() - 2
+        return UnrollGradient(split_like(flat[:size], result.grads), flat[size], flat[size + 1: size + 2])
 
 
 @torch.no_grad()

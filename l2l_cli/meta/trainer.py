@@ -13,6 +13,7 @@ import torch
 from l2l_cli.files import remember_checkpoint
 from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
 from l2l_cli.meta.distributed import DistributedRun, Rank, agree_stop, distributed_score, share
+from l2l_cli.meta.evolution import PerturbedRun
 from l2l_cli.meta.unroll import OptimizeeRun, RunStats, meta_train_run
 from l2l_cli.meta.weights import copy_into
 from l2l_cli.optimizees.base import Family, held_out_problems
@@ -99,8 +100,11 @@ class MetaTrainer:
         # member 0 is exactly a single run with this seed; the others draw independent initialisations and functions
         torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
         self.net = build_learned(setup.optimizer).to(setup.device)
-        compiled = maybe_compile(self.net, setup.compile)
-        self.manual = gradient_estimator(self.net, setup.loop.bptt == "manual", setup.loop.second_order, compiled)
+        tbptt = setup.loop.estimator == "tbptt"
+        # es and pes step every perturbed copy in one vmapped call, which compiling the module would not speed up
+        compiled = maybe_compile(self.net, setup.compile and tbptt)
+        self.manual = gradient_estimator(self.net, setup.loop.bptt == "manual", setup.loop.second_order,
+                                         compiled) if tbptt else None
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
@@ -234,10 +238,16 @@ class MetaTrainer:
         for group in self.meta_opt.param_groups:
             group["lr"] = self.meta_lr(self.iteration)
         problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
+        start, stop = 0, s.batch_size
         if self.rank is not None:  # this rank's share; the meta-gradient all-reduced
             start, stop = share(s.batch_size, self.rank)
             problem = s.family.select(problem, start, stop)
-        run = OptimizeeRun(s.family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
+        if s.loop.estimator == "tbptt":
+            run = OptimizeeRun(s.family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
+        else:
+            run = PerturbedRun(s.family, problem, self.net, self.gen, sigma=s.loop.es.sigma, pairs=s.loop.es.pairs,
+                               persistent=s.loop.estimator == "pes", weighting=s.schedule.weighting,
+                               rows=(start, stop, s.batch_size))
         if self.rank is not None:
             run = DistributedRun(run, (stop - start) / s.batch_size)
         return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,

@@ -33,6 +33,10 @@ class Family(Protocol):
     def select(self, problem: Any, start: int, stop: int) -> Any:
         """Functions start..stop-1 of a batch of problems, exactly as they are in it (a worker's share)."""
 
+    def repeat(self, problem: Any, times: int) -> Any:
+        """The batch ``times`` times over: function r * n + b is function b, same data and minibatches (the perturbed
+        copies of evolution-strategies meta-gradients)."""
+
     def loss(self, problem: Any, theta: torch.Tensor, step: int) -> torch.Tensor:
         """Per-function losses, shape (n,), differentiable in theta."""
 

@@ -12,10 +12,12 @@ The target is ``module:callable`` (importable from the working directory or the 
                                                       differentiable in theta
 
 and optionally ``select(problem, start, stop)`` (default: rows start..stop-1 of every tensor whose first dimension
-is n, in a dict, tuple, list or dataclass), ``expected_loss(problem, theta)`` (default: the loss at step 0; define
-it when the loss is noisy, e.g. minibatches), ``analytic_loss_and_grad(problem, theta, step)`` (default: autograd),
-``data_record()`` (default: None), ``stationary`` (default: False). Train, evaluation with tuned baselines, sweeps
-and worker processes then treat it as a built-in family.
+is n, in a dict, tuple, list or dataclass), ``repeat(problem, times)`` (the batch times over, for
+train.estimator=es | pes; default: those same tensors repeated along their first dimension),
+``expected_loss(problem, theta)`` (default: the loss at step 0; define it when the loss is noisy, e.g. minibatches),
+``analytic_loss_and_grad(problem, theta, step)`` (default: autograd), ``data_record()`` (default: None),
+``stationary`` (default: False). Train, evaluation with tuned baselines, sweeps and worker processes then treat it
+as a built-in family.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ def load_target(target: str):
 def select_rows(problem: Any, start: int, stop: int, n: int) -> Any:
     """Functions start..stop-1 of a batch: rows of every tensor whose first dimension is n, the rest as is."""
     return map_tensors(problem, lambda t: t[start:stop] if t.dim() > 0 and t.shape[0] == n else t)
+
+
+def repeat_rows(problem: Any, times: int, n: int) -> Any:
+    """The batch ``times`` times over: every tensor whose first dimension is n repeated along it, the rest as is."""
+    return map_tensors(problem, lambda t: t.repeat(times, *([1] * (t.dim() - 1)))
+                       if t.dim() > 0 and t.shape[0] == n else t)
 
 
 @dataclass
@@ -147,6 +155,11 @@ class CustomFamily:
         if hasattr(self.inner, "select"):
             return Batch(self.inner.select(problem.data, start, stop), stop - start)
         return Batch(select_rows(problem.data, start, stop, problem.n), stop - start)
+
+    def repeat(self, problem: Batch, times: int) -> Batch:
+        if hasattr(self.inner, "repeat"):
+            return Batch(self.inner.repeat(problem.data, times), problem.n * times)
+        return Batch(repeat_rows(problem.data, times, problem.n), problem.n * times)
 
     def analytic_loss_and_grad(self, problem: Batch, theta, step):
         if hasattr(self.inner, "analytic_loss_and_grad"):

@@ -125,6 +125,11 @@ class MLPFamily:
         return MLPProblems(problem.theta0[start:stop], problem.batches[:, start:stop], problem.images,
                            problem.labels, subsets)
 
+    def repeat(self, problem: MLPProblems, times: int) -> MLPProblems:
+        subsets = None if problem.subsets is None else problem.subsets.repeat(times, 1)
+        return MLPProblems(problem.theta0.repeat(times, 1), problem.batches.repeat(1, times, 1), problem.images,
+                           problem.labels, subsets)
+
     def unflatten(self, theta: torch.Tensor):
         """Views of theta (n, P) as [(W (n, in, out), b (n, 1, out)), ...]."""
         layers, offset = [], 0

@@ -69,6 +69,10 @@ class QuadraticFamily:
     def select(self, problem: QuadraticProblems, start: int, stop: int) -> QuadraticProblems:
         return QuadraticProblems(problem.W[start:stop], problem.y[start:stop], problem.theta0[start:stop])
 
+    def repeat(self, problem: QuadraticProblems, times: int) -> QuadraticProblems:
+        return QuadraticProblems(problem.W.repeat(times, 1, 1), problem.y.repeat(times, 1),
+                                 problem.theta0.repeat(times, 1))
+
     def _residual(self, problem: QuadraticProblems, theta: torch.Tensor) -> torch.Tensor:
         return torch.bmm(problem.W, theta.unsqueeze(-1)).squeeze(-1) - problem.y
 

@@ -1,0 +1,147 @@
+"""ES and PES meta-gradients (train.estimator=es | pes): against exact gradients on tiny systems with closed forms,
+the bias PES removes, exact antithetic cancellation, and the vmapped step of all perturbed copies."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from l2l_cli.meta import evolution
+from l2l_cli.meta.evolution import ParticleStep, PerturbedRun
+from l2l_cli.meta.unroll import OptimizeeRun
+from l2l_cli.optimizees.base import map_tensors
+from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
+from l2l_cli.optimizers.base import LearnedOptimizer
+from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
+from l2l_cli.seeding import generator
+
+
+class LinearRule(LearnedOptimizer):
+    """update = -(w0 g + w1 tanh g): linear in its weights, so a one-step loss is quadratic in them, and the
+    Gaussian-smoothed gradient ES estimates is the exact gradient."""
+
+    def __init__(self, weights):
+        super().__init__(SimpleNamespace(name="linear"))
+        self.w = nn.Parameter(torch.tensor(weights, dtype=torch.float64))
+
+    def init_state(self, theta):
+        return theta.new_zeros(theta.shape)  # unused: the rule has no memory
+
+    def step(self, grad, state, t=0):
+        return -(self.w[0] * grad + self.w[1] * torch.tanh(grad)), state
+
+
+def _problems(n: int, dim: int = 3, steps: int = 12):
+    family = QuadraticFamily(QuadraticConfig(dim=dim))
+    problem = map_tensors(family.sample(n, steps, generator(0, "train")), lambda t: t.double())
+    return family, problem
+
+
+def _es(family, problem, net, pairs, seed, persistent, sigma, num_steps=1, unroll=1):
+    """The run's estimate of the gradient of its whole objective: the sum of its truncations' estimates."""
+    run = PerturbedRun(family, problem, net, torch.Generator().manual_seed(seed), sigma=sigma, pairs=pairs,
+                       persistent=persistent)
+    return sum(run.unroll(start, unroll).grads[0] for start in range(0, num_steps, unroll))
+
+
+def _exact(family, problem, net, num_steps, unroll):
+    """Autograd through the unroll with second derivatives: exact within each truncation (num_steps = unroll: the
+    whole run's gradient)."""
+    run = OptimizeeRun(family, problem, net, second_order=True)
+    return sum(run.unroll(start, unroll).grads[0] for start in range(0, num_steps, unroll))
+
+
+def test_es_converges_to_the_true_gradient_as_pairs_grow():
+    n = 4
+    family, problem = _problems(n)
+    net = LinearRule([0.05, 0.02])
+    per_function = torch.stack([_exact(family, family.select(problem, b, b + 1), net, 1, 1) for b in range(n)])
+    true = per_function.mean(0)
+    # a pair's estimate is z z^T g_b (z standard normal, exactly, for a loss quadratic in the weights): variance
+    # |g_b|^2 + g_bj^2 in coordinate j
+    variance = (per_function.pow(2).sum(1, keepdim=True) + per_function.pow(2)).sum(0) / n ** 2
+    errors = []
+    for pairs in (16, 256, 4096):
+        estimate = _es(family, problem, net, pairs, seed=pairs, persistent=False, sigma=0.01)
+        standard_error = (variance / pairs).sqrt()
+        assert ((estimate - true).abs() <= 4 * standard_error).all(), (pairs, estimate, true, standard_error)
+        errors.append(float((estimate - true).norm() / true.norm()))
+    assert errors[-1] < 0.05, errors
+
+
+def test_pes_is_unbiased_for_the_whole_run_and_truncated_es_is_not():
+    """12 steps in 4 truncations of 3: PES's estimates average to the whole run's gradient; truncated ES's to the
+    sum of the truncations' own gradients (what truncated BPTT computes), which differs from it."""
+    family, problem = _problems(2)
+    net = LinearRule([0.03, 0.0])
+    whole = _exact(family, problem, net, 12, 12)[0]
+    truncated = _exact(family, problem, net, 12, 3)[0]
+    assert abs(whole - truncated) > 0.2 * abs(whole)  # the system has a real truncation bias
+
+    def mean_and_error(persistent):
+        # a small sigma: the smoothed objective's gradient is then the gradient itself (the run's loss is a
+        # polynomial of degree 24 in the weight)
+        runs = torch.stack([_es(family, problem, net, 1000, seed, persistent, sigma=1e-5, num_steps=12, unroll=3)[0]
+                            for seed in range(12)])
+        return runs.mean(), runs.std() / math.sqrt(len(runs))
+
+    pes, pes_error = mean_and_error(persistent=True)
+    es, es_error = mean_and_error(persistent=False)
+    assert abs(pes - whole) < 4 * pes_error, (pes, whole, pes_error)
+    assert abs(es - truncated) < 4 * es_error, (es, truncated, es_error)
+    assert abs(pes - truncated) > 10 * pes_error and abs(es - whole) > 10 * es_error
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_antithetic_pairs_cancel_the_zeroth_order_term_exactly(persistent):
+    """A weight that changes no update: each pair's copies reach the same (large) losses bit for bit, so its
+    estimate is exactly 0, where one-sided ES (eps L / sigma^2) would report noise of the losses' size."""
+    family, problem = _problems(3)
+    problem.y.add_(30.0)  # losses in the thousands
+    class Idle(LinearRule):
+        def step(self, grad, state, t=0):
+            return -(0.05 * grad + 0.0 * self.w[1] * grad), state
+
+    idle = Idle([0.05, 0.0])
+    run = PerturbedRun(family, problem, idle, torch.Generator().manual_seed(0), sigma=0.1, pairs=8,
+                       persistent=persistent)
+    for start in (0, 2):
+        result = run.unroll(start, 2)
+        assert result.loss_sum > 1000
+        assert torch.equal(result.grads[0], torch.zeros(2, dtype=torch.float64))
+        assert result.grads[0].grad_fn is None  # no autograd graph: memory does not grow with the truncation
+
+
+@pytest.mark.parametrize("per_call", [None, 24])
+def test_one_vmapped_step_equals_each_copy_stepped_with_its_own_weights(monkeypatch, per_call):
+    """All copies in one call (or, on the CPU, groups of COORDINATES_PER_CALL coordinates) compute what a loop over
+    the copies, each with its own weights, computes."""
+    if per_call:
+        monkeypatch.setattr(evolution, "COORDINATES_PER_CALL", per_call)
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=5)).double()
+    stepper = ParticleStep(net)
+    copies, coordinates = 7, 6
+    flat = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+    weights = flat + 0.1 * torch.randn(copies, flat.numel(), dtype=torch.float64)
+    grads = torch.randn(copies, coordinates, dtype=torch.float64)
+    calls = []
+    vstep = stepper.vstep
+    stepper.vstep = lambda *a: calls.append(1) or vstep(*a)
+    state = stepper.init_state(torch.zeros(copies, coordinates, dtype=torch.float64))
+    for t in range(3):
+        updates, state = stepper(weights, grads * 10.0 ** -t, state, t)
+    assert len(calls) == (3 if per_call is None else 3 * math.ceil(copies / (per_call // coordinates)))
+    module = evolution._Stepper(net)
+    for m in range(copies):
+        rows = evolution.unflatten_rows(weights[m: m + 1], stepper.names, stepper.shapes)
+        params = {name: value[0] for name, value in rows.items()}
+        own = net.init_state(grads[m: m + 1])
+        for t in range(3):
+            update, own = functional_call(module, params, (grads[m: m + 1] * 10.0 ** -t, own, t))
+        torch.testing.assert_close(updates[m], update[0])
