@@ -145,3 +145,16 @@ def test_one_vmapped_step_equals_each_copy_stepped_with_its_own_weights(monkeypa
         for t in range(3):
             update, own = functional_call(module, params, (grads[m: m + 1] * 10.0 ** -t, own, t))
         torch.testing.assert_close(updates[m], update[0])
+
+
+def test_es_and_pes_run_eagerly_and_say_so_when_compile_is_asked_for(tmp_path, caplog):
+    from l2l_cli.meta.policy import plan_training
+    from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
+
+    cfg = QuadraticConfig(dim=3)
+    plans = {estimator: plan_training(family=QuadraticFamily(cfg), optimizee=cfg, optimizer=LSTMConfig(),
+                                      schedule=TruncatedScheduleConfig(), loop=TrainLoopConfig(estimator=estimator),
+                                      seed=0, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path, compile=True)
+             for estimator in ("tbptt", "pes")}
+    assert plans["tbptt"].compile is True and plans["pes"].compile is False
+    assert "compile=true applies to truncated BPTT; train.estimator=pes runs eagerly" in caplog.text

@@ -3,6 +3,7 @@ machine; the result is a final ``TrainSetup``."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ from l2l_cli.meta.trainer import TrainSetup
 from l2l_cli.optimizees.base import Family
 from l2l_cli.optimizers.compiled import should_compile
 from l2l_cli.schemas import ConfigError, TrainLoopConfig, TruncatedScheduleConfig
+
+log = logging.getLogger(__name__)
 
 # a rank's start (a fresh interpreter importing torch, then compiling) costs a few seconds; below this much work
 # (functions x coordinates x steps x iterations) a run is over before that is repaid
@@ -48,6 +51,11 @@ def plan_training(*, family: Family, optimizee, optimizer, schedule: TruncatedSc
     threads = threads or torch.get_num_threads()
     work = coordinate_steps(optimizee.batch_size, family.num_params, schedule.num_steps, loop.iterations)
     workers = resolve_workers(loop.workers, threads, optimizee.batch_size, family.num_params, work, device)
+    if loop.estimator != "tbptt":
+        # es / pes step all perturbed copies in one vmapped call of the eager module
+        if compile:
+            log.warning("compile=true applies to truncated BPTT; train.estimator=%s runs eagerly", loop.estimator)
+        compile = False
     return TrainSetup(family=family, optimizer=optimizer, schedule=schedule, loop=loop,
                       batch_size=optimizee.batch_size, seed=seed, data_seed=data_seed, device=device,
                       out_dir=out_dir, optimizee=optimizee, compile=should_compile(compile, work), workers=workers)

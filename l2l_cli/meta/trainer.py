@@ -101,8 +101,7 @@ class MetaTrainer:
         torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
         self.net = build_learned(setup.optimizer).to(setup.device)
         tbptt = setup.loop.estimator == "tbptt"
-        # es and pes step every perturbed copy in one vmapped call, which compiling the module would not speed up
-        compiled = maybe_compile(self.net, setup.compile and tbptt)
+        compiled = maybe_compile(self.net, setup.compile and tbptt)  # es / pes: policy.plan_training says why not
         self.manual = gradient_estimator(self.net, setup.loop.bptt == "manual", setup.loop.second_order,
                                          compiled) if tbptt else None
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
