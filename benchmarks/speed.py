@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from l2l_cli.meta.evolution import copies_per_function  # noqa: E402
 from l2l_cli.meta.policy import plan_training  # noqa: E402
 from l2l_cli.meta.trainer import MetaTrainer  # noqa: E402
 from l2l_cli.optimizees import build_family, loss_and_grad  # noqa: E402
@@ -129,7 +130,7 @@ def forward_passes(loop: TrainLoopConfig) -> int:
     per perturbed copy for es (2 x pairs + the unperturbed one) and pes (2 x pairs)."""
     if loop.estimator == "tbptt":
         return 3
-    return 2 * loop.es.pairs + (1 if loop.estimator == "es" else 0)
+    return copies_per_function(loop.es.pairs, persistent=loop.estimator == "pes")
 
 
 def blocks_of(measure, blocks: int, device, reference=None) -> list:

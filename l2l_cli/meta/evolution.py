@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.utils import parameters_to_vector
 
-from l2l_cli.meta.unroll import MIN_LOSS, UnrollGradient
+from l2l_cli.meta.unroll import UnrollGradient, step_terms
 from l2l_cli.meta.weights import split_like
 from l2l_cli.optimizees.base import Family, loss_and_grad, map_tensors
 from l2l_cli.optimizers.base import LearnedOptimizer
@@ -100,14 +100,9 @@ class ParticleStep:
         return torch.cat([u for u, _ in pieces]).squeeze(1), _cat([st for _, st in pieces])
 
 
-def truncation_terms(losses: torch.Tensor, weighting: str, last: bool) -> torch.Tensor:
-    """Each copy's share of one step in its truncation's objective: f (uniform), log f (log), f at the last step
-    only (last); the first-order surrogates of ``unroll.step_objective`` are these objectives' gradients."""
-    if weighting == "log":
-        return losses.clamp_min(MIN_LOSS).log()
-    if weighting == "last" and not last:
-        return torch.zeros_like(losses)
-    return losses
+def copies_per_function(pairs: int, persistent: bool) -> int:
+    """pairs (+), pairs (-), and for es one unperturbed copy that carries the run."""
+    return 2 * pairs + (0 if persistent else 1)
 
 
 class PerturbedRun:
@@ -124,8 +119,7 @@ class PerturbedRun:
         self.sigma, self.pairs, self.persistent, self.weighting = sigma, pairs, persistent, weighting
         self.n = len(problem)
         self.rows = rows or (0, self.n, self.n)
-        # copies r * n + b of function b: pairs (+), pairs (-), and for es one unperturbed copy that carries the run
-        self.replicas = 2 * pairs + (0 if persistent else 1)
+        self.replicas = copies_per_function(pairs, persistent)  # copy r * n + b is function b
         self.problem = family.repeat(problem, self.replicas)
         self.params = list(net.parameters())
         self.stepper = ParticleStep(net)
@@ -172,7 +166,7 @@ class PerturbedRun:
             update, state = self.stepper(weights, grad, state, start + k)
             theta = theta + update
             losses, grad = loss_and_grad(self.family, self.problem, theta, start + k + 1)
-            objective += truncation_terms(losses, self.weighting, k == steps - 1)
+            objective += step_terms(losses, self.weighting, k == steps - 1)
             loss_sum += self._reported(losses).mean()
         self.theta, self.state, self.grad = theta, state, grad
         per_copy = self._replicas(objective)

@@ -100,10 +100,9 @@ class MetaTrainer:
         # member 0 is exactly a single run with this seed; the others draw independent initialisations and functions
         torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
         self.net = build_learned(setup.optimizer).to(setup.device)
-        tbptt = setup.loop.estimator == "tbptt"
-        compiled = maybe_compile(self.net, setup.compile and tbptt)  # es / pes: policy.plan_training says why not
+        compiled = maybe_compile(self.net, setup.compile)  # never for es / pes (policy.plan_training)
         self.manual = gradient_estimator(self.net, setup.loop.bptt == "manual", setup.loop.second_order,
-                                         compiled) if tbptt else None
+                                         compiled) if setup.loop.estimator == "tbptt" else None
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)

@@ -38,8 +38,18 @@ def step_objective(losses, grad, theta, second_order: bool, weighting: str, last
     so late steps (small losses) count as much as early ones, relative to their size.
     """
     if second_order:
-        return losses.clamp_min(MIN_LOSS).log().mean() if weighting == "log" else losses.mean()
+        return step_terms(losses, weighting, last).mean()
     return (step_weights(losses.detach(), weighting, last) * (grad * theta).sum(dim=1)).sum()
+
+
+def step_terms(losses, weighting: str, last: bool):
+    """Each function's term of one step in its unroll's objective: f (uniform), log f (log), f at the unroll's last
+    step only (last). Second-order BPTT and es / pes differentiate or perturb these themselves."""
+    if weighting == "log":
+        return losses.clamp_min(MIN_LOSS).log()
+    if weighting == "last" and not last:
+        return torch.zeros_like(losses)
+    return losses
 
 
 MIN_LOSS = 1e-12  # log weighting: keeps 1/f finite for a loss of exactly 0

@@ -79,15 +79,19 @@ def load_target(target: str):
     return fn
 
 
+def map_rows(problem: Any, n: int, fn) -> Any:
+    """fn applied to every tensor whose first dimension is n (one row per function), the rest as is."""
+    return map_tensors(problem, lambda t: fn(t) if t.dim() > 0 and t.shape[0] == n else t)
+
+
 def select_rows(problem: Any, start: int, stop: int, n: int) -> Any:
-    """Functions start..stop-1 of a batch: rows of every tensor whose first dimension is n, the rest as is."""
-    return map_tensors(problem, lambda t: t[start:stop] if t.dim() > 0 and t.shape[0] == n else t)
+    """Functions start..stop-1 of a batch."""
+    return map_rows(problem, n, lambda t: t[start:stop])
 
 
 def repeat_rows(problem: Any, times: int, n: int) -> Any:
-    """The batch ``times`` times over: every tensor whose first dimension is n repeated along it, the rest as is."""
-    return map_tensors(problem, lambda t: t.repeat(times, *([1] * (t.dim() - 1)))
-                       if t.dim() > 0 and t.shape[0] == n else t)
+    """The batch ``times`` times over."""
+    return map_rows(problem, n, lambda t: t.repeat(times, *([1] * (t.dim() - 1))))
 
 
 @dataclass
