@@ -2,10 +2,12 @@
 
 Prints, and writes to benchmarks/results/speed.json (torch version, threads and device included):
 - dense fp32 matmul FLOP/s (2048 x 2048), the arithmetic limit the other figures are compared with;
-- per task (default quadratic, default MNIST) and mode (eager, torch.compile; es and pes: train.estimator=es | pes
-  with the default train.es): seconds per meta-iteration, coordinate-steps per second (functions x coordinates x
-  optimizee steps / wall s) and model FLOP/s (3 x the LSTM's forward matmul FLOPs per coordinate-step for truncated
-  BPTT; for es / pes the forward FLOPs of every perturbed copy) as a fraction of the matmul FLOP/s;
+- per task (default quadratic, default MNIST, default Neural Art) and mode (eager, torch.compile; es and pes:
+  train.estimator=es | pes with the default train.es): seconds per meta-iteration, the optimizee's
+  loss-and-gradient share of it (the CNN for Neural Art; timed alone in the same block) and its FLOPs,
+  coordinate-steps per second (functions x coordinates x optimizee steps / wall s) and model FLOP/s (3 x the
+  LSTM's forward matmul FLOPs per coordinate-step for truncated BPTT; for es / pes the forward FLOPs of every
+  perturbed copy) as a fraction of the matmul FLOP/s;
 - the cost of one evaluation-time (no-grad) learned step relative to one Adam step on the same MNIST optimizee
   batch, next to the lower bound that arithmetic sets for that ratio, and the learned step's fraction of matmul
   FLOP/s;
@@ -23,8 +25,9 @@ Modes: eager and compiled run in this process; default is what `l2l train optimi
 (compiled, and train.workers: null, which gives the quadratic task one torch.distributed rank per thread);
 distributed is the same with --ranks ranks (on CUDA, --ranks 1 runs one rank on NCCL).
 
-Usage: python benchmarks/speed.py [--tasks quadratic,mnist,torch_optimizer] [--modes eager,compiled,default,es,pes]
-                                  [--iterations N] [--blocks B] [--threads T] [--device cpu|cuda|auto]
+Usage: python benchmarks/speed.py [--tasks quadratic,mnist,neural_art,torch_optimizer]
+                                  [--modes eager,compiled,default,es,pes] [--iterations N] [--blocks B]
+                                  [--threads T] [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from l2l_cli.meta.trainer import MetaTrainer  # noqa: E402
 from l2l_cli.optimizees import build_family, loss_and_grad  # noqa: E402
 from l2l_cli.optimizees.base import held_out_problems  # noqa: E402
 from l2l_cli.optimizees.mlp import MLPConfig  # noqa: E402
+from l2l_cli.optimizees.neural_art import NeuralArtConfig  # noqa: E402
 from l2l_cli.optimizees.quadratic import QuadraticConfig  # noqa: E402
 from l2l_cli.optimizers import Baseline, baseline_config, build_learned  # noqa: E402
 from l2l_cli.optimizers.compiled import maybe_compile  # noqa: E402
@@ -56,7 +60,7 @@ from l2l_cli.optimizers.lstm import LSTMConfig  # noqa: E402
 from l2l_cli.runtime import configure_torch, resolve_device  # noqa: E402
 from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig  # noqa: E402
 
-TASKS = {"quadratic": QuadraticConfig(), "mnist": MLPConfig()}
+TASKS = {"quadratic": QuadraticConfig(), "mnist": MLPConfig(), "neural_art": NeuralArtConfig()}
 
 
 def sync(device: torch.device) -> None:
@@ -157,6 +161,25 @@ def summarise(blocks: list, flops: float) -> tuple[int, dict]:
                   "blocks": [{"seconds": sec, "matmul_flops_per_second": pk} for sec, pk in blocks]}
 
 
+def optimizee_work(trainer: MetaTrainer, device):
+    """(fn, FLOPs): fn computes the optimizee's losses and gradients for one meta-iteration's steps on a batch of
+    training functions, as the unroll does (the CNN's forward and backward for Neural Art); FLOPs counted by
+    torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    s = trainer.s
+    problem = s.family.sample(s.batch_size, s.schedule.num_steps, torch.Generator().manual_seed(0), device)
+    theta = s.family.initial_params(problem)
+
+    def fn() -> None:
+        for t in range(s.schedule.num_steps + 1):
+            loss_and_grad(s.family, problem, theta, t)
+
+    with FlopCounterMode(display=False) as counter:
+        loss_and_grad(s.family, problem, theta, 0)
+    return fn, counter.get_total_flops() * (s.schedule.num_steps + 1)
+
+
 def bench_meta_training(task: str, device, compiled: bool, iterations: int, blocks: int,
                         estimator: str = "tbptt") -> dict:
     trainer = trainer_for(task, device, compiled, estimator=estimator)
@@ -165,15 +188,23 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, bloc
     sync(device)
     first = time.perf_counter() - start
     trainer.train_iteration()
+    optimizee_fn, optimizee_flops = optimizee_work(trainer, device)
+    optimizee_seconds = []
 
     def one_block() -> float:
+        optimizee_seconds.append(per_call(optimizee_fn, 1, device))
         return per_call(trainer.train_iteration, iterations, device)
 
     coord_steps = trainer.s.batch_size * trainer.s.family.num_params * trainer.s.schedule.num_steps
     model_flops = forward_passes(trainer.s.loop) * lstm_forward_flops(trainer.s.optimizer) * coord_steps
-    _, figures = summarise(blocks_of(one_block, blocks, device), model_flops)
+    best, figures = summarise(blocks_of(one_block, blocks, device), model_flops)
     seconds = figures.pop("seconds")
+    peak = figures["matmul_flops_per_second"]
     return {"seconds_per_meta_iteration": seconds,
+            # the optimizee's loss-and-gradient share of the iteration (timed alone, in the same block), and the
+            # model FLOP/s with its FLOPs counted too
+            "optimizee_seconds": optimizee_seconds[best], "optimizee_flops": optimizee_flops,
+            "fraction_of_matmul_with_optimizee": (model_flops + optimizee_flops) / seconds / peak,
             "seconds_per_meta_iteration_median": statistics.median(b["seconds"] for b in figures["blocks"]),
             "first_iteration_seconds": first, "coordinate_steps_per_second": coord_steps / seconds,
             "model_flops_per_second": model_flops / seconds, **figures, "functions": trainer.s.batch_size,
@@ -387,11 +418,12 @@ def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="quadratic,mnist,torch_optimizer",
-                        help="quadratic, mnist (meta-training, eval step), torch_optimizer (LearnedOptimizer.step)")
+    parser.add_argument("--tasks", default="quadratic,mnist,neural_art,torch_optimizer",
+                        help="quadratic, mnist (meta-training, eval step), neural_art (meta-training, the CNN's "
+                             "share), torch_optimizer (LearnedOptimizer.step)")
     parser.add_argument("--modes", default="eager,compiled,default,es,pes")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="timed meta-iterations per block (default 5 quadratic / 1 MNIST)")
+                        help="timed meta-iterations per block (default 5 quadratic / 1 MNIST, Neural Art)")
     parser.add_argument("--blocks", type=int, default=4, help="timed blocks, each with its own matmul reference")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
@@ -435,6 +467,11 @@ def main() -> None:
                   f"{m['model_flops_per_second'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% "
                   f"({100 * m['fraction_of_matmul_median']:.1f}%) of matmul; first iteration "
                   f"{m['first_iteration_seconds']:.1f} s"
+                  + (f"; optimizee loss+grad {m['optimizee_seconds']:.3f} s of it "
+                     f"({m['optimizee_flops'] / 1e9:.1f} GFLOP), learned optimizer and the rest "
+                     f"{m['seconds_per_meta_iteration'] - m['optimizee_seconds']:.3f} s; all model FLOPs "
+                     f"{100 * m['fraction_of_matmul_with_optimizee']:.1f}% of matmul" if "optimizee_seconds" in m
+                     else "")
                   + (f"; {workers} ranks, all-reduce {m['all_reduce_seconds'] * 1e6:.0f} us = "
                      f"{100 * m['all_reduce_share']:.1f}% of an iteration" if distributed else ""))
     if "mnist" in tasks:

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from l2l_cli.optimizers.baselines import Baseline
-from l2l_cli.rollout import run, selection_score
+from l2l_cli.rollout import final_params, run, selection_score
 from l2l_cli.schemas import BaselineConfig
 
 
@@ -129,6 +129,7 @@ class Evaluation:
     tuning: Dict[str, TuningResult]  # every baseline: its learning rate, tuned or fixed
     stats: Dict[str, CurveStats]  # every optimizer, studied first
     best_baseline: Optional[str]
+    rules: Dict[str, object] = field(default_factory=dict)  # every optimizer as it ran (baselines at their lr)
 
 
 def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: Dict[str, BaselineConfig],
@@ -154,4 +155,18 @@ def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: 
     learned_name = learned[0] if learned is not None else None
     return Evaluation(studied=next(iter(rules)), learned=learned_name, num_steps=num_steps,
                       num_validation_functions=len(val_problem), num_test_functions=len(test_problem),
-                      tuning=tuning, stats=stats, best_baseline=best_baseline(stats, learned_name))
+                      tuning=tuning, stats=stats, best_baseline=best_baseline(stats, learned_name), rules=rules)
+
+
+PICTURED_FUNCTIONS = 4
+
+
+def final_pictures(family, test_problem, rules: dict, num_steps: int,
+                   count: int = PICTURED_FUNCTIONS) -> Optional[Dict[str, torch.Tensor]]:
+    """For families whose parameters are pictures (``family.pictures``): the columns of an image grid for the first
+    ``count`` test functions, each optimizer of ``rules`` at its final step between the family's own columns (the
+    content and style images of Neural Art). None for other families."""
+    if not hasattr(family, "pictures"):
+        return None
+    shown = family.select(test_problem, 0, min(count, len(test_problem)))
+    return family.pictures(shown, {name: final_params(family, shown, rule, num_steps) for name, rule in rules.items()})

@@ -35,10 +35,18 @@ def run(family: Family, problem, rule, num_steps: int, expected: bool = True):
     ``expected`` is false), chunk by chunk."""
     bounds = function_chunks(len(problem), family.num_params)
     if len(bounds) == 1:
-        return _run(family, problem, rule, num_steps, expected)
-    parts = [_run(family, family.select(problem, start, stop), rule, num_steps, expected) for start, stop in bounds]
+        return _run(family, problem, rule, num_steps, expected)[:2]
+    parts = [_run(family, family.select(problem, start, stop), rule, num_steps, expected)[:2]
+             for start, stop in bounds]
     losses = torch.cat([losses for losses, _ in parts], dim=1)
     return losses, torch.cat([final for _, final in parts]) if expected else None
+
+
+@torch.no_grad()
+def final_params(family: Family, problem, rule, num_steps: int) -> torch.Tensor:
+    """Each function's parameters after num_steps updates, (B, num_params): for the few functions a picture
+    shows."""
+    return _run(family, problem, rule, num_steps, expected=False)[2]
 
 
 def _run(family: Family, problem, rule, num_steps: int, expected: bool):
@@ -51,7 +59,7 @@ def _run(family: Family, problem, rule, num_steps: int, expected: bool):
         theta = theta + update
         losses, grad = loss_and_grad(family, problem, theta, t + 1)
         record.append(losses)
-    return torch.stack(record), family.expected_loss(problem, theta) if expected else None
+    return torch.stack(record), family.expected_loss(problem, theta) if expected else None, theta
 
 
 @torch.no_grad()

@@ -28,6 +28,13 @@ class TensorBoardWriter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._writer.add_scalar(tag, value, step)
 
+    def image(self, tag: str, image, step: int) -> None:
+        """image: (3, H, W) in [0, 1]."""
+        self._writer.add_image(tag, image, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._writer.add_text(tag, text, step)
+
     def hparams(self, hparams: dict, metrics: dict) -> None:
         """An entry of TensorBoard's hparams table, in this run's own directory."""
         self._writer.add_hparams(hparams, metrics, run_name=".")
@@ -112,6 +119,42 @@ def plot_curves(path: str | Path, curves: Sequence[Curve], title: str = "", ylab
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_pictures(path: str | Path, tb_dir: str | Path, columns: Dict[str, object], title: str,
+                   step: int) -> None:
+    """An image grid (rows = functions, columns = ``columns``' names, each (n, 3, H, W) in [0, 1]) as a PNG with
+    column titles, and as one image in TensorBoard's images tab (run ``pictures``, tag ``pictures/final``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    names = list(columns)
+    rows = next(iter(columns.values())).shape[0]
+    fig, axes = plt.subplots(rows, len(names), figsize=(1.6 * len(names), 1.6 * rows + 0.4), dpi=150, squeeze=False)
+    for j, name in enumerate(names):
+        for i in range(rows):
+            ax = axes[i][j]
+            ax.imshow(columns[name][i].detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    pad = 2  # white pixels between tiles
+    tiles = [torch.cat([torch.nn.functional.pad(columns[name][i].detach().clamp(0, 1).cpu(), (pad,) * 4, value=1.0)
+                        for name in names], dim=2) for i in range(rows)]
+    writer = TensorBoardWriter(Path(tb_dir) / "pictures")
+    try:
+        writer.image("pictures/final", torch.cat(tiles, dim=1), step)
+        writer.text("pictures/columns", " | ".join(names), step)
+    finally:
+        writer.close()
 
 
 def stats_curves(stats: Dict[str, CurveStats], labels: Dict[str, str], highlight: Optional[str]) -> list:

@@ -14,7 +14,7 @@ from l2l_cli.commands import hydra_task
 from l2l_cli.commands.common import job_threads, output_dir, record_run
 from l2l_cli.commands.config import to_objects
 from l2l_cli.console import fmt, generalization_table, progress, results_table, show
-from l2l_cli.evaluation import Evaluation, evaluate_task
+from l2l_cli.evaluation import Evaluation, evaluate_task, final_pictures
 from l2l_cli.meta.checkpoint import check_architecture, load_learned_optimizer
 from l2l_cli.meta.trainer import improvement
 from l2l_cli.optimizees import build_family
@@ -25,7 +25,15 @@ from l2l_cli.registry import OPTIMIZERS
 from l2l_cli.rundir import RunDirLock
 from l2l_cli.runtime import configure_torch, environment_record, release_freed_memory, resolve_device
 from l2l_cli.schemas import ConfigError, EvalConfig
-from l2l_cli.writers import plot_curves, stats_curves, write_csv, write_curves_csv, write_curves_tensorboard, write_json
+from l2l_cli.writers import (
+    plot_curves,
+    stats_curves,
+    write_csv,
+    write_curves_csv,
+    write_curves_tensorboard,
+    write_json,
+    write_pictures,
+)
 
 log = logging.getLogger("l2l.eval")
 
@@ -152,13 +160,16 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
         if tuning.at_grid_edge:
             log.warning("%s: the best learning rate %s is at the edge of eval.lr_grid; widen the grid",
                         tuning.name, fmt(tuning.lr))
+    shown = {n: result.rules[n] for n in (result.learned, result.best_baseline) if n is not None}
+    pictures = final_pictures(family, test_problem, shown, num_steps)
     return write_evaluation(out_dir, result, conf, family.data_record(), None if learned is None else learned[2],
-                            config_record)
+                            config_record, pictures)
 
 
 def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: dict | None,
-                     learned_info: dict | None, config_record: dict | None) -> dict:
-    """The table on the console; TensorBoard, curves.csv, curves.png and results.json in out_dir."""
+                     learned_info: dict | None, config_record: dict | None, pictures: dict | None = None) -> dict:
+    """The table on the console; TensorBoard, curves.csv, curves.png and results.json in out_dir; pictures.png
+    (and TensorBoard's images tab) where the family draws its parameters as images."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, tuning, name = result.stats, result.tuning, conf.optimizee.name
     lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
@@ -174,6 +185,10 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
     plot_curves(out_dir / "curves.png",
                 stats_curves(stats, {n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()}, result.learned),
                 title=f"{name}: {result.num_test_functions} test functions", ylabel="loss (mean, 10-90% band)")
+    if pictures is not None:
+        write_pictures(out_dir / "pictures.png", out_dir / "tb", pictures, step=result.num_steps,
+                       title=f"{name}: step {result.num_steps}, first {len(next(iter(pictures.values())))} test "
+                             "functions")
     results = {
         "optimizee": asdict(conf.optimizee),
         "data": data,
@@ -200,7 +215,8 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
         "environment": environment_record(),
     }
     write_json(out_dir / "results.json", results)
-    log.info("wrote %s (results.json, curves.csv, curves.png, tb/)", out_dir)
+    log.info("wrote %s (results.json, curves.csv, curves.png%s, tb/)", out_dir,
+             ", pictures.png" if pictures is not None else "")
     return results
 
 

@@ -16,6 +16,9 @@ class Family(Protocol):
 
     Built from its config dataclass: ``Family(cfg)``. Problems of one batch are independent: function i's losses
     and gradients depend on row i of theta alone, and ``select`` cuts a batch into parts that compute the same.
+
+    Optional: ``pictures(problem, results) -> {column: images (n, 3, H, W) in [0, 1]}`` for a family whose
+    parameters are images (``results``: optimizer name -> final theta); evaluation then writes an image grid.
     """
 
     num_params: int

@@ -1,0 +1,207 @@
+"""The paper's Neural Art family: the parameters are an image, the loss is Gatys et al.'s style transfer.
+
+f(theta) = alpha * content(c, x) + beta * style(s, x) + gamma * TV(x), with x = sigmoid(theta) the image in
+[0, 1] (a documented parameterisation: every pixel stays in range without clamping, and every coordinate keeps a
+gradient), c a content photograph crop (one per function), s the one style image of the family. All functions of
+a batch go through the CNN as ONE batched forward and backward.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from l2l_cli.optimizees.base import DataError
+from l2l_cli.optimizees.photos import ContentPools, file_sha256, read_image, resolve_image, square
+from l2l_cli.optimizees.style_features import (
+    BLOCK_STRIDE,
+    NUM_BLOCKS,
+    content_loss,
+    feature_extractor,
+    gram,
+    style_loss,
+    total_variation,
+    weights_file,
+)
+from l2l_cli.registry import OPTIMIZEES
+from l2l_cli.schemas import OptimizeeConfig, Suggested, as_dataclass, check, check_at_least_one, check_choice
+
+INITS = ("content", "noise")
+PIXEL_MARGIN = 0.02  # content init: pixels clamped to [0.02, 0.98] before the logit, so none starts saturated
+
+
+@dataclass
+class ContentPoolsConfig:
+    """Content crops per split, cut from photographs that never feed two splits."""
+
+    train: int = 1800
+    validation: int = 20
+    test: int = 100
+    validation_photos: int = 2  # photographs reserved for the validation crops
+    test_photos: int = 3  # and for the test crops; the rest feed meta-training
+    # crop sides, in multiples of optimizee.size, area-averaged down to size x size
+    scales: List[int] = field(default_factory=lambda: [2, 4, 8])
+    split_seed: int = 0
+
+
+@dataclass
+class NeuralArtConfig(OptimizeeConfig):
+    """Style transfer on size x size images (module docstring)."""
+
+    name: str = "neural_art"
+    size: int = 64  # image side in pixels; a multiple of the deepest layer's stride
+    style: str = "ihc"  # a built-in image name (photos.BUILTIN) or a path to an image file
+    content_dir: Optional[str] = None  # null: the built-in photographs; else a directory of image files
+    content: ContentPoolsConfig = field(default_factory=ContentPoolsConfig)
+    content_layer: int = 4  # EfficientNet-Lite0 block (0..15) whose feature maps the content loss compares
+    style_layers: List[int] = field(default_factory=lambda: [0, 2, 4])  # blocks whose Gram matrices style compares
+    # the terms are means over feature entries and pixels; these weights make the gradients large enough that the
+    # best SGD learning rate lies inside the default eval.lr_grid (with 0.01, 0.01, 1 it was ~50)
+    alpha: float = 1.0  # content weight
+    beta: float = 1.0  # style weight
+    gamma: float = 100.0  # total-variation weight
+    init: str = "content"  # content (theta_0 = logit of the content crop) | noise (theta_0 ~ N(0, 1))
+    batch_size: int = 4
+    suggested: Suggested = field(default_factory=lambda: Suggested(
+        iterations=200, val_every=20, val_functions=20, tune_functions=20, test_functions=100))
+
+    def check_fields(self) -> None:
+        self.content = as_dataclass(ContentPoolsConfig, self.content)
+        check(self.size >= 1, "optimizee.size", f"must be >= 1, got {self.size}")
+        layers = [self.content_layer, *self.style_layers]
+        for key, values in (("content_layer", [self.content_layer]), ("style_layers", self.style_layers)):
+            for value in values:
+                check(0 <= value < NUM_BLOCKS, f"optimizee.{key}",
+                      f"EfficientNet-Lite0 blocks are 0..{NUM_BLOCKS - 1}, got {value}")
+        check(len(self.style_layers) > 0, "optimizee.style_layers", "must name at least one block")
+        stride = BLOCK_STRIDE[max(layers)]
+        check(self.size % stride == 0, "optimizee.size",
+              f"must be a multiple of {stride} (the stride of block {max(layers)}), got {self.size}")
+        for key in ("alpha", "beta", "gamma"):
+            check(getattr(self, key) >= 0, f"optimizee.{key}", f"must be >= 0, got {getattr(self, key)}")
+        check_choice(self.init, "optimizee.init", INITS)
+        check_at_least_one(self.content, "optimizee.content.", ("train", "validation", "test", "validation_photos",
+                                                                "test_photos"))
+        check(len(self.content.scales) > 0 and all(s >= 1 for s in self.content.scales), "optimizee.content.scales",
+              f"must be a non-empty list of integers >= 1, got {self.content.scales}")
+
+
+@functools.lru_cache(maxsize=4)
+def cached_pools(content_dir, size: int, scales: tuple, counts: tuple, validation_photos: int, test_photos: int,
+                 split_seed: int) -> ContentPools:
+    """The content pools, cut once per process for each data config."""
+    return ContentPools(content_dir, size, scales, dict(zip(("train", "validation", "test"), counts, strict=True)),
+                        validation_photos, test_photos, split_seed)
+
+
+@dataclass
+class NeuralArtProblems:
+    content: torch.Tensor  # (n, 3, S, S) content crops in [0, 1]
+    content_target: torch.Tensor  # (n, C, h, w) their features at the content layer
+    theta0: torch.Tensor  # (n, 3 S S)
+    style_grams: List[torch.Tensor]  # one (C, C) per style layer, shared by the batch
+    style: torch.Tensor  # (3, S, S) the style image, for pictures
+
+    def __len__(self) -> int:
+        return self.theta0.shape[0]
+
+
+class NeuralArtFamily:
+    """Module docstring. Problems differ by their content crop (and theta_0 for init=noise)."""
+
+    stationary = True  # the same function at every step
+
+    def __init__(self, cfg: NeuralArtConfig):
+        self.size = cfg.size
+        self.num_params = 3 * cfg.size * cfg.size
+        self.content_layer, self.style_layers = cfg.content_layer, list(cfg.style_layers)
+        self.layers = tuple(sorted({cfg.content_layer, *cfg.style_layers}))
+        self.weights = (cfg.alpha, cfg.beta, cfg.gamma)
+        self.init = cfg.init
+        c = cfg.content
+        self.pools = cached_pools(cfg.content_dir, cfg.size, tuple(c.scales), (c.train, c.validation, c.test),
+                                  c.validation_photos, c.test_photos, c.split_seed)
+        self.style_name, style_path = resolve_image(cfg.style, "optimizee.style")
+        self.style_record = {"style": self.style_name, "style_file": str(style_path),
+                             "style_sha256": file_sha256(style_path)}
+        self.style_image = square(read_image(style_path, cfg.size, "optimizee.style"), cfg.size)
+        with torch.no_grad():
+            features = self.extractor(torch.device("cpu"))(self.style_image.unsqueeze(0))
+        self.style_grams = [gram(features[layer])[0] for layer in self.style_layers]
+
+    def extractor(self, device, dtype=torch.float32):
+        return feature_extractor(self.layers, str(device), dtype)
+
+    def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu", split: str = "train"):
+        """Meta-training draws crops from its pool at random; validation and test take the first n crops of theirs
+        (the fixed held-out sets)."""
+        pool = self.pools.pool(split)
+        if split == "train":
+            idx = torch.randint(len(pool), (n,), generator=gen)
+        elif n > len(pool):
+            raise DataError(f"optimizee.content.{split}: the {split} pool holds {len(pool)} crops, {n} {split} "
+                            "functions were asked for (eval.num_functions, eval.val_functions, train.val_functions)")
+        else:
+            idx = torch.arange(n)
+        content = pool[idx].to(device)
+        if self.init == "content":
+            theta0 = torch.logit(content.clamp(PIXEL_MARGIN, 1 - PIXEL_MARGIN)).reshape(n, -1)
+        else:
+            theta0 = torch.randn(n, self.num_params, generator=gen).to(device)
+        with torch.no_grad():
+            target = self.extractor(device)(content)[self.content_layer]
+        return NeuralArtProblems(content, target, theta0, [g.to(device) for g in self.style_grams],
+                                 self.style_image.to(device))
+
+    def data_record(self) -> dict:
+        return {**self.pools.record(), **self.style_record,
+                "features": {"network": "EfficientNet-Lite0, ImageNet weights", "weights_sha256":
+                             file_sha256(weights_file()), "content_layer": self.content_layer,
+                             "style_layers": self.style_layers}}
+
+    def initial_params(self, problem: NeuralArtProblems) -> torch.Tensor:
+        return problem.theta0.clone()
+
+    def select(self, problem: NeuralArtProblems, start: int, stop: int) -> NeuralArtProblems:
+        return NeuralArtProblems(problem.content[start:stop], problem.content_target[start:stop],
+                                 problem.theta0[start:stop], problem.style_grams, problem.style)
+
+    def repeat(self, problem: NeuralArtProblems, times: int) -> NeuralArtProblems:
+        return NeuralArtProblems(problem.content.repeat(times, 1, 1, 1), problem.content_target.repeat(times, 1, 1, 1),
+                                 problem.theta0.repeat(times, 1), problem.style_grams, problem.style)
+
+    def images(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta (n, 3 S S) -> the images (n, 3, S, S) in [0, 1]."""
+        return torch.sigmoid(theta).view(-1, 3, self.size, self.size)
+
+    def loss_terms(self, problem: NeuralArtProblems, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Each function's content, style and total-variation terms, unweighted, shape (n,) each."""
+        x = self.images(theta)
+        features = self.extractor(theta.device, theta.dtype)(x)
+        return {"content": content_loss(features[self.content_layer], problem.content_target),
+                "style": style_loss([gram(features[layer]) for layer in self.style_layers], problem.style_grams),
+                "tv": total_variation(x)}
+
+    def loss(self, problem: NeuralArtProblems, theta: torch.Tensor, step: int) -> torch.Tensor:
+        terms = self.loss_terms(problem, theta)
+        alpha, beta, gamma = self.weights
+        return alpha * terms["content"] + beta * terms["style"] + gamma * terms["tv"]
+
+    def expected_loss(self, problem: NeuralArtProblems, theta: torch.Tensor) -> torch.Tensor:
+        return self.loss(problem, theta, 0)  # deterministic
+
+    def analytic_loss_and_grad(self, problem, theta, step):
+        return None  # autograd through the CNN (loss_and_grad)
+
+    def pictures(self, problem: NeuralArtProblems, results: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Columns of the evaluation's image grid, each (n, 3, S, S): content, each optimizer's final image (theta
+        in ``results``), style."""
+        n = len(problem)
+        return {"content": problem.content, **{name: self.images(theta) for name, theta in results.items()},
+                "style": problem.style.expand(n, -1, -1, -1)}
+
+
+OPTIMIZEES.register("neural_art", NeuralArtConfig, NeuralArtFamily)

@@ -1,0 +1,210 @@
+"""Photographs for the Neural Art family, offline only: the ones that installed wheels ship (scikit-image,
+scikit-learn, matplotlib) or a user's own files, decoded by Pillow (no pickles, nothing executed), and the
+content pools cut from them: random square crops at several scales, meta-train / validation / test pools
+disjoint by source photograph.
+
+Images are float32 tensors (3, H, W) in [0, 1]; grey photos are repeated over the three channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from l2l_cli.optimizees.base import DataError
+
+# name -> (package, path inside it). Files these wheels always ship (some skimage.data names are fetched on first
+# use instead; none of those is here). motorcycle_right is the same scene as motorcycle_left and is left out.
+BUILTIN = {
+    "astronaut": ("skimage", "data/astronaut.png"),
+    "camera": ("skimage", "data/camera.png"),
+    "chelsea": ("skimage", "data/chelsea.png"),
+    "coffee": ("skimage", "data/coffee.png"),
+    "coins": ("skimage", "data/coins.png"),
+    "moon": ("skimage", "data/moon.png"),
+    "motorcycle": ("skimage", "data/motorcycle_left.png"),
+    "rocket": ("skimage", "data/rocket.jpg"),
+    "retina": ("skimage", "data/retina.jpg"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
+    # textures and a stained-tissue micrograph: style images
+    "ihc": ("skimage", "data/ihc.png"),
+    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
+    "brick": ("skimage", "data/brick.png"),
+    "grass": ("skimage", "data/grass.png"),
+    "gravel": ("skimage", "data/gravel.png"),
+}
+CONTENT_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "motorcycle", "rocket", "retina",
+                  "grace_hopper", "china", "flower")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "validation", "test")
+
+
+def builtin_path(name: str) -> Path:
+    """Where a built-in image lies, found without importing its package."""
+    package, relative = BUILTIN[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"optimizee: the built-in image {name!r} comes from the {package} package, which is not "
+                        f"installed")
+    path = Path(spec.submodule_search_locations[0]) / relative
+    if not path.is_file():
+        raise DataError(f"optimizee: {package} is installed but its image {path} is missing")
+    return path
+
+
+def _open_image(path: Path, min_side: int, key: str, decode: bool):
+    """(height, width) or, with ``decode``, the (3, H, W) tensor; one line naming the file (and the key that points
+    at it) when it is missing, not an image, or smaller than ``min_side`` pixels on a side."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if min(height, width) < min_side:
+                raise DataError(f"{key}: {path}: {width}x{height} pixels, too small: both sides must be >= "
+                                f"{min_side} (optimizee.size x the smallest scale)")
+            if not decode:
+                return height, width
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise DataError(f"{key}: {path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{key}: {path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def read_image(path: str | Path, min_side: int, key: str) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1], decoded by Pillow (errors: ``_open_image``)."""
+    return _open_image(Path(path), min_side, key, decode=True)
+
+
+def image_size(path: str | Path, min_side: int, key: str) -> Tuple[int, int]:
+    """(height, width) from the file's header, without decoding its pixels (errors: ``_open_image``)."""
+    return _open_image(Path(path), min_side, key, decode=False)
+
+
+def resolve_image(name_or_path: str, key: str) -> Tuple[str, Path]:
+    """(display name, file) for a built-in image name or a path."""
+    if name_or_path in BUILTIN:
+        return name_or_path, builtin_path(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise DataError(f"{key}: {name_or_path!r} is neither a file nor a built-in image ({', '.join(BUILTIN)})")
+    return path.name, path
+
+
+def square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The largest centred square of ``image``, resized to size x size (antialiased)."""
+    _, height, width = image.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = image[:, top: top + side, left: left + side].unsqueeze(0)
+    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@dataclass
+class ContentSource:
+    """The photographs content crops come from: built-in names or the files of a directory."""
+
+    names: List[str]
+    paths: List[Path]
+    description: str
+
+    @classmethod
+    def from_config(cls, content_dir: str | None) -> "ContentSource":
+        if content_dir is None:
+            return cls(list(CONTENT_PHOTOS), [builtin_path(n) for n in CONTENT_PHOTOS],
+                       "built-in photographs (scikit-image, scikit-learn, matplotlib)")
+        root = Path(content_dir).expanduser()
+        if not root.is_dir():
+            raise DataError(f"optimizee.content_dir: {content_dir} is not a directory")
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return cls([str(p.relative_to(root)) for p in paths], paths, f"image files under {root.resolve()}")
+
+
+def split_photos(source: ContentSource, validation_photos: int, test_photos: int, seed: int) -> Dict[str, List[int]]:
+    """Photo indices per split from a seeded permutation: no photograph feeds two splits."""
+    need = validation_photos + test_photos + 1
+    if len(source.names) < need:
+        raise DataError(f"optimizee.content_dir: {source.description} holds {len(source.names)} images; "
+                        f"validation_photos={validation_photos} + test_photos={test_photos} + at least one for "
+                        f"meta-training need {need}")
+    order = np.random.default_rng(seed).permutation(len(source.names)).tolist()
+    return {"validation": sorted(order[:validation_photos]),
+            "test": sorted(order[validation_photos: validation_photos + test_photos]),
+            "train": sorted(order[validation_photos + test_photos:])}
+
+
+def plan_crops(sizes: Dict[int, Tuple[int, int]], count: int, size: int, scales: Sequence[int],
+               rng: np.random.Generator) -> list:
+    """``count`` crop boxes (photo, top, left, side): for each a photo uniformly (``sizes``: photo -> (height,
+    width)), then a scale among those that fit it (a crop of size * scale pixels), then a uniform position."""
+    keys, boxes = sorted(sizes), []
+    for _ in range(count):
+        k = keys[rng.integers(len(keys))]
+        height, width = sizes[k]
+        fitting = [s for s in scales if size * s <= min(height, width)]
+        side = size * fitting[rng.integers(len(fitting))]
+        boxes.append((k, int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1)), side))
+    return boxes
+
+
+def cut_crops(load: Callable[[int], torch.Tensor], boxes: list, size: int) -> torch.Tensor:
+    """The boxes' pixels, area-averaged down to (len(boxes), 3, size, size); each photo read with ``load`` once and
+    only when a crop comes from it (a directory may hold thousands)."""
+    crops = torch.empty(len(boxes), 3, size, size)
+    for k in sorted({box[0] for box in boxes}):
+        image = load(k)
+        for i, (_, top, left, side) in ((i, box) for i, box in enumerate(boxes) if box[0] == k):
+            window = image[:, top: top + side, left: left + side].unsqueeze(0)
+            crops[i] = F.avg_pool2d(window, side // size)[0] if side > size else window[0]
+    return crops
+
+
+class ContentPools:
+    """Crops per split, cut on first use from that split's photographs with that split's own seed (so a pool
+    does not change with the size of another)."""
+
+    def __init__(self, content_dir: str | None, size: int, scales: Sequence[int], counts: Dict[str, int],
+                 validation_photos: int, test_photos: int, split_seed: int):
+        self.source = ContentSource.from_config(content_dir)
+        self.size, self.scales, self.counts, self.split_seed = size, tuple(scales), counts, split_seed
+        self.photos = split_photos(self.source, validation_photos, test_photos, split_seed)
+        self._pools: Dict[str, torch.Tensor] = {}
+        self.boxes: Dict[str, list] = {}  # per split, each crop's (photo index, top, left, side)
+        self._fingerprints: Dict[str, str] = {}
+
+    def pool(self, split: str) -> torch.Tensor:
+        if split not in self._pools:
+            key = "optimizee.content_dir" if self.source.description.startswith("image files") else "optimizee"
+            min_side = self.size * min(self.scales)
+            sizes = {k: image_size(self.source.paths[k], min_side, key) for k in self.photos[split]}
+            rng = np.random.default_rng([self.split_seed, SPLITS.index(split)])
+            boxes = plan_crops(sizes, self.counts[split], self.size, self.scales, rng)
+            crops = cut_crops(lambda k: read_image(self.source.paths[k], min_side, key), boxes, self.size)
+            self._pools[split], self.boxes[split] = crops, boxes
+            digest = hashlib.sha256(repr([(self.source.names[k], *box) for k, *box in boxes]).encode())
+            digest.update(crops.numpy().tobytes())
+            self._fingerprints[split] = digest.hexdigest()[:16]
+        return self._pools[split]
+
+    def record(self) -> dict:
+        """Sources, sizes and fingerprints (of the crops' boxes and pixels) of the pools cut so far."""
+        return {"source": self.source.description, "split_seed": self.split_seed, "size": self.size,
+                "scales": list(self.scales),
+                "photos": {s: [self.source.names[k] for k in self.photos[s]] for s in SPLITS},
+                "crops": {s: self.counts[s] for s in SPLITS},
+                "crops_sha256": dict(self._fingerprints)}
