@@ -122,24 +122,26 @@ class ContentSource:
     names: List[str]
     paths: List[Path]
     description: str
+    key: str  # the config key an error about these photos names
 
     @classmethod
     def from_config(cls, content_dir: str | None) -> "ContentSource":
         if content_dir is None:
             return cls(list(CONTENT_PHOTOS), [builtin_path(n) for n in CONTENT_PHOTOS],
-                       "built-in photographs (scikit-image, scikit-learn, matplotlib)")
+                       "built-in photographs (scikit-image, scikit-learn, matplotlib)", "optimizee.content")
         root = Path(content_dir).expanduser()
         if not root.is_dir():
             raise DataError(f"optimizee.content_dir: {content_dir} is not a directory")
         paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        return cls([str(p.relative_to(root)) for p in paths], paths, f"image files under {root.resolve()}")
+        return cls([str(p.relative_to(root)) for p in paths], paths, f"image files under {root.resolve()}",
+                   "optimizee.content_dir")
 
 
 def split_photos(source: ContentSource, validation_photos: int, test_photos: int, seed: int) -> Dict[str, List[int]]:
     """Photo indices per split from a seeded permutation: no photograph feeds two splits."""
     need = validation_photos + test_photos + 1
     if len(source.names) < need:
-        raise DataError(f"optimizee.content_dir: {source.description} holds {len(source.names)} images; "
+        raise DataError(f"{source.key}: {source.description} holds {len(source.names)} images; "
                         f"validation_photos={validation_photos} + test_photos={test_photos} + at least one for "
                         f"meta-training need {need}")
     order = np.random.default_rng(seed).permutation(len(source.names)).tolist()
@@ -189,7 +191,7 @@ class ContentPools:
 
     def pool(self, split: str) -> torch.Tensor:
         if split not in self._pools:
-            key = "optimizee.content_dir" if self.source.description.startswith("image files") else "optimizee"
+            key = self.source.key
             min_side = self.size * min(self.scales)
             sizes = {k: image_size(self.source.paths[k], min_side, key) for k in self.photos[split]}
             rng = np.random.default_rng([self.split_seed, SPLITS.index(split)])
