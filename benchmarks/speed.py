@@ -2,9 +2,9 @@
 
 Prints, and writes to benchmarks/results/speed.json (torch version, threads and device included):
 - dense fp32 matmul FLOP/s (2048 x 2048), the arithmetic limit the other figures are compared with;
-- per task (default quadratic, default MNIST, default Neural Art) and mode (eager, torch.compile; es and pes:
-  train.estimator=es | pes with the default train.es): seconds per meta-iteration, the optimizee's
-  loss-and-gradient share of it (the CNN for Neural Art; timed alone in the same block) and its FLOPs,
+- per task (default quadratic, default MNIST, default Neural Art, default conv net with LSTM-sep) and mode (eager,
+  torch.compile; es and pes: train.estimator=es | pes with the default train.es): seconds per meta-iteration, the
+  optimizee's loss-and-gradient share of it (the CNN for Neural Art; timed alone in the same block) and its FLOPs,
   coordinate-steps per second (functions x coordinates x optimizee steps / wall s) and model FLOP/s (3 x the
   LSTM's forward matmul FLOPs per coordinate-step for truncated BPTT; for es / pes the forward FLOPs of every
   perturbed copy) as a fraction of the matmul FLOP/s;
@@ -25,7 +25,7 @@ Modes: eager and compiled run in this process; default is what `l2l train optimi
 (compiled, and train.workers: null, which gives the quadratic task one torch.distributed rank per thread);
 distributed is the same with --ranks ranks (on CUDA, --ranks 1 runs one rank on NCCL).
 
-Usage: python benchmarks/speed.py [--tasks quadratic,mnist,neural_art,torch_optimizer]
+Usage: python benchmarks/speed.py [--tasks quadratic,mnist,neural_art,convnet,torch_optimizer]
                                   [--modes eager,compiled,default,es,pes] [--iterations N] [--blocks B]
                                   [--threads T] [--device cpu|cuda|auto]
 """
@@ -51,16 +51,21 @@ from l2l_cli.meta.policy import plan_training  # noqa: E402
 from l2l_cli.meta.trainer import MetaTrainer  # noqa: E402
 from l2l_cli.optimizees import build_family, loss_and_grad  # noqa: E402
 from l2l_cli.optimizees.base import held_out_problems  # noqa: E402
+from l2l_cli.optimizees.convnet import ConvNetConfig  # noqa: E402
 from l2l_cli.optimizees.mlp import MLPConfig  # noqa: E402
 from l2l_cli.optimizees.neural_art import NeuralArtConfig  # noqa: E402
 from l2l_cli.optimizees.quadratic import QuadraticConfig  # noqa: E402
 from l2l_cli.optimizers import Baseline, baseline_config, build_learned  # noqa: E402
 from l2l_cli.optimizers.compiled import maybe_compile  # noqa: E402
 from l2l_cli.optimizers.lstm import LSTMConfig  # noqa: E402
+from l2l_cli.optimizers.lstm_sep import LSTMSepConfig  # noqa: E402
 from l2l_cli.runtime import configure_torch, resolve_device  # noqa: E402
 from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig  # noqa: E402
 
-TASKS = {"quadratic": QuadraticConfig(), "mnist": MLPConfig(), "neural_art": NeuralArtConfig()}
+TASKS = {"quadratic": QuadraticConfig(), "mnist": MLPConfig(), "neural_art": NeuralArtConfig(),
+         "convnet": ConvNetConfig()}
+# the learned optimizer each task's experiment meta-trains (the paper's LSTM-sep for the conv net)
+TASK_OPTIMIZERS = {"convnet": LSTMSepConfig()}
 
 
 def sync(device: torch.device) -> None:
@@ -111,7 +116,7 @@ ESTIMATOR_MODES = ("es", "pes")  # modes that are train.estimator values (each e
 def setup_for(task: str, device, compiled: bool | None, loop: TrainLoopConfig, unroll: int | None = None):
     """The setup `l2l train optimizee=<task>` makes (meta.policy), with this loop and compile setting."""
     cfg = TASKS[task]
-    return plan_training(family=build_family(cfg), optimizee=cfg, optimizer=LSTMConfig(),
+    return plan_training(family=build_family(cfg), optimizee=cfg, optimizer=TASK_OPTIMIZERS.get(task, LSTMConfig()),
                          schedule=TruncatedScheduleConfig(unroll=unroll or 20), loop=loop, seed=0, data_seed=0,
                          device=device, out_dir=ROOT / "benchmarks" / "results" / "tmp", compile=compiled)
 
@@ -418,12 +423,12 @@ def child_peak_rss(task: str, unroll: int, iterations: int, threads: int | None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="quadratic,mnist,neural_art,torch_optimizer",
-                        help="quadratic, mnist (meta-training, eval step), neural_art (meta-training, the CNN's "
-                             "share), torch_optimizer (LearnedOptimizer.step)")
+    parser.add_argument("--tasks", default="quadratic,mnist,neural_art,convnet,torch_optimizer",
+                        help="quadratic, mnist (meta-training, eval step), neural_art, convnet (meta-training, the "
+                             "optimizee's share), torch_optimizer (LearnedOptimizer.step)")
     parser.add_argument("--modes", default="eager,compiled,default,es,pes")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="timed meta-iterations per block (default 5 quadratic / 1 MNIST, Neural Art)")
+                        help="timed meta-iterations per block (default 5 quadratic / 1 MNIST, Neural Art, conv net)")
     parser.add_argument("--blocks", type=int, default=4, help="timed blocks, each with its own matmul reference")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")

@@ -111,9 +111,12 @@ def ratio(value: float, reference: float) -> float:
     return value / reference
 
 
-def best_baseline(stats: Dict[str, CurveStats], learned: Optional[str]) -> Optional[str]:
-    """The baseline with the lowest final mean loss; one with diverged runs ranks last."""
-    candidates = {n: (s.final_mean if s.nonfinite == 0 else float("inf")) for n, s in stats.items() if n != learned}
+def best_baseline(stats: Dict[str, CurveStats], learned) -> Optional[str]:
+    """The baseline with the lowest final mean loss; one with diverged runs ranks last. ``learned``: the name, or
+    names, of the learned optimizers among ``stats``."""
+    learned = {learned} if isinstance(learned, str) or learned is None else set(learned)
+    candidates = {n: (s.final_mean if s.nonfinite == 0 else float("inf")) for n, s in stats.items()
+                  if n not in learned}
     return min(candidates, key=candidates.get) if candidates else None
 
 
@@ -130,19 +133,21 @@ class Evaluation:
     stats: Dict[str, CurveStats]  # every optimizer, studied first
     best_baseline: Optional[str]
     rules: Dict[str, object] = field(default_factory=dict)  # every optimizer as it ran (baselines at their lr)
+    also: List[str] = field(default_factory=list)  # other learned optimizers run alongside (eval.compare)
 
 
 def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: Dict[str, BaselineConfig],
-                  grid: List[float], refine: int, learned: Optional[tuple] = None,
+                  grid: List[float], refine: int, learned: Optional[tuple] = None, also: Optional[dict] = None,
                   on_tuned: Callable[[str, TuningResult], None] = lambda name, result: None,
                   on_test_start: Callable[[], None] = lambda: None,
                   on_tested: Callable[[str], None] = lambda name: None) -> Evaluation:
     """Tune each baseline whose lr is null on the validation problems, then run the learned optimizer (``learned``:
-    (name, rule)) and every baseline on the same test problems. ``baselines``: name -> config, the studied one
-    first when a baseline is studied."""
+    (name, rule)), the other learned optimizers of ``also`` (name -> rule) and every baseline on the same test
+    problems. ``baselines``: name -> config, the studied one first when a baseline is studied."""
     rules, tuning = {}, {}
     if learned is not None:
         rules[learned[0]] = learned[1]
+    also = dict(also or {})
     for name, cfg in baselines.items():
         if cfg.lr is None:
             tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine)
@@ -150,12 +155,15 @@ def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: 
         else:
             tuning[name] = TuningResult(name, cfg.lr, {}, tuned=False)
         rules[name] = Baseline(cfg, tuning[name].lr)
+    studied = next(iter(rules))
+    rules = {studied: rules[studied], **also, **{n: r for n, r in rules.items() if n != studied}}
     on_test_start()
     stats = compare(family, test_problem, rules, num_steps, on_done=on_tested)
     learned_name = learned[0] if learned is not None else None
-    return Evaluation(studied=next(iter(rules)), learned=learned_name, num_steps=num_steps,
+    return Evaluation(studied=studied, learned=learned_name, num_steps=num_steps,
                       num_validation_functions=len(val_problem), num_test_functions=len(test_problem),
-                      tuning=tuning, stats=stats, best_baseline=best_baseline(stats, learned_name), rules=rules)
+                      tuning=tuning, stats=stats, best_baseline=best_baseline(stats, [learned_name, *also]),
+                      rules=rules, also=list(also))
 
 
 PICTURED_FUNCTIONS = 4

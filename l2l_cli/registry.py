@@ -22,6 +22,8 @@ class Entry:
     # field values that make a runnable config where a default cannot (a user's own code to point at): the contract
     # tests use them, relative paths from the repository root
     example: dict = field(default_factory=dict)
+    # smaller sizes for the contract tests' tiny runs (the same code paths with less arithmetic)
+    tiny: dict = field(default_factory=dict)
 
     def default_config(self):
         """This entry's config with its own defaults: the node its YAML extends."""
@@ -30,6 +32,10 @@ class Entry:
     def example_config(self):
         """A runnable config: the defaults, with ``example`` where a value has to come from the user."""
         return self.config(name=self.name, **{**self.defaults, **self.example})
+
+    def tiny_config(self):
+        """``example_config`` at ``tiny``'s sizes."""
+        return self.config(name=self.name, **{**self.defaults, **self.example, **self.tiny})
 
 
 class Registry:
@@ -40,10 +46,10 @@ class Registry:
         self._discovered = False
 
     def register(self, name: str, config: type, build: Callable, *, learned: bool = False,
-                 example: dict | None = None, **defaults) -> None:
+                 example: dict | None = None, tiny: dict | None = None, **defaults) -> None:
         if name in self._entries and self._entries[name].build is not build:
             raise ValueError(f"{self.group} {name!r} is registered twice ({self._entries[name].build} and {build})")
-        self._entries[name] = Entry(name, config, build, learned, defaults, example or {})
+        self._entries[name] = Entry(name, config, build, learned, defaults, example or {}, tiny or {})
 
     def unregister(self, name: str) -> None:
         """For tests that register a throw-away entry."""

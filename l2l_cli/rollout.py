@@ -13,6 +13,7 @@ from typing import List, Tuple
 import torch
 
 from l2l_cli.optimizees.base import Family, loss_and_grad
+from l2l_cli.optimizers.base import bind_to_family
 
 EVAL_COORDINATES = 2**17
 
@@ -51,6 +52,7 @@ def final_params(family: Family, problem, rule, num_steps: int) -> torch.Tensor:
 
 def _run(family: Family, problem, rule, num_steps: int, expected: bool):
     theta = family.initial_params(problem)
+    bind_to_family(rule, family)
     state = rule.init_state(theta)
     losses, grad = loss_and_grad(family, problem, theta, 0)
     record = [losses]

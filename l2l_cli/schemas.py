@@ -253,6 +253,9 @@ class EvalLoopConfig:
     baselines: List[str] = field(default_factory=_default_baselines)
     # name -> {optimizee: {field: value}, num_steps: N}: evaluate one optimizer on several variants of the task
     variants: Dict[str, Any] = field(default_factory=dict)
+    # name -> checkpoint: more learned optimizers run beside the studied one on every task and variant, as more
+    # columns (LSTM-sub, or optimizer=lstm beside lstm_sep); a null entry is left out
+    compare: Dict[str, Optional[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from l2l_cli.registry import OPTIMIZERS
@@ -266,6 +269,9 @@ class EvalLoopConfig:
             check(math.isfinite(lr) and lr > 0, "eval.lr_grid", f"every value must be positive, got {lr}")
         for name in self.baselines:
             check_choice(name, "eval.baselines", tuple(OPTIMIZERS.baselines()))
+        for name in self.compare:
+            check(name not in OPTIMIZERS.baselines(), f"eval.compare.{name}",
+                  "a baseline's name; name the other learned optimizer otherwise (e.g. lstm_sub)")
 
 
 @dataclass

@@ -121,6 +121,23 @@ def plot_curves(path: str | Path, curves: Sequence[Curve], title: str = "", ylab
     plt.close(fig)
 
 
+def write_generalization_tensorboard(tb_dir: str | Path, rows: Dict[str, Dict[str, float]],
+                                     steps: Dict[str, int]) -> None:
+    """The generalisation table in TensorBoard: each variant's mean final loss per optimizer as scalars
+    (``generalization/<variant>``, one run per optimizer's tag) and the table as text."""
+    writer = TensorBoardWriter(tb_dir)
+    try:
+        optimizers = list(next(iter(rows.values())))
+        lines = ["| variant | steps | " + " | ".join(optimizers) + " |", "|---" * (len(optimizers) + 2) + "|"]
+        for variant, row in rows.items():
+            for name, value in row.items():
+                writer.scalar(f"generalization/{variant}/{name}", value, steps[variant])
+            lines.append(f"| {variant} | {steps[variant]} | " + " | ".join(f"{row[n]:.4g}" for n in optimizers) + " |")
+        writer.text("generalization/table", "\n".join(lines), 0)
+    finally:
+        writer.close()
+
+
 def write_pictures(path: str | Path, tb_dir: str | Path, columns: Dict[str, object], title: str,
                    step: int) -> None:
     """An image grid (rows = functions, columns = ``columns``' names, each (n, 3, H, W) in [0, 1]) as a PNG with

@@ -26,6 +26,7 @@ from l2l_cli.meta.unroll import OptimizeeRun
 from l2l_cli.optimizees import build_family, loss_and_grad
 from l2l_cli.optimizees.base import held_out_problems, map_tensors
 from l2l_cli.optimizers import Baseline, LearnedOptimizer, baseline_config, build_learned
+from l2l_cli.optimizers.base import bind_to_family
 from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
 from l2l_cli.schemas import EvalConfig, EvalLoopConfig, TrainLoopConfig, TruncatedScheduleConfig
 from l2l_cli.seeding import generator
@@ -36,7 +37,7 @@ EVERY_OPTIMIZER = OPTIMIZERS.names()
 
 
 def tiny_family(name: str, batch_size: int = 2):
-    cfg = dataclasses.replace(OPTIMIZEES.get(name).example_config(), batch_size=batch_size)
+    cfg = dataclasses.replace(OPTIMIZEES.get(name).tiny_config(), batch_size=batch_size)
     return cfg, build_family(cfg)
 
 
@@ -184,6 +185,8 @@ def test_checkpoint_round_trip(tmp_path, family, optimizer):
     for key, value in net.state_dict().items():
         assert torch.equal(value, trained[key])
     grad = torch.randn(2, trainer.s.family.num_params)
+    bind_to_family(net, trainer.s.family)  # as every run does: the layout decides parameter groups
+    assert net.binding() == trainer.net.binding()
     with torch.no_grad():
         torch.testing.assert_close(net.step(grad, net.init_state(grad))[0],
                                    trainer.net.step(grad, trainer.net.init_state(grad))[0], rtol=0, atol=0)

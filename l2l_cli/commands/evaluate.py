@@ -31,6 +31,7 @@ from l2l_cli.writers import (
     write_csv,
     write_curves_csv,
     write_curves_tensorboard,
+    write_generalization_tensorboard,
     write_json,
     write_pictures,
 )
@@ -75,18 +76,51 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
     device = resolve_device(conf.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     learned = load_learned(conf, device, explicit_keys) if conf.optimizer.name in OPTIMIZERS.learned() else None
+    also = load_compared(conf, device, learned[0] if learned else conf.optimizer.name)
     if not conf.eval.variants:
-        results = evaluate_one(conf, out_dir, device, learned, config_record)
+        results = evaluate_one(conf, out_dir, device, learned, config_record, also)
         return results["optimizers"][results["studied"]]["final_mean"]
     results = {}
     for name, variant in conf.eval.variants.items():
         log.info("variant %s: %s", name, variant or "the base task")
         variant_conf = apply_variant(conf, name, variant)
-        results[name] = evaluate_one(variant_conf, out_dir / name, device, learned, config_record)
+        results[name] = evaluate_one(variant_conf, out_dir / name, device, learned, config_record, also)
         release_freed_memory()
     write_generalization(out_dir, results, config_record)
     first = next(iter(results.values()))
     return first["optimizers"][first["studied"]]["final_mean"]
+
+
+def load_compared(conf: EvalConfig, device, studied: str) -> dict:
+    """eval.compare's learned optimizers: name -> (optimizer, record for results.json), each as its checkpoint
+    trained it."""
+    compared = {}
+    for name, path in conf.eval.compare.items():
+        if path is None:
+            log.info("eval.compare.%s is not set: no %s column", name, name)
+            continue
+        if name == studied:
+            raise ConfigError(f"eval.compare.{name}: the studied optimizer's name; give the compared one another")
+        net, payload = load_learned_optimizer(path, device)
+        compared[name] = (net.eval(), {"checkpoint": str(path), "iteration": payload["iteration"],
+                                       "best_val": payload["best_val"], "optimizer": payload["optimizer"],
+                                       "optimizee": payload.get("optimizee")})
+    return compared
+
+
+def replace_fields(obj, changes: dict, key: str):
+    """A config dataclass with ``changes`` applied: a dict given for a nested dataclass field changes only the
+    fields it names (``optimizee: {data: {labels: [0, 1]}}`` keeps data.root)."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+    new = {}
+    for field_name, value in (changes or {}).items():
+        if field_name not in fields:
+            raise ConfigError(f"{key}.{field_name}: unknown key, allowed keys: {', '.join(sorted(fields))}")
+        current = getattr(obj, field_name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = replace_fields(current, value, f"{key}.{field_name}")
+        new[field_name] = value
+    return dataclasses.replace(obj, **new)
 
 
 def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
@@ -95,14 +129,11 @@ def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
     if unknown:
         raise ConfigError(f"eval.variants.{name}: unknown key {sorted(unknown)[0]!r}, allowed keys: optimizee, "
                           "num_steps")
-    fields = {f.name for f in dataclasses.fields(conf.optimizee)}
-    for key in variant.get("optimizee", {}) or {}:
-        if key not in fields:
-            raise ConfigError(f"eval.variants.{name}.optimizee.{key}: unknown key, allowed keys: "
-                              f"{', '.join(sorted(fields))}")
     try:
-        optimizee = dataclasses.replace(conf.optimizee, **(variant.get("optimizee") or {}))
+        optimizee = replace_fields(conf.optimizee, variant.get("optimizee") or {}, f"eval.variants.{name}.optimizee")
     except ConfigError as exc:
+        if str(exc).startswith(f"eval.variants.{name}"):
+            raise
         raise ConfigError(f"eval.variants.{name}: {exc}") from None
     loop = dataclasses.replace(conf.eval, num_steps=variant.get("num_steps", conf.eval.num_steps), variants={})
     return dataclasses.replace(conf, optimizee=optimizee, eval=loop)
@@ -117,20 +148,27 @@ def write_generalization(out_dir: Path, results: dict, config_record: dict | Non
     write_csv(out_dir / "generalization.csv", ["variant", "num_steps", *optimizers],
               ([variant, str(results[variant]["num_steps"]), *(f"{row[n]:.6g}" for n in optimizers)]
                for variant, row in rows.items()))
+    write_generalization_tensorboard(out_dir / "tb", rows, {v: r["num_steps"] for v, r in results.items()})
     write_json(out_dir / "results.json", {
         "generalization": rows,
         "learning_rates": {v: {n: lr["lr"] for n, lr in r["learning_rates"].items()} for v, r in results.items()},
         "nonfinite": {v: {n: r["optimizers"][n]["nonfinite"] for n in optimizers} for v, r in results.items()},
-        "variants": {v: {"optimizee": r["optimizee"], "num_steps": r["num_steps"]} for v, r in results.items()},
+        "variants": {v: {"optimizee": r["optimizee"], "num_steps": r["num_steps"], "data": r.get("data")}
+                     for v, r in results.items()},
         "data": next(iter(results.values())).get("data"),
+        **({"compared": next(iter(results.values()))["compared"]} if "compared" in next(iter(results.values()))
+           else {}),
         "config": config_record,
         "environment": environment_record(),
     })
 
 
-def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None) -> dict:
+def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None,
+                 also: dict | None = None) -> dict:
     """Compute (tune, compare) on one task, then write it; returns the results written to results.json.
-    ``learned``: (name, optimizer, record) from load_learned, or None when a baseline is studied."""
+    ``learned``: (name, optimizer, record) from load_learned, or None when a baseline is studied; ``also``:
+    load_compared's other learned optimizers."""
+    also = also or {}
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
     val_problem = held_out_problems(family, conf.eval.val_functions, num_steps, conf.data_seed, "validation", device)
@@ -147,12 +185,12 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
         test_task = []  # added when testing starts, so its clock starts then
 
         def on_test_start() -> None:
-            test_task.append(bar.add_task("test", total=len(baselines) + (learned is not None),
+            test_task.append(bar.add_task("test", total=len(baselines) + (learned is not None) + len(also),
                                           info=f"{len(test_problem)} test functions"))
 
         result = evaluate_task(
             family, val_problem, test_problem, num_steps, baselines, grid, conf.eval.refine_lr,
-            learned=None if learned is None else learned[:2],
+            learned=None if learned is None else learned[:2], also={n: net for n, (net, _) in also.items()},
             on_tuned=lambda name, r: bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(r.lr)}"),
             on_test_start=on_test_start,
             on_tested=lambda name: bar.update(test_task[0], advance=1, info=f"{name} done"))
@@ -163,18 +201,20 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
     shown = {n: result.rules[n] for n in (result.learned, result.best_baseline) if n is not None}
     pictures = final_pictures(family, test_problem, shown, num_steps)
     return write_evaluation(out_dir, result, conf, family.data_record(), None if learned is None else learned[2],
-                            config_record, pictures)
+                            config_record, pictures, {n: record for n, (_, record) in also.items()})
 
 
 def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: dict | None,
-                     learned_info: dict | None, config_record: dict | None, pictures: dict | None = None) -> dict:
+                     learned_info: dict | None, config_record: dict | None, pictures: dict | None = None,
+                     also_info: dict | None = None) -> dict:
     """The table on the console; TensorBoard, curves.csv, curves.png and results.json in out_dir; pictures.png
     (and TensorBoard's images tab) where the family draws its parameters as images."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, tuning, name = result.stats, result.tuning, conf.optimizee.name
     lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
-    if result.learned:
-        lr_text[result.learned] = "learned"
+    for learned in (result.learned, *result.also):
+        if learned:
+            lr_text[learned] = "learned"
     title = f"{name}: final loss (step {result.num_steps}) on {result.num_test_functions} test functions"
     show(results_table(stats, lr_text, result.learned, result.best_baseline, title))
     if learned_info is not None and learned_info.get("improved") is False:
@@ -199,6 +239,7 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
                   "test_stream": "test"},
         "studied": result.studied,
         "learned": learned_info,
+        **({"compared": also_info} if also_info else {}),
         "best_baseline": result.best_baseline,
         "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": {str(k): v for k, v in
                                                                                      r.scores.items()}}

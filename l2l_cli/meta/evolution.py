@@ -32,7 +32,7 @@ from torch.nn.utils import parameters_to_vector
 from l2l_cli.meta.unroll import UnrollGradient, step_terms
 from l2l_cli.meta.weights import split_like
 from l2l_cli.optimizees.base import Family, loss_and_grad, map_tensors
-from l2l_cli.optimizers.base import LearnedOptimizer
+from l2l_cli.optimizers.base import LearnedOptimizer, bind_to_family
 
 # coordinates per vmapped call on the CPU: copies go through in groups this size, whose activations stay in cache
 # (as the LSTM's own chunks); on a GPU all copies go at once
@@ -122,6 +122,7 @@ class PerturbedRun:
         self.replicas = copies_per_function(pairs, persistent)  # copy r * n + b is function b
         self.problem = family.repeat(problem, self.replicas)
         self.params = list(net.parameters())
+        bind_to_family(net, family)
         self.stepper = ParticleStep(net)
         with torch.no_grad():
             self.theta = family.initial_params(self.problem)

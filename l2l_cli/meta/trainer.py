@@ -18,7 +18,7 @@ from l2l_cli.meta.unroll import OptimizeeRun, RunStats, meta_train_run
 from l2l_cli.meta.weights import copy_into
 from l2l_cli.optimizees.base import Family, held_out_problems
 from l2l_cli.optimizers import build_learned
-from l2l_cli.optimizers.base import LearnedOptimizer
+from l2l_cli.optimizers.base import LearnedOptimizer, bind_to_family
 from l2l_cli.optimizers.compiled import maybe_compile
 from l2l_cli.rollout import selection_score
 from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
@@ -100,6 +100,7 @@ class MetaTrainer:
         # member 0 is exactly a single run with this seed; the others draw independent initialisations and functions
         torch.manual_seed(setup.seed if setup.member == 0 else stream_seed(setup.seed, "init", setup.member))
         self.net = build_learned(setup.optimizer).to(setup.device)
+        bind_to_family(self.net, setup.family)
         compiled = maybe_compile(self.net, setup.compile)  # never for es / pes (policy.plan_training)
         self.manual = gradient_estimator(self.net, setup.loop.bptt == "manual", setup.loop.second_order,
                                          compiled) if setup.loop.estimator == "tbptt" else None
@@ -128,6 +129,7 @@ class MetaTrainer:
     def payload(self) -> dict:
         return {
             "optimizer": asdict(self.s.optimizer),
+            **({"parameter_groups": self.net.binding()} if self.net.binding() is not None else {}),
             "optimizee": asdict(self.s.optimizee) if self.s.optimizee is not None else {},
             "schedule": asdict(self.s.schedule),
             "model": self.evaluated_state(),

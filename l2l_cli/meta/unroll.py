@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from l2l_cli.optimizees.base import Family, loss_and_grad
-from l2l_cli.optimizers.base import LearnedOptimizer
+from l2l_cli.optimizers.base import LearnedOptimizer, bind_to_family
 
 
 @dataclass
@@ -98,6 +98,7 @@ class OptimizeeRun:
         self.second_order, self.weighting = second_order, weighting
         self.manual = None if second_order else manual
         self.theta = family.initial_params(problem)
+        bind_to_family(net, family)
         self.state = net.init_state(self.theta)
         _, self.grad = loss_and_grad(family, problem, self.theta, 0)
 

@@ -17,6 +17,9 @@ class Family(Protocol):
     Built from its config dataclass: ``Family(cfg)``. Problems of one batch are independent: function i's losses
     and gradients depend on row i of theta alone, and ``select`` cuts a batch into parts that compute the same.
 
+    Optional: ``tensors``, a list of (name, shape) naming theta's columns in order (``conv1.weight``, ...), which
+    parameter-group rules match; without it theta is one tensor called 'theta'.
+
     Optional: ``pictures(problem, results) -> {column: images (n, 3, H, W) in [0, 1]}`` for a family whose
     parameters are images (``results``: optimizer name -> final theta); evaluation then writes an image grid.
     """
@@ -53,6 +56,17 @@ class Family(Protocol):
     def data_record(self) -> dict | None:
         """Where the family's data came from (sizes, source, index fingerprints) for results.json; None without
         data."""
+
+
+def parameter_layout(family: Family) -> tuple[tuple[str, int], ...]:
+    """(name, size) of each named tensor in theta's columns, in order: a family's optional ``tensors`` (name,
+    shape) list, or one tensor called 'theta'. What parameter-group rules (``optimizer=lstm_sep``) match."""
+    import math
+
+    tensors = getattr(family, "tensors", None)
+    if not tensors:
+        return (("theta", family.num_params),)
+    return tuple((name, math.prod(shape)) for name, shape in tensors)
 
 
 def map_tensors(obj: Any, fn) -> Any:

