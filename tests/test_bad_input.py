@@ -63,7 +63,7 @@ MALFORMED = [
     (["train", "optimizee=convnet", "optimizee.data.name=cifar10", "optimizee.data.root=/nonexistent/cifar"],
      "optimizee.data.root: /nonexistent/cifar is not a directory; expected cifar-10-batches-py with data_batch_1"),
     (["train", "optimizee=convnet", "optimizee.data.labels=[1,12]"],
-     "optimizee.data.labels: classes are integers 0..9, got [1, 12]"),
+     "optimizee.data.labels: [1, 12] names a class the data lacks (classes 0..9)"),
     (["train", "optimizee=convnet", "optimizer=lstm_sep", "optimizer.groups=['conv: conv*']"],
      "optimizer.groups: no rule takes the optimizee's tensor 'bn1.weight'"),
     (["train", "optimizer=lstm_sep", "optimizer.groups=['conv conv*']"],

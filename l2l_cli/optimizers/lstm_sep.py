@@ -127,16 +127,18 @@ class SeparateLSTMs(LearnedOptimizer):
     def forward(self, grad: torch.Tensor, state):
         """grad (n, P) -> (update (n, P), per group its LSTM's state): each group's columns through its LSTM."""
         n = grad.shape[0]
+        if self._order.device != grad.device:  # once, not a host-to-device copy per step
+            self._columns = [c.to(grad.device) for c in self._columns]
+            self._order = self._order.to(grad.device)
         pieces, new_state = [], []
         for net, cols, st in zip(self.nets.values(), self._columns, state, strict=True):
             if len(cols) == 0:
                 new_state.append(st)
                 continue
-            cols = cols.to(grad.device)
             update, st = net(grad[:, cols].reshape(-1), st)
             pieces.append(update.view(n, len(cols)))
             new_state.append(st)
-        return torch.cat(pieces, dim=1)[:, self._order.to(grad.device)], new_state
+        return torch.cat(pieces, dim=1)[:, self._order], new_state
 
 
 OPTIMIZERS.register("lstm_sep", LSTMSepConfig, SeparateLSTMs, learned=True)
