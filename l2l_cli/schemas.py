@@ -254,7 +254,8 @@ class EvalLoopConfig:
     # name -> {optimizee: {field: value}, num_steps: N}: evaluate one optimizer on several variants of the task
     variants: Dict[str, Any] = field(default_factory=dict)
     # name -> checkpoint: more learned optimizers run beside the studied one on every task and variant, as more
-    # columns (LSTM-sub, or optimizer=lstm beside lstm_sep); a null entry is left out
+    # columns (LSTM-sub, or optimizer=lstm beside lstm_sep); a null entry is left out. On the command line
+    # +eval.compare.NAME=PATH (+: a new key)
     compare: Dict[str, Optional[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

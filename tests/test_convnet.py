@@ -218,8 +218,9 @@ def test_tiny_train_and_transfer_experiment_through_the_cli(tmp_path):
 
     eval_dir = tmp_path / "eval"
     done = run_cli("eval", *tiny, "experiment=convnet_transfer", f"checkpoint={checkpoint}",
-                   f"eval.compare.lstm_sub={checkpoint}", "eval.num_functions=2", "eval.val_functions=2",
-                   "eval.lr_grid=[0.01,0.1]", "eval.refine_lr=0", "threads=1", f"hydra.run.dir={eval_dir}")
+                   f"eval.compare.lstm_sub={checkpoint}", f"eval.compare.lstm={checkpoint}", "eval.num_functions=2",
+                   "eval.val_functions=2", "eval.lr_grid=[0.01,0.1]", "eval.refine_lr=0", "threads=1",
+                   f"hydra.run.dir={eval_dir}")
     assert done.returncode == 0, done.stderr
     with open(eval_dir / "generalization.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -232,5 +233,6 @@ def test_tiny_train_and_transfer_experiment_through_the_cli(tmp_path):
         assert results["best_baseline"] in {"sgd", "nag", "rmsprop", "adam"}
     summary = json.loads((eval_dir / "results.json").read_text())
     assert summary["variants"]["classes_2"]["data"]["labels"] == [0, 1]
-    assert list(summary["generalization"]["classes_2"]) == ["lstm_sep", "lstm_sub", "sgd", "nag", "rmsprop", "adam"]
+    assert list(summary["generalization"]["classes_2"]) == ["lstm_sep", "lstm_sub", "lstm", "sgd", "nag", "rmsprop",
+                                                            "adam"]
     assert any(p.name.startswith("events.out.tfevents") for p in (eval_dir / "tb").iterdir())
