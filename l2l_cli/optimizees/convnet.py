@@ -37,6 +37,8 @@ class ConvNetConfig(OptimizeeConfig):
     batch_size: int = 1
     init_std: float = 0.01  # weights and biases ~ N(0, init_std^2) as in the original code; BN scale 1, shift 0
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    # the MNIST MLP's recipe (sum log f, cosine meta lr, weight average); 4 tuning functions rather than 8: the
+    # baselines' tuning is most of the evaluation's time (README, "Conv net")
     suggested: Suggested = field(default_factory=lambda: Suggested(
         iterations=200, val_every=25, val_functions=8, tune_functions=4, test_functions=32, weighting="log",
         meta_lr_schedule="cosine", ema_decay=0.95))
