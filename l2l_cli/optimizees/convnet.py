@@ -87,6 +87,10 @@ class ConvNetFamily(MinibatchClassifier):
         tensors += [("out.weight", (self.classes, features)), ("out.bias", (self.classes,))]
         self.tensors = tensors
         self.num_params = sum(math.prod(shape) for _, shape in tensors)
+        self._spans, offset = {}, 0  # name -> (start, stop) of its columns: fixed, so computed once, not per loss
+        for name, shape in tensors:
+            self._spans[name] = (offset, offset + math.prod(shape))
+            offset += math.prod(shape)
 
     def expected_chunk(self, n: int) -> int:
         return self.minibatch  # batch norm's statistics over minibatch-sized groups, as in training
@@ -100,11 +104,7 @@ class ConvNetFamily(MinibatchClassifier):
 
     def spans(self) -> dict:
         """name -> (start, stop) of each tensor in theta's columns."""
-        spans, offset = {}, 0
-        for name, shape in self.tensors:
-            spans[name] = (offset, offset + math.prod(shape))
-            offset += math.prod(shape)
-        return spans
+        return self._spans
 
     def unflatten(self, theta: torch.Tensor) -> dict:
         """name -> view of theta (n, P) as (n, *shape)."""
