@@ -147,14 +147,76 @@ class TruncatedScheduleConfig:
     weighting: str = "uniform"
 
     def __post_init__(self) -> None:
-        check_choice(self.name, "schedule.name", ("truncated",))
+        check_choice(self.name, "schedule.name", tuple(SCHEDULES))
         check_at_least_one(self, "schedule.", ("num_steps", "unroll"))
         check(self.unroll <= self.num_steps, "schedule.unroll",
               f"must be <= schedule.num_steps ({self.num_steps}), got {self.unroll}")
         check_choice(self.weighting, "schedule.weighting", WEIGHTINGS)
 
+    def unroll_lengths(self, num_steps: int, gen) -> List[int]:
+        """The truncations of one optimizee run of num_steps (``gen``: the trainer's generator, for drawn ones)."""
+        return [min(self.unroll, num_steps - start) for start in range(0, num_steps, self.unroll)]
 
-SCHEDULES = {"truncated": TruncatedScheduleConfig}
+    def horizons(self) -> List[int]:
+        """The optimizee horizons meta-training goes through; one unless a curriculum."""
+        return [self.num_steps]
+
+
+@dataclass
+class LogUniformScheduleConfig(TruncatedScheduleConfig):
+    """Truncations of random length, log-uniform in [min_unroll, unroll] (learned_optimization's schedule): no
+    fixed truncation length for the optimizer to fit."""
+
+    name: str = "loguniform"
+    min_unroll: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.min_unroll <= self.unroll, "schedule.min_unroll",
+              f"must be in [1, schedule.unroll] = [1, {self.unroll}], got {self.min_unroll}")
+
+    def unroll_lengths(self, num_steps: int, gen) -> List[int]:
+        import torch
+
+        lengths, covered = [], 0
+        low, high = math.log(self.min_unroll), math.log(self.unroll + 1)  # floor(exp(U)) covers unroll too
+        while covered < num_steps:
+            u = float(torch.rand((), generator=gen, dtype=torch.float64))
+            length = min(int(math.exp(low + u * (high - low))), self.unroll, num_steps - covered)
+            lengths.append(length)
+            covered += length
+        return lengths
+
+
+@dataclass
+class CurriculumScheduleConfig(TruncatedScheduleConfig):
+    """A curriculum over the optimizee horizon (Chen et al. 2020): stage k meta-trains on runs of stages[k] steps and
+    validates at the next stage's length; the stage ends after ``patience`` validations without a gain or
+    ``stage_iterations`` iterations; its best weights are restored, and training goes on to the next stage, or stops
+    where the stage brought no gain over the weights it started from (or after the last stage). num_steps: the last
+    stage's horizon, what evaluation runs by default."""
+
+    name: str = "curriculum"
+    stages: List[int] = field(default_factory=lambda: [100, 200, 500, 1000])
+    num_steps: int = 1000
+    stage_iterations: int = 200
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stages = [int(k) for k in self.stages]
+        check(len(self.stages) >= 1 and all(a < b for a, b in zip(self.stages, self.stages[1:], strict=False))
+              and self.stages[-1] == self.num_steps and self.stages[0] >= self.unroll, "schedule.stages",
+              f"must increase from >= schedule.unroll ({self.unroll}) to schedule.num_steps ({self.num_steps}), "
+              f"got {self.stages}")
+        check_at_least_one(self, "schedule.", ("stage_iterations", "patience"))
+
+    def horizons(self) -> List[int]:
+        return list(self.stages)
+
+
+SCHEDULES = {"truncated": TruncatedScheduleConfig, "loguniform": LogUniformScheduleConfig,
+             "curriculum": CurriculumScheduleConfig}
 
 
 # --- commands -----------------------------------------------------------------------------------------------------
@@ -211,6 +273,9 @@ class TrainLoopConfig:
     checkpoint_every: int = 50
     max_nonfinite: int = 10  # consecutive non-finite (skipped) meta-updates before the run stops
     evaluate: bool = True  # run `l2l eval` on best.pt at the end, into <run>/eval
+    # > 0: each training function's coordinates rescaled by exp(U(-c, c)) (Lv et al. 2017: 3); validation and
+    # evaluation never rescale
+    random_scale: float = 0.0
 
     def __post_init__(self) -> None:
         check_at_least_one(self, "train.", ("iterations", "population", "val_every", "val_functions",
@@ -229,6 +294,8 @@ class TrainLoopConfig:
               f"must be >= 1 or null (auto), got {self.workers}")
         check(0 <= self.meta_lr_final <= 1, "train.meta_lr_final", f"must be in [0, 1], got {self.meta_lr_final}")
         check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        check(math.isfinite(self.random_scale) and self.random_scale >= 0, "train.random_scale",
+              f"must be >= 0 (0 = off), got {self.random_scale}")
         check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",
               f"must be > 0 or null (no clipping), got {self.clip_grad}")
 

@@ -142,22 +142,48 @@ def test_torchrun_trains_what_one_process_trains(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
-def test_torchrun_over_two_nodes_meeting_at_a_rendezvous(tmp_path):
-    """`--nnodes=2`: two torchrun agents (here both on this machine) meet at a c10d rendezvous, one rank each."""
+def _two_torchrun_nodes(tmp_path, attempt: int):
+    """Both nodes' exit codes and outputs; each node writes to its own file: with pipes read one after the other, a
+    node whose agent logs more than a pipe holds would block on write while the other waits for it at torchrun's
+    exit barrier."""
     from l2l_cli.meta.distributed import free_port
 
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
     endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen([torchrun, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-                               f"--rdzv-endpoint={endpoint}", "--rdzv-id=l2l-test", f"--node-rank={k}", "-m",
-                               "l2l_cli", "train", *TINY_TRAIN, "train.iterations=3",
-                               f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for k in range(2)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert all(node.returncode == 0 for node in nodes), outputs
+    logs = [tmp_path / f"try{attempt}_node{k}.log" for k in range(2)]
+    nodes = []
+    for k, log in enumerate(logs):
+        with log.open("w") as sink:
+            nodes.append(subprocess.Popen([torchrun, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                                           f"--rdzv-endpoint={endpoint}", f"--rdzv-id=l2l-test-{attempt}",
+                                           f"--node-rank={k}", "-m", "l2l_cli", "train", *TINY_TRAIN,
+                                           "train.iterations=3", f"hydra.run.dir={tmp_path / f'run{attempt}'}"],
+                                          cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
+    try:
+        for node in nodes:
+            node.wait(timeout=150)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for node in nodes:
+            node.kill()
+            node.wait()
+    return [node.returncode for node in nodes], [log.read_text() for log in logs]
+
+
+def test_torchrun_over_two_nodes_meeting_at_a_rendezvous(tmp_path):
+    """`--nnodes=2`: two torchrun agents (here both on this machine) meet at a c10d rendezvous, one rank each."""
+    attempt = 0
+    codes, outputs = _two_torchrun_nodes(tmp_path, attempt)
+    if codes != [0, 0] and "3/3" in outputs[0] + outputs[1]:
+        # trained, then stuck in torchrun's own exit (seen once in CI on a loaded 2-core machine, never here in
+        # dozens of runs): one more try on a fresh port; our code failing fails both
+        attempt = 1
+        codes, outputs = _two_torchrun_nodes(tmp_path, attempt)
+    assert codes == [0, 0], outputs
     assert "distributed meta-training: 2 ranks" in " ".join(" ".join(outputs).split())
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 3
+    assert load_checkpoint(tmp_path / f"run{attempt}" / "checkpoints" / "last.pt")["iteration"] == 3
 
 
 def test_cli_trains_on_local_ranks(tmp_path):

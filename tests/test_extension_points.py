@@ -90,9 +90,9 @@ def test_an_architecture_without_manual_bptt_trains_through_autograd(tmp_path, r
 
 
 def test_a_checkpoint_of_an_unknown_architecture_fails_with_one_line(tmp_path):
-    path = save_checkpoint({"optimizer": {"name": "ntm_bfgs"}, "model": {}}, tmp_path / "x.pt")
+    path = save_checkpoint({"optimizer": {"name": "hypernetwork"}, "model": {}}, tmp_path / "x.pt")
     allowed = ", ".join(OPTIMIZERS.learned())
-    with pytest.raises(CheckpointError, match=rf"x.pt: its learned optimizer 'ntm_bfgs' is not one this l2l has "
+    with pytest.raises(CheckpointError, match=rf"x.pt: its learned optimizer 'hypernetwork' is not one this l2l has "
                                               rf"\(allowed values: {allowed}\)"):
         load_learned_optimizer(path)
 

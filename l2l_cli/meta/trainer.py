@@ -11,12 +11,19 @@ from typing import Callable, Optional
 import torch
 
 from l2l_cli.files import remember_checkpoint
-from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
+from l2l_cli.meta.checkpoint import (
+    CheckpointError,
+    check_architecture,
+    copy_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from l2l_cli.meta.distributed import DistributedRun, Rank, agree_stop, distributed_score, share
 from l2l_cli.meta.evolution import PerturbedRun
 from l2l_cli.meta.unroll import OptimizeeRun, RunStats, meta_train_run
 from l2l_cli.meta.weights import copy_into
 from l2l_cli.optimizees.base import Family, held_out_problems
+from l2l_cli.optimizees.rescaled import training_family
 from l2l_cli.optimizers import build_learned
 from l2l_cli.optimizers.base import LearnedOptimizer, bind_to_family
 from l2l_cli.optimizers.compiled import maybe_compile
@@ -44,6 +51,10 @@ class StopRequested(RuntimeError):
 
 NOT_IMPROVED_HINT = ("lower train.meta_lr, check optimizer.output_scale and optimizer.preprocess, or train for more "
                      "iterations")
+
+
+def copy_state(state: dict) -> dict:
+    return {name: value.detach().clone() for name, value in state.items()}
 
 
 def improvement(history, best_val: float) -> dict:
@@ -107,8 +118,12 @@ class MetaTrainer:
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
-        self.val_problem = held_out_problems(setup.family, setup.loop.val_functions, setup.schedule.num_steps,
-                                             setup.data_seed, "validation", setup.device)
+        self.train_family = training_family(setup.family, setup.loop.random_scale)
+        self.val_problems: dict = {}  # validation horizon -> its fixed functions
+        # the curriculum's place (schedule=curriculum; one stage otherwise): the stage, when it began, validations
+        # in a row without a gain, the score at its start of the weights it started from, and whether it is over
+        self.stage, self.stage_start, self.stale, self.reference, self.finished = 0, 0, 0, math.inf, False
+        self.best_weights: Optional[dict] = None
         self.writer = writer
         # the averaged weights are what validation, best.pt and evaluation see; the raw ones keep training
         self.ema = [p.detach().clone() for p in self.net.parameters()] if setup.loop.ema_decay > 0 else None
@@ -144,6 +159,8 @@ class MetaTrainer:
             "seed": self.s.seed,
             "member": self.s.member,
             "data_seed": self.s.data_seed,
+            "curriculum": {"stage": self.stage, "stage_start": self.stage_start, "stale": self.stale,
+                           "reference": self.reference, "finished": self.finished},
         }
 
     def save(self, name: str) -> Path:
@@ -171,6 +188,10 @@ class MetaTrainer:
         self.best_iteration = int(payload["best_iteration"])
         self.skipped_total = int(payload.get("skipped_total", 0))
         self.history = [tuple(h) for h in payload.get("history", [])]
+        place = payload.get("curriculum", {})
+        self.stage, self.stage_start = int(place.get("stage", 0)), int(place.get("stage_start", 0))
+        self.stale, self.reference = int(place.get("stale", 0)), float(place.get("reference", math.inf))
+        self.finished = bool(place.get("finished", False))
         self._carry_over(Path(path).with_name("best.pt"))
 
     def _carry_over(self, source: Path) -> None:
@@ -215,15 +236,64 @@ class MetaTrainer:
         finally:
             copy_into(list(self.net.parameters()), trained)
 
+    @property
+    def horizon(self) -> int:
+        """The optimizee steps of this stage's training runs."""
+        return self.s.schedule.horizons()[self.stage]
+
+    @property
+    def val_horizon(self) -> int:
+        """The steps validation runs: the next stage's horizon in a curriculum, else the training horizon."""
+        horizons = self.s.schedule.horizons()
+        return horizons[min(self.stage + 1, len(horizons) - 1)]
+
     def _score(self) -> float:
+        steps = self.val_horizon
+        if steps not in self.val_problems:
+            self.val_problems[steps] = held_out_problems(self.s.family, self.s.loop.val_functions, steps,
+                                                         self.s.data_seed, "validation", self.s.device)
+        problem = self.val_problems[steps]
         self.net.eval()
         try:
             if self.rank is None:
-                return selection_score(self.s.family, self.val_problem, self.net, self.s.schedule.num_steps)
-            return distributed_score(self.s.family, self.val_problem, self.net, self.s.schedule.num_steps,
-                                     self.rank)
+                return selection_score(self.s.family, problem, self.net, steps)
+            return distributed_score(self.s.family, problem, self.net, steps, self.rank)
         finally:
             self.net.train()
+
+    # -- curriculum ---------------------------------------------------------------------------------------------
+    @property
+    def curriculum(self) -> bool:
+        return len(self.s.schedule.horizons()) > 1
+
+    def curriculum_step(self, gain: bool) -> None:
+        """After a validation: end the stage after ``patience`` validations without a gain or ``stage_iterations``
+        iterations; then restore its best weights and advance, or finish where it gained nothing or was the last."""
+        schedule = self.s.schedule
+        self.stale = 0 if gain else self.stale + 1
+        if self.stale < schedule.patience and self.iteration - self.stage_start < schedule.stage_iterations:
+            return
+        gained = self.best_val < self.reference
+        # the stage's best, or where it gained nothing the best it started from (after a resume: best.pt's)
+        self.restore_weights(self.best_weights or load_checkpoint(self.checkpoint_dir / "best.pt"))
+        last = self.stage + 1 >= len(schedule.horizons())
+        log.info("curriculum: stage %d (%d steps) ended at iteration %d: %s", self.stage, self.horizon,
+                 self.iteration, "its best weights restored" if gained else "no gain: the weights it started from restored")
+        self._log("curriculum/stage", float(self.stage))
+        if not gained or last:
+            self.finished = True
+            return
+        self.stage, self.stage_start, self.stale = self.stage + 1, self.iteration, 0
+        self.reference = self.validate()  # the restored weights at the new stage's validation horizon
+        self.best_val = self.reference
+        log.info("curriculum: stage %d trains %d steps, validates at %d (starting from %.4g)", self.stage,
+                 self.horizon, self.val_horizon, self.reference)
+
+    def restore_weights(self, payload: dict) -> None:
+        """The weights of a checkpoint of this run (trained and averaged); the meta-optimizer's state goes on."""
+        self.net.load_state_dict(payload.get("trained_model", payload["model"]))
+        if self.ema is not None:
+            self.ema = [payload["model"][name].clone() for name, _ in self.net.named_parameters()]
 
     def meta_lr(self, iteration: int) -> float:
         """The meta learning rate for an iteration: a function of the iteration alone, so resume reproduces it."""
@@ -237,21 +307,22 @@ class MetaTrainer:
         s = self.s
         for group in self.meta_opt.param_groups:
             group["lr"] = self.meta_lr(self.iteration)
-        problem = s.family.sample(s.batch_size, s.schedule.num_steps, self.gen, s.device)
+        family = self.train_family
+        problem = family.sample(s.batch_size, self.horizon, self.gen, s.device)
+        lengths = s.schedule.unroll_lengths(self.horizon, self.gen)
         start, stop = 0, s.batch_size
         if self.rank is not None:  # this rank's share; the meta-gradient all-reduced
             start, stop = share(s.batch_size, self.rank)
-            problem = s.family.select(problem, start, stop)
+            problem = family.select(problem, start, stop)
         if s.loop.estimator == "tbptt":
-            run = OptimizeeRun(s.family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
+            run = OptimizeeRun(family, problem, self.net, s.loop.second_order, s.schedule.weighting, self.manual)
         else:
-            run = PerturbedRun(s.family, problem, self.net, self.gen, sigma=s.loop.es.sigma, pairs=s.loop.es.pairs,
+            run = PerturbedRun(family, problem, self.net, self.gen, sigma=s.loop.es.sigma, pairs=s.loop.es.pairs,
                                persistent=s.loop.estimator == "pes", weighting=s.schedule.weighting,
                                rows=(start, stop, s.batch_size))
         if self.rank is not None:
             run = DistributedRun(run, (stop - start) / s.batch_size)
-        return meta_train_run(run, self.net, self.meta_opt, s.schedule.num_steps, s.schedule.unroll,
-                              clip_grad=s.loop.clip_grad)
+        return meta_train_run(run, self.net, self.meta_opt, lengths, clip_grad=s.loop.clip_grad)
 
     def _log(self, tag: str, value: float) -> None:
         if self.writer is not None and math.isfinite(value):
@@ -263,7 +334,9 @@ class MetaTrainer:
         if self.iteration == 0:
             self.history.append((0, self.validate()))
             self._log("val/final_loss", self.history[-1][1])
-        while self.iteration < loop.iterations:
+            if self.curriculum:
+                self.reference = self.history[-1][1]
+        while self.iteration < loop.iterations and not self.finished:
             stats = self.train_iteration()
             self.update_average()
             self.iteration += 1
@@ -290,14 +363,20 @@ class MetaTrainer:
                 val = self.validate()
                 self.history.append((self.iteration, val))
                 self._log("val/final_loss", val)
+                gain = val < min(self.best_val, self.reference)
                 if val < self.best_val:
                     self.best_val, self.best_iteration = val, self.iteration
                     self.save("best.pt")
+                    if self.curriculum:  # what the stage's end restores, on every rank
+                        self.best_weights = {"model": self.evaluated_state(),
+                                             "trained_model": copy_state(self.net.state_dict())}
                 self._log("val/best_final_loss", self.best_val)
+                if self.curriculum:
+                    self.curriculum_step(gain)
             stop = should_stop()  # a signal number, or 0
             if self.rank is not None:  # all ranks stop after the same iteration
                 stop = agree_stop(stop, self.s.device)
-            if self.iteration % loop.checkpoint_every == 0 or last or stop:
+            if self.iteration % loop.checkpoint_every == 0 or last or stop or self.finished:
                 self.save("last.pt")
             if on_iteration:
                 on_iteration(self, stats)

@@ -122,16 +122,17 @@ class OptimizeeRun:
         return UnrollGradient(grads, loss_sum.detach(), final.detach())
 
 
-def meta_train_run(run, net: LearnedOptimizer, meta_opt: torch.optim.Optimizer, num_steps: int, unroll: int,
-                   clip_grad: float | None = None) -> RunStats:
-    """Truncated BPTT over one optimizee run with a meta-update after each unroll. ``run``: an ``OptimizeeRun``, or
-    anything with its ``unroll(start, steps)`` (``distributed.DistributedRun`` all-reduces a rank's share)."""
+def meta_train_run(run, net: LearnedOptimizer, meta_opt: torch.optim.Optimizer, lengths, clip_grad: float | None = None
+                   ) -> RunStats:
+    """Truncated BPTT over one optimizee run of sum(lengths) steps, cut into unrolls of those lengths, with a
+    meta-update after each. ``run``: an ``OptimizeeRun``, or anything with its ``unroll(start, steps)``
+    (``distributed.DistributedRun`` all-reduces a rank's share)."""
     loss_total = 0.0
     finite = []
     norm = torch.zeros(())
     params = list(net.parameters())
-    for start in range(0, num_steps, unroll):
-        steps = min(unroll, num_steps - start)
+    num_steps, start = sum(lengths), 0
+    for steps in lengths:
         meta_opt.zero_grad(set_to_none=True)
         result = run.unroll(start, steps)
         for p, g in zip(params, result.grads, strict=True):
@@ -142,6 +143,7 @@ def meta_train_run(run, net: LearnedOptimizer, meta_opt: torch.optim.Optimizer, 
         if finite[-1]:
             meta_opt.step()
         loss_total = loss_total + result.loss_sum
+        start += steps
     return RunStats(mean_loss=float(loss_total) / num_steps, final_loss=float(result.final.mean()),
                     skipped_updates=finite.count(False), updates=finite.count(True), finite=finite,
                     grad_norm=float(norm))
