@@ -117,3 +117,46 @@ def runs_table(records, title: str, caption: str | None = None) -> Table:
                      status])
     return make_table(title, ("run", "overrides", "val best", "test final", "best baseline", "ratio", "status"),
                       rows, caption=caption, right=("val best", "test final", "ratio"))
+
+
+def seeds_table(groups, title: str) -> Table:
+    """One row per configuration over its seeds: the ratio of the learned optimizer's mean final test loss to its
+    best tuned baseline's (mean, std, 95% interval), how many seeds beat that baseline, the mean log10 gap."""
+    rows = []
+    for g in groups:
+        low, high = g.interval
+        rows.append([g.label, str(len(g.runs)), fmt(g.mean), fmt(g.std),
+                     f"[{fmt(low)}, {fmt(high)}]" if math.isfinite(low) else "",
+                     f"{g.wins} of {len(g.runs)}", fmt(g.log10_gap)])
+    return make_table(title, ("configuration", "seeds", "ratio mean", "std", "95% interval", "beat best baseline",
+                              "log10 gap"), rows,
+                      caption="ratio: learned / best tuned baseline, mean final test loss (< 1: learned better); "
+                              "log10 gap: learned - best baseline mean log10 final loss",
+                      right=("seeds", "ratio mean", "std", "log10 gap"))
+
+
+def matrix_cell_text(cell: dict) -> str:
+    return f"{fmt(cell['ratio_mean'])} / {fmt(cell['ratio_median'])} / {cell['log10_gap']:+.2f}"
+
+
+def matrix_table(rows: dict, best: dict, title: str) -> Table:
+    """Rows = meta-trained optimizers, columns = test tasks; a cell: learned / best tuned baseline on the mean final
+    loss, on the median, and the difference of mean log10 final losses (decades; < 0: learned better); the row
+    with the lowest mean ratio per task in bold."""
+    variants = list(dict.fromkeys(v for cells in rows.values() for v in cells))
+    cells = []
+    for row, row_cells in rows.items():
+        texts = []
+        for variant in variants:
+            cell = row_cells.get(variant)
+            text = matrix_cell_text(cell) if cell else ""
+            if cell and best.get(variant) == row:
+                text = f"[bold]{text}[/]"
+            if cell and cell["ratio_mean"] < 1:
+                text = f"[green]{text}[/]"
+            texts.append(text)
+        cells.append([row, *texts])
+    steps = {v: next(c[v]["num_steps"] for c in rows.values() if v in c) for v in variants}
+    return make_table(title, ("optimizer", *(f"{v} ({steps[v]} steps)" for v in variants)), cells,
+                      caption="mean ratio / median ratio / mean-log10 gap vs the best tuned baseline of each task "
+                              "(< 1, < 1, < 0: learned better; green: beats it on the mean; bold: best row per task)")

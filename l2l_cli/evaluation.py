@@ -140,17 +140,23 @@ def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: 
                   grid: List[float], refine: int, learned: Optional[tuple] = None, also: Optional[dict] = None,
                   on_tuned: Callable[[str, TuningResult], None] = lambda name, result: None,
                   on_test_start: Callable[[], None] = lambda: None,
-                  on_tested: Callable[[str], None] = lambda name: None) -> Evaluation:
+                  on_tested: Callable[[str], None] = lambda name: None, tuning_cache=None) -> Evaluation:
     """Tune each baseline whose lr is null on the validation problems, then run the learned optimizer (``learned``:
     (name, rule)), the other learned optimizers of ``also`` (name -> rule) and every baseline on the same test
-    problems. ``baselines``: name -> config, the studied one first when a baseline is studied."""
+    problems. ``baselines``: name -> config, the studied one first when a baseline is studied. ``tuning_cache``:
+    anything with ``get(name) -> TuningResult | None`` and ``put(name, result)`` for this task's validation
+    problems, so that optimizers evaluated on the same task share one tuning of each baseline."""
     rules, tuning = {}, {}
     if learned is not None:
         rules[learned[0]] = learned[1]
     also = dict(also or {})
     for name, cfg in baselines.items():
         if cfg.lr is None:
-            tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine)
+            tuning[name] = tuning_cache.get(name) if tuning_cache is not None else None
+            if tuning[name] is None:
+                tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine)
+                if tuning_cache is not None:
+                    tuning_cache.put(name, tuning[name])
             on_tuned(name, tuning[name])
         else:
             tuning[name] = TuningResult(name, cfg.lr, {}, tuned=False)

@@ -273,9 +273,9 @@ class TrainLoopConfig:
     checkpoint_every: int = 50
     max_nonfinite: int = 10  # consecutive non-finite (skipped) meta-updates before the run stops
     evaluate: bool = True  # run `l2l eval` on best.pt at the end, into <run>/eval
-    # > 0: each training function's coordinates rescaled by exp(U(-c, c)) (Lv et al. 2017: 3); validation and
-    # evaluation never rescale
-    random_scale: float = 0.0
+    # c > 0: each training function's coordinates rescaled by exp(U(-c, c)) (Lv et al. 2017: 3); 0: off; null: the
+    # learned optimizer's recipe (3 for rnnprop, else 0). Validation and evaluation never rescale.
+    random_scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         check_at_least_one(self, "train.", ("iterations", "population", "val_every", "val_functions",
@@ -294,8 +294,9 @@ class TrainLoopConfig:
               f"must be >= 1 or null (auto), got {self.workers}")
         check(0 <= self.meta_lr_final <= 1, "train.meta_lr_final", f"must be in [0, 1], got {self.meta_lr_final}")
         check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        check(math.isfinite(self.random_scale) and self.random_scale >= 0, "train.random_scale",
-              f"must be >= 0 (0 = off), got {self.random_scale}")
+        check(self.random_scale is None or (math.isfinite(self.random_scale) and self.random_scale >= 0),
+              "train.random_scale", f"must be >= 0 (0 = off) or null (the learned optimizer's recipe), got "
+              f"{self.random_scale}")
         check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",
               f"must be > 0 or null (no clipping), got {self.clip_grad}")
 
@@ -318,6 +319,10 @@ class EvalLoopConfig:
     # best of all (2: eighth-decade resolution around the optimum for four more runs per baseline; 0 = grid only)
     refine_lr: int = 2
     baselines: List[str] = field(default_factory=_default_baselines)
+    # a directory where baseline tunings are kept, keyed by everything they depend on (task, validation functions,
+    # grid, baseline, device, torch): evaluations of several optimizers on one task then tune each baseline once
+    # (experiment=generalization_matrix); null: tune every time
+    tuning_cache: Optional[str] = None
     # name -> {optimizee: {field: value}, num_steps: N}: evaluate one optimizer on several variants of the task
     variants: Dict[str, Any] = field(default_factory=dict)
     # name -> checkpoint: more learned optimizers run beside the studied one on every task and variant, as more

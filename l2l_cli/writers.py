@@ -138,6 +138,21 @@ def write_generalization_tensorboard(tb_dir: str | Path, rows: Dict[str, Dict[st
         writer.close()
 
 
+def write_matrix_tensorboard(tb_dir: str | Path, rows: Dict[str, Dict[str, dict]], text: str) -> None:
+    """The generalisation matrix in TensorBoard: per task and optimizer the three figures against the best tuned
+    baseline as scalars (``matrix/<figure>/<task>/<optimizer>``) and the whole matrix as a text table."""
+    writer = TensorBoardWriter(tb_dir)
+    try:
+        for row, cells in rows.items():
+            for variant, cell in cells.items():
+                for key in ("ratio_mean", "ratio_median", "log10_gap"):
+                    if math.isfinite(cell[key]):
+                        writer.scalar(f"matrix/{key}/{variant}/{row}", cell[key], cell["num_steps"])
+        writer.text("matrix/table", text, 0)
+    finally:
+        writer.close()
+
+
 def write_pictures(path: str | Path, tb_dir: str | Path, columns: Dict[str, object], title: str,
                    step: int) -> None:
     """An image grid (rows = functions, columns = ``columns``' names, each (n, 3, H, W) in [0, 1]) as a PNG with

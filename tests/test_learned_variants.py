@@ -3,13 +3,15 @@ optimizee horizon, log-uniform truncations. (The contract tests cover every new 
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 
 import pytest
 import torch
 
 from l2l_cli.meta.policy import plan_training
-from l2l_cli.meta.trainer import MetaTrainer
+from l2l_cli.meta.trainer import MetaTrainer, random_scale
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import loss_and_grad
 from l2l_cli.optimizees.mlp import MLPConfig
@@ -19,8 +21,13 @@ from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
 from l2l_cli.optimizers.lstm_gac import GlobalAveragingLSTM, LSTMGACConfig, average_cells
 from l2l_cli.optimizers.ntm_bfgs import NTMBFGS, NTMBFGSConfig, dense_memory, read_memory, write_memory
 from l2l_cli.optimizers.rnnprop import RNNprop, RNNpropConfig, rnnprop_inputs
-from l2l_cli.schemas import (ConfigError, CurriculumScheduleConfig, LogUniformScheduleConfig, TrainLoopConfig,
-                             TruncatedScheduleConfig)
+from l2l_cli.schemas import (
+    ConfigError,
+    CurriculumScheduleConfig,
+    LogUniformScheduleConfig,
+    TrainLoopConfig,
+    TruncatedScheduleConfig,
+)
 from l2l_cli.seeding import generator
 from tests.conftest import run_cli
 
@@ -161,8 +168,13 @@ def test_meta_training_rescales_its_functions_and_validation_never_does(tmp_path
     assert all(not isinstance(p, RescaledProblems) for p in trainer.val_problems.values())
     plain = tiny_trainer(tmp_path / "plain", TrainLoopConfig(iterations=1, val_every=1, val_functions=2))
     assert plain.train_family is plain.s.family
-    with pytest.raises(ConfigError, match=r"train.random_scale: must be >= 0 \(0 = off\), got -1"):
+    with pytest.raises(ConfigError, match=r"train.random_scale: must be >= 0 \(0 = off\) or null \(the learned "
+                                          r"optimizer's recipe\), got -1"):
         TrainLoopConfig(random_scale=-1)
+    # null: the architecture's recipe, 3 for RNNprop (Lv et al.), off for the others
+    assert random_scale(TrainLoopConfig(), RNNpropConfig()) == 3.0
+    assert random_scale(TrainLoopConfig(), LSTMConfig()) == 0
+    assert random_scale(TrainLoopConfig(random_scale=0), RNNpropConfig()) == 0
 
 
 # --- unroll schedules ---------------------------------------------------------------------------------------------
@@ -244,3 +256,45 @@ def test_curriculum_and_random_scale_from_the_command_line(tmp_path):
                   f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "curriculum: stage 0 (4 steps) ended" in " ".join((out.stdout + out.stderr).split())
+
+
+# --- the generalisation matrix ------------------------------------------------------------------------------------
+
+def test_generalization_matrix_runs_as_hydra_jobs(tmp_path):
+    """Two optimizer types meta-trained on quadratics, each evaluated on the six default tasks (MNIST ones switch
+    family) with baselines tuned once per task for the sweep; one matrix whose cells are the jobs' own figures."""
+    short = [f"eval.variants.{v}.num_steps={k}" for v, k in (("mnist", 6), ("mnist_relu", 6), ("mnist_2_layers", 6),
+                                                               ("mnist_1000_steps", 8), ("quadratic", 6),
+                                                               ("quadratic_1000_steps", 8))]
+    out = run_cli("train", "-m", "experiment=generalization_matrix", "optimizee=quadratic", "optimizer=lstm,rnnprop",
+                  "debug=tiny", "optimizee.dim=4", "optimizee.batch_size=8", "train.iterations=2",
+                  "eval.num_functions=8", "eval.val_functions=4", "eval.lr_grid=[0.03,0.3]", "eval.refine_lr=0",
+                  *short, f"hydra.sweep.dir={tmp_path}", env={"COLUMNS": "250"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = " ".join((out.stdout + out.stderr).split())
+    assert "generalisation matrix: 2 optimizers x 6 tasks" in text
+    rows = list(csv.DictReader(open(tmp_path / "matrix.csv")))
+    assert [(r["optimizer"], r["task"]) for r in rows][:2] == [("optimizer=lstm", "mnist"),
+                                                               ("optimizer=lstm", "mnist_relu")]
+    assert len(rows) == 12 and {r["num_steps"] for r in rows} == {"6", "8"}
+    for job, name in (("0", "lstm"), ("1", "rnnprop")):
+        for task in ("mnist_relu", "quadratic_1000_steps"):
+            results = json.loads((tmp_path / job / "eval" / task / "results.json").read_text())
+            assert results["optimizee"]["name"] == task.split("_")[0] and results["studied"] == name
+            (row,) = [r for r in rows if r["optimizer"] == f"optimizer={name}" and r["task"] == task]
+            figures = results["optimizers"]
+            baselines = {n: v for n, v in figures.items() if n != name}
+            best_mean = min(v["final_mean"] for v in baselines.values())
+            best_median = min(v["final_median"] for v in baselines.values())
+            best_log10 = min(v["final_mean_log10"] for v in baselines.values())
+            assert float(row["ratio_mean"]) == pytest.approx(figures[name]["final_mean"] / best_mean)
+            assert float(row["ratio_median"]) == pytest.approx(figures[name]["final_median"] / best_median)
+            assert float(row["log10_gap"]) == pytest.approx(figures[name]["final_mean_log10"] - best_log10)
+    # each baseline tuned once per task: the second job read every tuning from the cache, the same learning rates
+    assert len(list((tmp_path / "tuning_cache").glob("*.json"))) == 6 * 4
+    for task in ("mnist", "quadratic"):
+        lrs = [json.loads((tmp_path / job / "eval" / task / "results.json").read_text())["learning_rates"]
+               for job in "01"]
+        assert lrs[0] == lrs[1]
+    assert text.count("from the tuning cache") >= 24
+    assert (tmp_path / "matrix_tb").is_dir() and json.loads((tmp_path / "matrix.json").read_text())["rows"]

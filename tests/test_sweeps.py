@@ -153,3 +153,44 @@ def test_job_threads_share_the_cores(monkeypatch, launcher, configured, expected
     monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(common.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(launcher=launcher)))
     assert common.job_threads(configured) == expected
+
+
+def test_seeds_are_one_configuration_in_the_sweep_summary_and_in_plot(sweeps, tmp_path):
+    """The submitit sweep ran seed=0,1 of one configuration: one group of two seeds, whose ratios are the jobs'
+    own (learned / best tuned baseline, mean final test loss)."""
+    sweep_dir, result = sweeps["submitit"]
+    (group,) = json.loads((sweep_dir / "seeds.json").read_text())
+    ratios = []
+    for job in ("0", "1"):
+        results = json.loads((sweep_dir / job / "eval" / "results.json").read_text())
+        optimizers = results["optimizers"]
+        ratios.append(optimizers[results["studied"]]["final_mean"] / optimizers[results["best_baseline"]]["final_mean"])
+    assert group["seeds"] == [0, 1] and group["ratios"] == pytest.approx(ratios)
+    assert group["ratio_mean"] == pytest.approx(sum(ratios) / 2)
+    assert group["ratio_std"] == pytest.approx(abs(ratios[0] - ratios[1]) / math.sqrt(2))
+    half = 12.706 * group["ratio_std"] / math.sqrt(2)  # Student's t, 1 degree of freedom
+    assert group["ratio_ci95"] == pytest.approx([group["ratio_mean"] - half, group["ratio_mean"] + half])
+    assert group["beat_best_baseline"] == sum(r < 1 for r in ratios)
+    assert "over seeds" in result.stdout and (sweep_dir / "seeds.csv").is_file()
+    assert not (sweeps["joblib"][0] / "seeds.json").exists()  # no configuration there ran twice
+    out = tmp_path / "plot"
+    plotted = run_cli("plot", str(sweep_dir), "--out", str(out), env={"COLUMNS": "220"})
+    assert plotted.returncode == 0, plotted.stderr
+    (row,) = list(csv.DictReader(open(out / "seeds.csv")))
+    assert row["seeds"] == "0 1" and float(row["ratio_mean"]) == pytest.approx(group["ratio_mean"])
+    (tb,) = list((out / "tb_seeds").iterdir())
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert "1 configurations over seeds" in " ".join(plotted.stdout.split())
+
+
+def test_seed_group_statistics():
+    from l2l_cli.seeds import SeedGroup, t975
+
+    group = SeedGroup("x", {}, runs=[(s, r, -0.5) for s, r in enumerate([0.8, 1.2, 0.9, 0.7, 0.9])])
+    assert group.mean == pytest.approx(0.9) and group.std == pytest.approx(math.sqrt(0.035))
+    low, high = group.interval
+    assert high - group.mean == pytest.approx(2.776 * math.sqrt(0.035 / 5))  # t(0.975, 4)
+    assert group.wins == 4 and group.log10_gap == -0.5
+    assert t975(30) == pytest.approx(2.042, abs=0.005) and t975(60) == pytest.approx(2.000, abs=0.005)

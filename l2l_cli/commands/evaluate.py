@@ -21,7 +21,7 @@ from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config
 from l2l_cli.optimizers.compiled import maybe_compile, should_compile
-from l2l_cli.registry import OPTIMIZERS
+from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
 from l2l_cli.rundir import RunDirLock
 from l2l_cli.runtime import configure_torch, environment_record, release_freed_memory, resolve_device
 from l2l_cli.schemas import ConfigError, EvalConfig
@@ -124,13 +124,22 @@ def replace_fields(obj, changes: dict, key: str):
 
 
 def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
-    """The config of one generalisation variant: optimizee fields and/or num_steps replaced."""
+    """The config of one generalisation variant: optimizee fields and/or num_steps replaced; ``optimizee.name``
+    another family (its defaults, then the variant's fields)."""
     unknown = set(variant) - {"optimizee", "num_steps"}
     if unknown:
         raise ConfigError(f"eval.variants.{name}: unknown key {sorted(unknown)[0]!r}, allowed keys: optimizee, "
                           "num_steps")
+    changes = dict(variant.get("optimizee") or {})
+    base = conf.optimizee
+    family = changes.pop("name", base.name)
+    if family != base.name:  # another family: its own defaults, then the variant's fields
+        if family not in OPTIMIZEES.names():
+            raise ConfigError(f"eval.variants.{name}.optimizee.name: got {family!r}, allowed values: "
+                              f"{', '.join(OPTIMIZEES.names())}")
+        base = OPTIMIZEES.get(family).default_config()
     try:
-        optimizee = replace_fields(conf.optimizee, variant.get("optimizee") or {}, f"eval.variants.{name}.optimizee")
+        optimizee = replace_fields(base, changes, f"eval.variants.{name}.optimizee")
     except ConfigError as exc:
         if str(exc).startswith(f"eval.variants.{name}"):
             raise
@@ -178,6 +187,14 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
         baselines = {conf.optimizer.name: conf.optimizer,
                      **{k: v for k, v in baselines.items() if k != conf.optimizer.name}}
     grid = conf.eval.lr_grid
+    cache = None
+    if conf.eval.tuning_cache:
+        from l2l_cli.tuning_cache import TuningCache
+
+        cache = TuningCache(conf.eval.tuning_cache, {
+            "optimizee": asdict(conf.optimizee), "num_steps": num_steps, "val_functions": conf.eval.val_functions,
+            "data_seed": conf.data_seed, "grid": list(grid), "refine": conf.eval.refine_lr, "device": str(device)},
+            baselines)
     with progress() as bar:
         to_tune = [n for n, c in baselines.items() if c.lr is None]
         tune_task = bar.add_task("tune lr", total=len(to_tune), info=f"{len(grid)} values x {len(val_problem)} "
@@ -193,7 +210,7 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
             learned=None if learned is None else learned[:2], also={n: net for n, (net, _) in also.items()},
             on_tuned=lambda name, r: bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(r.lr)}"),
             on_test_start=on_test_start,
-            on_tested=lambda name: bar.update(test_task[0], advance=1, info=f"{name} done"))
+            on_tested=lambda name: bar.update(test_task[0], advance=1, info=f"{name} done"), tuning_cache=cache)
     for tuning in result.tuning.values():
         if tuning.at_grid_edge:
             log.warning("%s: the best learning rate %s is at the edge of eval.lr_grid; widen the grid",

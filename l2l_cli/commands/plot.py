@@ -2,7 +2,8 @@
 
 Writes to --out (default: DIR/plot for one DIR, else outputs/plot/<time>): TensorBoard (each run's curves and the
 hparams table: overrides vs validation and test losses), comparison.png, comparison.csv; prints a rich table
-sorted by the validation metric.
+sorted by the validation metric. Runs that differ only in ``seed`` are also summarised as one configuration
+(``seeds``): seeds.csv, a table, and tb_seeds/ for TensorBoard's hparams view.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from l2l_cli.console import runs_table, show
+from l2l_cli.console import runs_table, seeds_table, show
 from l2l_cli.rundir import RunDirBusy, RunDirLock, unique_suffix
 from l2l_cli.runs import RunRecord, collect_runs, metrics_of
+from l2l_cli.seeds import SeedGroup, seed_groups
+from l2l_cli.sweep import write_seed_groups
 from l2l_cli.writers import Curve, TensorBoardWriter, plot_curves, write_csv
 
 TAG_SAFE = str.maketrans({"/": "_", " ": "_", "=": "-", ",": "_"})
@@ -40,6 +43,23 @@ def write_tensorboard(out: Path, records: list[RunRecord]) -> None:
             hparams["status"] = record.status
             metrics = {k: v for k, v in metrics_of(record).items() if math.isfinite(v)}
             writer.hparams(hparams, metrics or {"val/best": math.nan})
+        finally:
+            writer.close()
+
+
+def write_seed_tensorboard(out: Path, groups: list[SeedGroup]) -> None:
+    """TensorBoard's hparams view over configurations: one entry per group of runs differing only in seed."""
+    keys = sorted({k for g in groups for k in g.overrides})
+    for k, group in enumerate(groups):
+        writer = TensorBoardWriter(out / "tb_seeds" / f"{k:03d}_{group.label.translate(TAG_SAFE)[:80]}")
+        try:
+            low, high = group.interval
+            metrics = {"seeds/ratio_mean": group.mean, "seeds/ratio_std": group.std, "seeds/ratio_ci95_low": low,
+                       "seeds/ratio_ci95_high": high, "seeds/beat_best_baseline": float(group.wins),
+                       "seeds/mean_log10_gap": group.log10_gap}
+            hparams = {**{key: group.overrides.get(key, "") for key in keys}, "seeds": len(group.runs)}
+            writer.hparams(hparams, {k: v for k, v in metrics.items() if math.isfinite(v)} or
+                           {"seeds/ratio_mean": math.nan})
         finally:
             writer.close()
 
@@ -96,7 +116,15 @@ def main(argv: list[str] | None = None) -> None:
         write_tensorboard(out, records)
         write_comparison_csv(out / "comparison.csv", records)
         has_png = plot_png(out / "comparison.png", records)
+        groups = seed_groups(records)
+        over_seeds = any(len(g.runs) > 1 for g in groups)
+        if over_seeds:
+            write_seed_groups(out / "seeds.csv", groups)
+            write_seed_tensorboard(out, groups)
     finally:
         lock.release()
     show(runs_table(records, f"{len(records)} runs, best validation loss first"))
-    print(f"wrote {out}: tb/, comparison.csv{', comparison.png' if has_png else ''}")
+    if over_seeds:
+        show(seeds_table(groups, f"{len(groups)} configurations over seeds"))
+    print(f"wrote {out}: tb/, comparison.csv{', comparison.png' if has_png else ''}"
+          f"{', seeds.csv, tb_seeds/ (hparams over seeds)' if over_seeds else ''}")

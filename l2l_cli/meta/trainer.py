@@ -53,6 +53,13 @@ NOT_IMPROVED_HINT = ("lower train.meta_lr, check optimizer.output_scale and opti
                      "iterations")
 
 
+def random_scale(loop: TrainLoopConfig, optimizer) -> float:
+    """train.random_scale, or where null the learned optimizer's own recipe (``suggested_random_scale``)."""
+    if loop.random_scale is not None:
+        return float(loop.random_scale)
+    return float(getattr(optimizer, "suggested_random_scale", 0.0))
+
+
 def copy_state(state: dict) -> dict:
     return {name: value.detach().clone() for name, value in state.items()}
 
@@ -118,7 +125,7 @@ class MetaTrainer:
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
-        self.train_family = training_family(setup.family, setup.loop.random_scale)
+        self.train_family = training_family(setup.family, random_scale(setup.loop, setup.optimizer))
         self.val_problems: dict = {}  # validation horizon -> its fixed functions
         # the curriculum's place (schedule=curriculum; one stage otherwise): the stage, when it began, validations
         # in a row without a gain, the score at its start of the weights it started from, and whether it is over
@@ -278,7 +285,8 @@ class MetaTrainer:
         self.restore_weights(self.best_weights or load_checkpoint(self.checkpoint_dir / "best.pt"))
         last = self.stage + 1 >= len(schedule.horizons())
         log.info("curriculum: stage %d (%d steps) ended at iteration %d: %s", self.stage, self.horizon,
-                 self.iteration, "its best weights restored" if gained else "no gain: the weights it started from restored")
+                 self.iteration, "its best weights restored" if gained else
+                 "no gain: the weights it started from restored")
         self._log("curriculum/stage", float(self.stage))
         if not gained or last:
             self.finished = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import ClassVar, Tuple
 
 import torch
 from torch import nn
@@ -28,6 +28,8 @@ class RNNpropConfig(LearnedOptimizerConfig):
     beta2: float = 0.95  # decay of the second moment v (Lv et al.: 0.95)
     eps: float = 1e-8  # added to sqrt(v_hat)
     output_scale: float = 0.1  # the update is output_scale * tanh(.): at most this far per coordinate and step
+    # its training recipe: train.random_scale: null means this (Lv et al. rescale by exp(U(-3, 3)))
+    suggested_random_scale: ClassVar[float] = 3.0
 
     def __post_init__(self) -> None:
         check_at_least_one(self, "optimizer.", ("hidden_size", "layers"))
