@@ -127,6 +127,20 @@ def default_workers(task: str, device) -> int:
     return setup_for(task, device, None, loop).workers
 
 
+def step_flops(trainer: MetaTrainer) -> int:
+    """FLOPs of one coordinate's forward step of the trainer's learned optimizer: the LSTMs' formula, or for other
+    architectures (GACs, a memory, moments) torch's FlopCounterMode over one step of a function of the family."""
+    if isinstance(trainer.s.optimizer, LSTMConfig):
+        return lstm_forward_flops(trainer.s.optimizer)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    grad = torch.randn(1, trainer.s.family.num_params)
+    state = trainer.net.init_state(grad)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        trainer.net.step(grad, state, 0)
+    return round(counter.get_total_flops() / grad.numel())
+
+
 def trainer_for(task: str, device, compiled: bool, unroll: int | None = None, estimator: str = "tbptt"
                 ) -> MetaTrainer:
     loop = TrainLoopConfig(iterations=10**9, val_every=10**9, checkpoint_every=10**9, val_functions=1, workers=1,
@@ -201,7 +215,7 @@ def bench_meta_training(task: str, device, compiled: bool, iterations: int, bloc
         return per_call(trainer.train_iteration, iterations, device)
 
     coord_steps = trainer.s.batch_size * trainer.s.family.num_params * trainer.s.schedule.num_steps
-    model_flops = forward_passes(trainer.s.loop) * lstm_forward_flops(trainer.s.optimizer) * coord_steps
+    model_flops = forward_passes(trainer.s.loop) * step_flops(trainer) * coord_steps
     best, figures = summarise(blocks_of(one_block, blocks, device), model_flops)
     seconds = figures.pop("seconds")
     peak = figures["matmul_flops_per_second"]
@@ -272,7 +286,7 @@ def bench_distributed(task: str, device, iterations: int, blocks: int, world: in
         close_group()
     local.join()
     coord_steps = trainer.s.batch_size * trainer.s.family.num_params * trainer.s.schedule.num_steps
-    model_flops = 3 * lstm_forward_flops(trainer.s.optimizer) * coord_steps
+    model_flops = 3 * step_flops(trainer) * coord_steps
     _, figures = summarise(measured, model_flops)
     seconds = figures.pop("seconds")
     return {"seconds_per_meta_iteration": seconds,
@@ -435,13 +449,22 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--ranks", type=int, default=None, help="ranks of the distributed mode (default: as l2l "
                         "train chooses); on CUDA, 1 runs one rank on NCCL")
+    parser.add_argument("--optimizer", default=None,
+                        help="the learned optimizer to meta-train on every task (default: each task's own: lstm, "
+                             "lstm_sep for the conv net), e.g. lstm_gac, ntm_bfgs, rnnprop")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     args = parser.parse_args()
+    if args.optimizer:
+        from l2l_cli.registry import OPTIMIZERS
+
+        for task in TASKS:
+            TASK_OPTIMIZERS[task] = OPTIMIZERS.get(args.optimizer).default_config()
     configure_torch(args.threads)  # as `l2l` does: threads, and malloc keeping freed memory
     device = resolve_device(args.device)
     tasks, modes = args.tasks.split(","), args.modes.split(",")
     peak = matmul_flops(device)
     figures = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+               "optimizer": args.optimizer or "each task's own",
                "matmul_flops_per_second": peak, "blocks": args.blocks, "meta_training": {}, "learned_step": {},
                "memory": {}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; each figure is the fastest "

@@ -20,7 +20,7 @@ from l2l_cli.optimizees.rescaled import RescaledFamily, RescaledProblems
 from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
 from l2l_cli.optimizers.lstm_gac import GlobalAveragingLSTM, LSTMGACConfig, average_cells
 from l2l_cli.optimizers.ntm_bfgs import NTMBFGS, NTMBFGSConfig, dense_memory, read_memory, write_memory
-from l2l_cli.optimizers.rnnprop import RNNprop, RNNpropConfig, rnnprop_inputs
+from l2l_cli.optimizers.rnnprop import RNNprop, RNNpropConfig, bias_corrections, rnnprop_inputs
 from l2l_cli.schemas import (
     ConfigError,
     CurriculumScheduleConfig,
@@ -122,7 +122,8 @@ def test_rnnprop_inputs_equal_a_hand_computation():
     gs = [0.5, -2.0, 0.25]
     m = v = torch.zeros(1, dtype=D)
     for t, g in enumerate(gs):
-        features, m, v = rnnprop_inputs(torch.tensor([g], dtype=D), m, v, t, b1, b2, eps)
+        g = torch.tensor([g], dtype=D)
+        features, m, v = rnnprop_inputs(g, m, v, bias_corrections(t, b1, b2, g), b1, b2, eps)
     hand_m = hand_v = 0.0
     for g in gs:
         hand_m, hand_v = b1 * hand_m + (1 - b1) * g, b2 * hand_v + (1 - b2) * g * g

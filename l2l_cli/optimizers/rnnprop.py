@@ -45,13 +45,19 @@ class RNNpropConfig(LearnedOptimizerConfig):
                 "beta2": self.beta2, "eps": self.eps}
 
 
-def rnnprop_inputs(grad, m, v, t: int, beta1: float, beta2: float, eps: float):
+def bias_corrections(t: int, beta1: float, beta2: float, like: torch.Tensor) -> torch.Tensor:
+    """[1 / (1 - beta1^(t+1)), 1 / (1 - beta2^(t+1))] for step t (0 = first), as a tensor: a compiled step then
+    takes every t without recompiling."""
+    return like.new_tensor([1 / (1 - beta1 ** (t + 1)), 1 / (1 - beta2 ** (t + 1))])
+
+
+def rnnprop_inputs(grad, m, v, corrections, beta1: float, beta2: float, eps: float):
     """One step of Adam's moments and RNNprop's inputs: (m, v) updated with grad, then
-    (m_hat / (sqrt(v_hat) + eps), grad / (sqrt(v_hat) + eps)) with the bias corrections of step t (0 = first)."""
+    (m_hat / (sqrt(v_hat) + eps), grad / (sqrt(v_hat) + eps)), hats by ``bias_corrections``."""
     m = beta1 * m + (1 - beta1) * grad
     v = beta2 * v + (1 - beta2) * grad * grad
-    denom = (v / (1 - beta2 ** (t + 1))).sqrt() + eps
-    return torch.stack((m / (1 - beta1 ** (t + 1)) / denom, grad / denom)), m, v
+    denom = (v * corrections[1]).sqrt() + eps
+    return torch.stack((m * corrections[0] / denom, grad / denom)), m, v
 
 
 class RNNprop(LearnedOptimizer):
@@ -78,13 +84,14 @@ class RNNprop(LearnedOptimizer):
                                      for _ in self.weights]]
 
     def step(self, grad: torch.Tensor, state, t: int = 0) -> Tuple[torch.Tensor, list]:
-        update, state = self(grad.reshape(-1), state, t)
+        corrections = bias_corrections(t, self.config.beta1, self.config.beta2, grad)
+        update, state = self(grad.reshape(-1), state, corrections)
         return update.view_as(grad), state
 
-    def forward(self, grad: torch.Tensor, state, t: int):
+    def forward(self, grad: torch.Tensor, state, corrections: torch.Tensor):
         cfg = self.config
         m, v, layers = state
-        features, m, v = rnnprop_inputs(grad, m, v, t, cfg.beta1, cfg.beta2, cfg.eps)
+        features, m, v = rnnprop_inputs(grad, m, v, corrections, cfg.beta1, cfg.beta2, cfg.eps)
         x = nn.functional.elu(torch.addmm(self.input.bias.unsqueeze(1), self.input.weight, features))
         new_layers = []
         for weight, bias, (h, c) in zip(self.weights, self.biases, layers, strict=True):
