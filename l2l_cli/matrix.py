@@ -5,21 +5,13 @@ median (ratio) and mean log10 (difference, in decades)."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 from l2l_cli.evaluation import ratio
 from l2l_cli.runs import RunRecord
+from l2l_cli.runs import _read_json as _read
 
 FIGURES = (("final_mean", "ratio_mean"), ("final_median", "ratio_median"), ("final_mean_log10", "log10_gap"))
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def task_cell(results: dict) -> dict:

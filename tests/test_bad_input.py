@@ -15,7 +15,7 @@ MALFORMED = [
      "optimizee.distribution: got 'cauchy', allowed values: gaussian, uniform"),
     (["train", "optimizee=nope"], f"optimizee=nope: no such option, allowed values: {', '.join(OPTIMIZEES.names())}"),
     (["train", "optimizer=lbfgs"], f"optimizer=lbfgs: no such option, allowed values: {', '.join(OPTIMIZERS.names())}"),
-    (["train", "schedule=cosine"], "schedule=cosine: no such option, allowed values: truncated"),
+    (["train", "schedule=cosine"], "schedule=cosine: no such option, allowed values: curriculum, loguniform, truncated"),
     (["train", "optimizee.nope=1"],
      "optimizee.nope: unknown key, allowed keys under optimizee: activation, alpha, args, batch_norm, batch_size"),
     (["train", "optimizee=mnist", "optimizee.dim=4"],
