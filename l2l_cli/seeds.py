@@ -8,6 +8,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from l2l_cli.matrix import task_cell
 from l2l_cli.runs import RunRecord, metrics_of
 
 # Student's t, 97.5% quantile, by degrees of freedom: the 95% interval of a mean over few seeds
@@ -66,15 +67,8 @@ class SeedGroup:
 
 
 def log10_gap(record: RunRecord) -> float:
-    """The studied optimizer's mean log10 final loss minus the lowest of its baselines'."""
-    if not record.results:
-        return math.nan
-    optimizers = record.results["optimizers"]
-    learned = optimizers[record.learned].get("final_mean_log10", math.nan)
-    baselines = [v.get("final_mean_log10", math.nan) for n, v in optimizers.items()
-                 if n != record.learned and n not in (record.results.get("compared") or {})]
-    baselines = [b for b in baselines if math.isfinite(b)]
-    return learned - min(baselines) if baselines and math.isfinite(learned) else math.nan
+    """The studied optimizer's mean log10 final loss minus the lowest of its baselines' (the matrix cell's figure)."""
+    return task_cell(record.results)["log10_gap"] if record.results else math.nan
 
 
 def seed_groups(records: list[RunRecord]) -> list[SeedGroup]:
@@ -94,6 +88,6 @@ def seed_groups(records: list[RunRecord]) -> list[SeedGroup]:
     return list(groups.values())
 
 
-def has_seed_axis(records: list[RunRecord]) -> bool:
+def over_seeds(groups: list[SeedGroup]) -> bool:
     """Whether some configuration was run with more than one seed."""
-    return any(len(g.runs) > 1 for g in seed_groups(records))
+    return any(len(g.runs) > 1 for g in groups)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from l2l_cli.console import fmt, matrix_cell_text, matrix_table, runs_table, seeds_table, show
 from l2l_cli.matrix import best_rows, collect_matrix
 from l2l_cli.runs import RunRecord, collect_runs
-from l2l_cli.seeds import seed_groups
+from l2l_cli.seeds import over_seeds, seed_groups
 from l2l_cli.writers import write_csv, write_json, write_matrix_tensorboard
 
 log = logging.getLogger("l2l.sweep")
@@ -29,7 +29,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     rows = summary_rows(records)
     groups = seed_groups(records)
     write_json(sweep_dir / "summary.json", rows)
-    if any(len(g.runs) > 1 for g in groups):  # some configuration ran over several seeds
+    if over_seeds(groups):  # some configuration ran over several seeds
         write_seed_groups(sweep_dir / "seeds.csv", groups)
         write_json(sweep_dir / "seeds.json", [g.record() for g in groups])
     write_csv(sweep_dir / "summary.csv", ["job", "status", "val_best", "test_final_mean", "improved", "overrides",
@@ -39,7 +39,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     failed = sum(row["status"] == "failed" for row in rows)
     show(runs_table(records, f"sweep {sweep_dir}: {len(rows)} jobs, {failed} failed",
                                caption="sorted by validation loss; failed jobs last"))
-    if any(len(g.runs) > 1 for g in groups):
+    if over_seeds(groups):
         show(seeds_table(groups, f"sweep {sweep_dir}: over seeds"))
     matrix = collect_matrix(records)
     if matrix:  # jobs evaluated on several tasks: experiment=generalization_matrix

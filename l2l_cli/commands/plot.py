@@ -17,7 +17,7 @@ from pathlib import Path
 from l2l_cli.console import runs_table, seeds_table, show
 from l2l_cli.rundir import RunDirBusy, RunDirLock, unique_suffix
 from l2l_cli.runs import RunRecord, collect_runs, metrics_of
-from l2l_cli.seeds import SeedGroup, seed_groups
+from l2l_cli.seeds import SeedGroup, over_seeds, seed_groups
 from l2l_cli.sweep import write_seed_groups
 from l2l_cli.writers import Curve, TensorBoardWriter, plot_curves, write_csv
 
@@ -117,14 +117,14 @@ def main(argv: list[str] | None = None) -> None:
         write_comparison_csv(out / "comparison.csv", records)
         has_png = plot_png(out / "comparison.png", records)
         groups = seed_groups(records)
-        over_seeds = any(len(g.runs) > 1 for g in groups)
-        if over_seeds:
+        several = over_seeds(groups)
+        if several:
             write_seed_groups(out / "seeds.csv", groups)
             write_seed_tensorboard(out, groups)
     finally:
         lock.release()
     show(runs_table(records, f"{len(records)} runs, best validation loss first"))
-    if over_seeds:
+    if several:
         show(seeds_table(groups, f"{len(groups)} configurations over seeds"))
     print(f"wrote {out}: tb/, comparison.csv{', comparison.png' if has_png else ''}"
-          f"{', seeds.csv, tb_seeds/ (hparams over seeds)' if over_seeds else ''}")
+          f"{', seeds.csv, tb_seeds/ (hparams over seeds)' if several else ''}")
