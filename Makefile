@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 L2L := $(VENV)/bin/l2l
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install train test test-fast lint bench tensorboard clean
+.PHONY: install train test test-fast lint docs bench tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,12 @@ test: install  ## the whole suite (CI runs this)
 test-fast: install  ## without the end-to-end CLI tests
 	$(PY) -m pytest -q -m "not slow"
 
-lint: install
+lint: install  ## ruff, and the layer contracts of .importlinter (a wrong-way import or an import circle fails)
 	$(VENV)/bin/ruff check l2l_cli tests benchmarks examples
+	$(VENV)/bin/lint-imports --no-cache
+
+docs: install  ## the user guide (docs/) as a site in site/; a broken link or missing page fails
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install  ## speed figures, printed and written to benchmarks/results/
 	$(PY) benchmarks/speed.py
@@ -33,5 +37,5 @@ tensorboard: install
 
 clean:
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
-	rm -rf .pytest_cache build dist *.egg-info
+	rm -rf .pytest_cache build dist *.egg-info site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.speed import trainer_for  # noqa: E402
+from benchmarks.tasks import trainer_for  # noqa: E402
 
 
 def main() -> None:

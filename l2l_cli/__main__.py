@@ -1,4 +1,4 @@
-from l2l_cli.cli import main
+from l2l_cli.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -12,8 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from l2l_cli.cli import config_dir
-from l2l_cli.commands.config import register_schemas
+from l2l_cli.cli.config import config_dir, register_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,8 @@ before any work is done and without a traceback. Run in-process through the real
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from l2l_cli.cli import main
-from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
+from l2l_cli.cli.main import main
+from l2l_cli.core.registry import OPTIMIZEES, OPTIMIZERS
 
 MALFORMED = [
     (["train", "optimizee.dim=abc"], "optimizee.dim: Value 'abc' of type 'str' could not be converted to Integer"),
@@ -21,7 +21,8 @@ MALFORMED = [
      "optimizee.nope: unknown key, allowed keys under optimizee: activation, alpha, args, batch_norm, batch_size"),
     (["train", "optimizee=mnist", "optimizee.dim=4"],
      "optimizee.dim: unknown key, allowed keys under optimizee=mnist: activation, batch_size, data, hidden"),
-    (["train", "trian.iterations=5"], "trian: unknown key, allowed keys: compile, data_seed, device, eval, optimizee"),
+    (["train", "trian.iterations=5"],
+     "trian: unknown key, allowed keys: compile, data_seed, device, estimator, eval, optimizee"),
     (["train", "train.iteration=5"],
      "train.iteration: unknown key, allowed keys under train: iterations, population, meta_lr"),
     (["train", "schedule.unroll=200"], "schedule.unroll: must be <= schedule.num_steps (100), got 200"),
@@ -39,13 +40,21 @@ MALFORMED = [
     (["train", "train.clip_grad=0"], "train.clip_grad: must be > 0 or null (no clipping), got 0.0"),
     (["train", "train.val_every=0"], "train.val_every: must be >= 1, got 0"),
     (["train", "train.meta_lr_schedule=step"], "train.meta_lr_schedule: got 'step', allowed values: constant, cosine"),
-    (["train", "train.bptt=magic"], "train.bptt: got 'magic', allowed values: manual, autograd"),
-    (["train", "train.estimator=reinforce"], "train.estimator: got 'reinforce', allowed values: tbptt, es, pes"),
-    (["train", "train.es.sigma=0"], "train.es.sigma: must be a positive number, got 0.0"),
-    (["train", "train.es.pairs=0"], "train.es.pairs: must be >= 1, got 0"),
-    (["train", "train.estimator=pes", "train.second_order=true"],
-     "train.second_order: only with train.estimator=tbptt (es and pes never differentiate), got "
-     "train.estimator=pes"),
+    (["train", "estimator.bptt=magic"], "estimator.bptt: got 'magic', allowed values: manual, autograd"),
+    (["train", "estimator=reinforce"], "estimator=reinforce: no such option, allowed values: es, pes, tbptt"),
+    (["train", "estimator=es", "estimator.sigma=0"], "estimator.sigma: must be a positive number, got 0.0"),
+    (["train", "estimator=pes", "estimator.pairs=0"], "estimator.pairs: must be >= 1, got 0"),
+    (["train", "estimator=pes", "estimator.second_order=true"],
+     "estimator.second_order: unknown key, allowed keys under estimator=pes: name, pairs, sigma"),
+    # keys that moved to the estimator group name their new place
+    (["train", "train.estimator=pes"], "train.estimator: no longer a key; use estimator=<name> (a config group: "
+     "tbptt, es, pes)"),
+    (["train", "train.es.sigma=0.1"], "train.es.sigma: no longer a key; use estimator.sigma, with estimator=es or "
+     "estimator=pes"),
+    (["train", "train.bptt=autograd"], "train.bptt: no longer a key; use estimator.bptt (estimator=tbptt, the "
+     "default)"),
+    (["train", "train.second_order=true"], "train.second_order: no longer a key; use estimator.second_order "
+     "(estimator=tbptt, the default)"),
     (["train", "train.workers=0"], "train.workers: must be >= 1 or null (auto), got 0"),
     (["train", "train.workers=500"],
      "train.workers: each rank takes a share of optimizee.batch_size=128 functions, so at most 128, got 500"),
@@ -70,11 +79,11 @@ MALFORMED = [
     (["train", "optimizer=lstm_sep", "optimizer.groups=['conv conv*']"],
      "optimizer.groups: each rule is 'name: pattern [pattern ...]' with a Python identifier as the name, got "
      "'conv conv*'"),
-    (["train", "train.second_order=maybe"], "train.second_order: Value 'maybe' is not a valid bool"),
+    (["train", "estimator.second_order=maybe"], "estimator.second_order: Value 'maybe' is not a valid bool"),
     (["train", "eval.lr_grid=[]"], "eval.lr_grid: must not be empty"),
     (["train", "eval.lr_grid=[0.1,-1]"], "eval.lr_grid: every value must be positive, got -1.0"),
     (["train", "eval.baselines=[sgd,lbfgs]"],
-     f"eval.baselines: got 'lbfgs', allowed values: {', '.join(OPTIMIZERS.baselines())}"),
+     f"eval.baselines: got 'lbfgs', allowed values: {', '.join(sorted(OPTIMIZERS.baselines()))}"),
     (["train", "device=tpu"], "device: got 'tpu', allowed values: cpu, cuda, auto"),
     (["train", "threads=0"], "threads: must be >= 1 or null, got 0"),
     (["train", "seed=-1"], "seed: must be >= 0, got -1"),
@@ -116,7 +125,7 @@ def test_malformed_command_line(tmp_path, capsys, argv, message, monkeypatch):
 
 def test_debug_flag_shows_the_traceback(tmp_path, monkeypatch):
     _isolate_env(monkeypatch)
-    from l2l_cli.schemas import ConfigError
+    from l2l_cli.core.schemas import ConfigError
 
     with pytest.raises(ConfigError):
         main(["train", "schedule.unroll=200", "--debug", f"hydra.run.dir={tmp_path}"])

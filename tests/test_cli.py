@@ -14,10 +14,11 @@ import pytest
 from conftest import ROOT, TINY_TRAIN, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
+from l2l_cli.core.registry import OPTIMIZEES, OPTIMIZERS
+from l2l_cli.core.schemas import DEFAULT_BASELINES
 
-# every optimizer an eval compares: the learned one and every registered baseline
-EVALUATED = ["lstm", *OPTIMIZERS.baselines()]
+# every optimizer an eval compares: the learned one and the default eval.baselines
+EVALUATED = ["lstm", *DEFAULT_BASELINES]
 EVAL_STEPS = 10
 
 
@@ -49,7 +50,7 @@ def test_train_writes_checkpoints_logs_and_records(trained_and_evaluated):
 
 def test_es_and_pes_runs_report_what_truncated_bptt_runs_report(trained_and_evaluated, tmp_path):
     root, _, _ = trained_and_evaluated
-    pes = run_cli("train", *TINY_TRAIN, "train.estimator=pes", "train.es.pairs=2", "train.evaluate=false",
+    pes = run_cli("train", *TINY_TRAIN, "estimator=pes", "estimator.pairs=2", "train.evaluate=false",
                   f"hydra.run.dir={tmp_path}")
     assert pes.returncode == 0, pes.stdout + pes.stderr
     tags = []
@@ -172,7 +173,7 @@ def test_hydra_flags_still_work(tmp_path):
 def test_help_lists_every_config_group_option():
     """The help's group list (built from the registries and conf/, leaving the schemas out) matches conf/, and every
     registered family and optimizer has its YAML."""
-    from l2l_cli.commands.config import config_groups_help
+    from l2l_cli.cli.config import config_groups_help
 
     section = config_groups_help()
     listed = {}
@@ -182,6 +183,7 @@ def test_help_lists_every_config_group_option():
             listed[group] = options.split(" (")[0].split(", ")
     on_disk = {d.name: sorted(p.stem for p in d.glob("*.yaml"))
                for d in (ROOT / "conf").iterdir() if d.is_dir() and d.name != "hydra"}
+    assert listed.pop("baselines (eval.baselines)") == sorted(OPTIMIZERS.baselines())
     assert listed == on_disk
     assert listed["optimizee"] == OPTIMIZEES.names() and listed["optimizer"] == OPTIMIZERS.names()
 
@@ -200,8 +202,9 @@ def test_installed_wheel_runs_from_any_directory(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     result = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                             "import l2l_cli.cli as c; print(c.config_dir()); sys.argv=['l2l','train','--cfg','job'];"
-                             " c.main()", str(target)], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+                             "import l2l_cli.cli.config as c, l2l_cli.cli.main as m; print(c.config_dir());"
+                             " sys.argv=['l2l','train','--cfg','job']; m.main()", str(target)], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert str(target) in result.stdout.splitlines()[0]
     assert "num_steps: 100" in result.stdout

@@ -3,10 +3,10 @@
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from l2l_cli.commands.config import to_objects
+from l2l_cli.cli.config import to_objects, upgrade_recorded
+from l2l_cli.core.schemas import ConfigError
 from l2l_cli.optimizees import build_family
-from l2l_cli.optimizers.lstm import LSTMConfig
-from l2l_cli.schemas import ConfigError
+from l2l_cli.optimizers.learned.lstm import LSTMConfig
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
@@ -36,10 +36,11 @@ def test_user_keys_from_the_issue_exist(compose_cfg):
                                 "optimizee.dim=5", "optimizee.batch_size=4", "optimizer.layers=3",
                                 "optimizer.output_scale=0.5", "train.iterations=2", "train.meta_lr=0.1",
                                 "train.val_every=1", "train.checkpoint_every=1", "train.clip_grad=null",
-                                "train.second_order=true", "eval.num_functions=3", "eval.lr_grid=[0.1]",
+                                "estimator.second_order=true", "eval.num_functions=3", "eval.lr_grid=[0.1]",
                                 "resume=true"])
     conf = to_objects(cfg)
     assert conf.optimizer.hidden_size == 40 and conf.schedule.unroll == 10 and conf.train.clip_grad is None
+    assert conf.estimator.name == "tbptt" and conf.estimator.second_order is True
     baseline = to_objects(compose_cfg("eval", ["optimizer=adam", "optimizer.lr=0.3", "checkpoint=x.pt"])).optimizer
     assert baseline.lr == 0.3
 
@@ -85,12 +86,24 @@ def test_presets_compose(compose_cfg):
     gen = compose_cfg("eval", ["experiment=mnist_generalization", "checkpoint=x.pt"])
     assert gen.optimizee.name == "mnist" and list(gen.eval.variants) == ["base", "steps_200", "hidden_40",
                                                                         "layers_2", "relu"]
-    long = to_objects(compose_cfg("train", ["experiment=long_horizon", "train.estimator=pes"]))
+    long = to_objects(compose_cfg("train", ["experiment=long_horizon", "estimator=pes"]))
     assert (long.optimizee.name, long.schedule.num_steps, long.schedule.unroll) == ("quadratic", 1000, 50)
-    assert long.schedule.weighting == "log" and long.train.estimator == "pes" and long.train.iterations == 300
+    assert long.schedule.weighting == "log" and long.estimator.name == "pes" and long.train.iterations == 300
     search = compose_cfg("train", ["hparams_search=meta_lr"])
     assert search.hydra.sweeper.params["train.meta_lr"] == "tag(log, interval(1e-4, 3e-2))"
     assert "optuna" in search.hydra.sweeper._target_.lower()
     slurm = compose_cfg("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     assert slurm.hydra.launcher.partition == "gpu" and slurm.hydra.launcher.cpus_per_task == 4
     assert "SlurmLauncher" in slurm.hydra.launcher._target_
+
+
+def test_a_run_recorded_before_the_estimator_group_resumes_with_its_estimator():
+    """run.json of a run from before `estimator=` was a group: its train.estimator / train.es / train.bptt /
+    train.second_order become the estimator group, so `resume` continues it as it was trained."""
+    old = {"train": {"iterations": 5, "estimator": "pes", "es": {"sigma": 0.02, "pairs": 3}, "bptt": "manual",
+                     "second_order": False}, "optimizee": {"name": "quadratic"}}
+    new = upgrade_recorded(old)
+    assert new["estimator"] == {"name": "pes", "sigma": 0.02, "pairs": 3} and new["train"] == {"iterations": 5}
+    tbptt = upgrade_recorded({"train": {"bptt": "autograd", "second_order": True, "es": {"sigma": 0.01}}})
+    assert tbptt["estimator"] == {"name": "tbptt", "bptt": "autograd", "second_order": True}
+    assert upgrade_recorded({"train": {}, "estimator": {"name": "es"}})["estimator"] == {"name": "es"}

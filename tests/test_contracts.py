@@ -15,21 +15,23 @@ import math
 import pytest
 import torch
 
-from l2l_cli.commands.config import to_objects
-from l2l_cli.commands.evaluate import write_evaluation
-from l2l_cli.console import console
-from l2l_cli.evaluation import evaluate_task
-from l2l_cli.meta.checkpoint import load_learned_optimizer
+from l2l_cli.cli.config import to_objects
+from l2l_cli.cli.console import console
+from l2l_cli.cli.evaluate import write_evaluation
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.registry import ESTIMATORS, OPTIMIZEES, OPTIMIZERS
+from l2l_cli.core.schemas import EvalConfig, EvalLoopConfig, TrainLoopConfig
+from l2l_cli.evaluation.comparison import evaluate_task
+from l2l_cli.meta.estimators.tbptt import OptimizeeRun, fast_path
 from l2l_cli.meta.policy import plan_training
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
 from l2l_cli.meta.trainer import MetaTrainer
-from l2l_cli.meta.unroll import OptimizeeRun
 from l2l_cli.optimizees import build_family, loss_and_grad
 from l2l_cli.optimizees.base import held_out_problems, map_tensors
-from l2l_cli.optimizers import Baseline, LearnedOptimizer, baseline_config, build_learned
-from l2l_cli.optimizers.base import bind_to_family
-from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS
-from l2l_cli.schemas import EvalConfig, EvalLoopConfig, TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.baselines import baseline_config, build_baseline
+from l2l_cli.optimizers.learned import LearnedRule, build_learned
+from l2l_cli.optimizers.learned.base import bind_to_family
+from l2l_cli.optimizers.learned.loading import load_learned_optimizer
 
 FAMILIES = OPTIMIZEES.names()
 LEARNED = OPTIMIZERS.learned()
@@ -41,7 +43,7 @@ def tiny_family(name: str, batch_size: int = 2):
     return cfg, build_family(cfg)
 
 
-def tiny_learned(name: str, dtype=torch.float32) -> LearnedOptimizer:
+def tiny_learned(name: str, dtype=torch.float32) -> LearnedRule:
     torch.manual_seed(0)
     return build_learned(OPTIMIZERS.get(name).default_config()).to(dtype)
 
@@ -51,13 +53,14 @@ def as_double(problem):
     return map_tensors(problem, lambda t: t.double() if t.is_floating_point() else t)
 
 
-def tiny_trainer(tmp_path, family_name: str, optimizer_name: str, **loop) -> MetaTrainer:
+def tiny_trainer(tmp_path, family_name: str, optimizer_name: str, estimator: str = "tbptt", **loop) -> MetaTrainer:
     cfg, family = tiny_family(family_name)
     schedule = TruncatedScheduleConfig(num_steps=4, unroll=2)
     setup = plan_training(family=family, optimizee=cfg, optimizer=OPTIMIZERS.get(optimizer_name).default_config(),
                           schedule=schedule, loop=TrainLoopConfig(**{"iterations": 2, "val_every": 1,
                                                                      "val_functions": 2, **loop}),
-                          seed=0, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path, compile=False)
+                          seed=0, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path, compile=False,
+                          estimator=ESTIMATORS.get(estimator).default_config())
     return MetaTrainer(setup)
 
 
@@ -75,7 +78,7 @@ def test_config_composes_and_validates(compose_cfg, family, optimizer):
         if optimizer in LEARNED:
             assert sum(p.numel() for p in build_learned(conf.optimizer).parameters()) > 0
         else:
-            assert Baseline(conf.optimizer, 0.1).name == optimizer
+            assert build_baseline(conf.optimizer, 0.1).name == optimizer
         assert conf.schedule.num_steps == 10 and conf.eval.num_functions == 32  # the debug preset applies
 
 
@@ -108,7 +111,7 @@ def test_family_contract(family):
     json.dumps(fam.data_record())  # results.json records it
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+@pytest.mark.parametrize("estimator", ESTIMATORS.names())
 @pytest.mark.parametrize("optimizer", LEARNED)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_meta_training_stays_finite(tmp_path, family, optimizer, estimator):
@@ -148,7 +151,7 @@ def test_learned_step_keeps_optimizees_apart(family, optimizer):
     torch.testing.assert_close(alone, together, rtol=1e-12, atol=1e-14)
 
 
-MANUAL = [name for name in LEARNED if tiny_learned(name).supports_manual_bptt]
+MANUAL = [name for name in LEARNED if fast_path(tiny_learned(name), compiled=False) is not None]
 
 
 @pytest.mark.parametrize("weighting", ["uniform", "log"])
@@ -160,7 +163,7 @@ def test_manual_bptt_equals_autograd(family, optimizer, weighting):
     _, fam = tiny_family(family)
     problem = as_double(fam.sample(2, 6, generator(0, "train")))
     net = tiny_learned(optimizer, torch.float64)
-    manual = OptimizeeRun(fam, problem, net, weighting=weighting, manual=net.manual_bptt(compiled=False))
+    manual = OptimizeeRun(fam, problem, net, weighting=weighting, manual=fast_path(net, compiled=False))
     autograd = OptimizeeRun(fam, problem, net, weighting=weighting, manual=None)
     for start in (0, 3):
         a, b = manual.unroll(start, 3), autograd.unroll(start, 3)

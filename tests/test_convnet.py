@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from l2l_cli.meta.checkpoint import CheckpointError, check_architecture, load_checkpoint
+from l2l_cli.core.checkpoints import CheckpointError, check_architecture, load_checkpoint
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.schemas import ConfigError
 from l2l_cli.optimizees.base import DataError, loss_and_grad, parameter_layout
 from l2l_cli.optimizees.convnet import ConvNetConfig, ConvNetFamily
 from l2l_cli.optimizees.images import ImageDataConfig, image_pools
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM
-from l2l_cli.optimizers.lstm_sep import LSTMSepConfig, SeparateLSTMs, assign_groups, parse_groups
-from l2l_cli.schemas import ConfigError
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM
+from l2l_cli.optimizers.learned.lstm_sep import LSTMSepConfig, SeparateLSTMs, assign_groups, parse_groups
 from tests.conftest import run_cli
 
 TINY = dict(channels=[3, 4], hidden=[5], minibatch=6, data=ImageDataConfig(validation=30, test=30))

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-from l2l_cli.meta.checkpoint import load_checkpoint
+from l2l_cli.core.checkpoints import load_checkpoint
+from l2l_cli.core.schemas import DEFAULT_BASELINES, ConfigError, TrainLoopConfig
 from l2l_cli.meta.launch import run_training
 from l2l_cli.meta.policy import plan_training
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.custom import CustomConfig
-from l2l_cli.optimizers.lstm import LSTMConfig
-from l2l_cli.registry import OPTIMIZERS
-from l2l_cli.schemas import ConfigError, TrainLoopConfig, TruncatedScheduleConfig
+from l2l_cli.optimizers.learned.lstm import LSTMConfig
 
 EXAMPLE = "examples/logistic_family.py:make_family"
 
@@ -28,7 +28,7 @@ def test_the_worked_example_trains_and_evaluates_against_every_baseline(tmp_path
                     f"hydra.run.dir={tmp_path / 'train'}")
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     results = json.loads((tmp_path / "train" / "eval" / "results.json").read_text())
-    assert list(results["optimizers"]) == ["lstm", *OPTIMIZERS.baselines()]
+    assert list(results["optimizers"]) == ["lstm", *DEFAULT_BASELINES]
     assert all(r["tuned"] for r in results["learning_rates"].values())
     assert results["optimizee"]["target"] == EXAMPLE
     # the module:callable form, from the working directory, on a checkpoint trained with the file form

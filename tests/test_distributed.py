@@ -16,26 +16,29 @@ import pytest
 import torch
 from conftest import ROOT, TINY_TRAIN, run_cli
 
-from l2l_cli.meta.checkpoint import load_checkpoint
+from l2l_cli.core.checkpoints import load_checkpoint
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.registry import ESTIMATORS
+from l2l_cli.core.schemas import ConfigError, TrainLoopConfig
 from l2l_cli.meta.distributed import DistributedError, Rank, from_environment, share
 from l2l_cli.meta.launch import run_training
 from l2l_cli.meta.policy import AUTO_MIN_COORDINATE_STEPS, resolve_workers
-from l2l_cli.meta.trainer import TrainSetup
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
+from l2l_cli.meta.setup import TrainSetup
 from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
-from l2l_cli.optimizers.lstm import LSTMConfig
-from l2l_cli.schemas import ConfigError, TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.learned.lstm import LSTMConfig
 
 CPU = torch.device("cpu")
 
 
-def _setup(tmp_path: Path, workers: int, family=None, iterations=3, **loop) -> TrainSetup:
+def _setup(tmp_path: Path, workers: int, family=None, iterations=3, estimator="tbptt", **loop) -> TrainSetup:
     # 5 functions over 2 ranks: shares of 2 and 3, so a wrong weighting of the shares would show
     loop = TrainLoopConfig(iterations=iterations, meta_lr=0.01, val_every=2, checkpoint_every=1, val_functions=7,
                            evaluate=False, **loop)
     return TrainSetup(family=family or QuadraticFamily(QuadraticConfig(dim=6)), optimizer=LSTMConfig(hidden_size=8),
                       schedule=TruncatedScheduleConfig(num_steps=12, unroll=4, weighting="log"), loop=loop,
-                      batch_size=5, seed=3, data_seed=0, device=CPU, out_dir=tmp_path, workers=workers)
+                      batch_size=5, seed=3, data_seed=0, device=CPU, out_dir=tmp_path, workers=workers,
+                      estimator=ESTIMATORS.get(estimator).default_config())
 
 
 def _weights(path: Path) -> dict:
@@ -216,7 +219,7 @@ def test_resolve_workers_refuses_what_cannot_work():
 
 def test_families_select_a_share_exactly():
     from l2l_cli.optimizees import build_family
-    from l2l_cli.optimizees.mlp import MLPConfig
+    from l2l_cli.optimizees.mnist import MLPConfig
 
     tiny_mlp = replace(MLPConfig(), hidden=3, minibatch=4)
     for family in (QuadraticFamily(QuadraticConfig(dim=4)), build_family(tiny_mlp)):

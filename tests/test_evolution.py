@@ -1,4 +1,4 @@
-"""ES and PES meta-gradients (train.estimator=es | pes): against exact gradients on tiny systems with closed forms,
+"""ES and PES meta-gradients (estimator=es | pes): against exact gradients on tiny systems with closed forms,
 the bias PES removes, exact antithetic cancellation, and the vmapped step of all perturbed copies."""
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from l2l_cli.meta import evolution
-from l2l_cli.meta.evolution import ParticleStep, PerturbedRun
-from l2l_cli.meta.unroll import OptimizeeRun
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.registry import ESTIMATORS
+from l2l_cli.core.schemas import TrainLoopConfig
+from l2l_cli.meta.estimators import perturbed as evolution
+from l2l_cli.meta.estimators.perturbed import ParticleStep, PerturbedRun
+from l2l_cli.meta.estimators.tbptt import OptimizeeRun
+from l2l_cli.meta.policy import plan_training
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
 from l2l_cli.optimizees.base import map_tensors
 from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
-from l2l_cli.optimizers.base import LearnedOptimizer
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.learned.base import LearnedRule
+from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM, LSTMConfig
 
 
-class LinearRule(LearnedOptimizer):
+class LinearRule(LearnedRule):
     """update = -(w0 g + w1 tanh g): linear in its weights, so a one-step loss is quadratic in them, and the
     Gaussian-smoothed gradient ES estimates is the exact gradient."""
 
@@ -148,13 +152,12 @@ def test_one_vmapped_step_equals_each_copy_stepped_with_its_own_weights(monkeypa
 
 
 def test_es_and_pes_run_eagerly_and_say_so_when_compile_is_asked_for(tmp_path, caplog):
-    from l2l_cli.meta.policy import plan_training
-    from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
 
     cfg = QuadraticConfig(dim=3)
     plans = {estimator: plan_training(family=QuadraticFamily(cfg), optimizee=cfg, optimizer=LSTMConfig(),
-                                      schedule=TruncatedScheduleConfig(), loop=TrainLoopConfig(estimator=estimator),
+                                      schedule=TruncatedScheduleConfig(), loop=TrainLoopConfig(),
+                                      estimator=ESTIMATORS.get(estimator).default_config(),
                                       seed=0, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path, compile=True)
              for estimator in ("tbptt", "pes")}
     assert plans["tbptt"].compile is True and plans["pes"].compile is False
-    assert "compile=true applies to truncated BPTT; train.estimator=pes runs eagerly" in caplog.text
+    assert "compile=true applies to estimators that backpropagate; estimator=pes runs eagerly" in caplog.text

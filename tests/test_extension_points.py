@@ -9,22 +9,24 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import ROOT
 
-from l2l_cli.meta.checkpoint import CheckpointError, load_learned_optimizer, save_checkpoint
+from l2l_cli.core.checkpoints import CheckpointError, save_checkpoint
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.registry import OPTIMIZERS
+from l2l_cli.core.schemas import LearnedOptimizerConfig, TrainLoopConfig
+from l2l_cli.evaluation.rollout import function_chunks, run
+from l2l_cli.meta.estimators.tbptt import TBPTTConfig
 from l2l_cli.meta.policy import plan_training
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
 from l2l_cli.meta.trainer import MetaTrainer
 from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
-from l2l_cli.optimizers import LearnedOptimizer
-from l2l_cli.registry import OPTIMIZERS
-from l2l_cli.rollout import function_chunks, run
-from l2l_cli.schemas import LearnedOptimizerConfig, TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.learned import LearnedRule
+from l2l_cli.optimizers.learned.loading import load_learned_optimizer
 
-CORE = ["l2l_cli.schemas", "l2l_cli.registry", "l2l_cli.optimizers", "l2l_cli.optimizees", "l2l_cli.meta",
-        "l2l_cli.meta.trainer", "l2l_cli.meta.unroll", "l2l_cli.meta.manual_bptt", "l2l_cli.meta.distributed",
-        "l2l_cli.meta.launch", "l2l_cli.torch_optimizer", "l2l_cli.pretrained",
-        "l2l_cli.meta.policy", "l2l_cli.meta.population", "l2l_cli.meta.checkpoint", "l2l_cli.evaluation",
-        "l2l_cli.rollout", "l2l_cli.writers"]
+# every module outside the CLI layer (which alone may import hydra)
+CORE = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+              for p in (ROOT / "l2l_cli").rglob("*.py") if "cli" not in p.relative_to(ROOT / "l2l_cli").parts[:1])
 
 
 def test_the_numerical_core_imports_no_hydra():
@@ -32,10 +34,10 @@ def test_the_numerical_core_imports_no_hydra():
     omegaconf unimported (and the check itself can see them: the CLI layer does import them)."""
     code = ("import sys\n"
             + "".join(f"import {m}\n" for m in CORE)
-            + "from l2l_cli.registry import OPTIMIZEES, OPTIMIZERS\n"
-              "assert OPTIMIZEES.names() and OPTIMIZERS.names()\n"
+            + "from l2l_cli.core.registry import ESTIMATORS, OPTIMIZEES, OPTIMIZERS, SCHEDULES\n"
+              "assert OPTIMIZEES.names() and OPTIMIZERS.names() and ESTIMATORS.names() and SCHEDULES.names()\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')))\n"
-              "import l2l_cli.commands.config\n"
+              "import l2l_cli.cli.config\n"
               "print('hydra' in sys.modules and 'omegaconf' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -48,7 +50,7 @@ class MomentumConfig(LearnedOptimizerConfig):
     init_lr: float = 0.01
 
 
-class LearnedMomentum(LearnedOptimizer):
+class LearnedMomentum(LearnedRule):
     """A two-parameter learned optimizer (a learned step size and momentum), with no hand-written BPTT."""
 
     def __init__(self, cfg: MomentumConfig):
@@ -72,16 +74,17 @@ def registered_momentum():
 
 
 def test_an_architecture_without_manual_bptt_trains_through_autograd(tmp_path, registered_momentum, caplog):
-    """train.bptt=manual (the default) falls back to autograd, never a TypeError; checkpoints rebuild it through the
+    """estimator.bptt=manual (the default) falls back to autograd, never a TypeError; checkpoints rebuild it through the
     registry; validation and the meta-update treat it as any other."""
     cfg = QuadraticConfig(dim=3, batch_size=4)
     setup = plan_training(family=QuadraticFamily(cfg), optimizee=cfg, optimizer=MomentumConfig(),
                           schedule=TruncatedScheduleConfig(num_steps=6, unroll=3),
-                          loop=TrainLoopConfig(iterations=3, val_every=1, val_functions=4, bptt="manual"),
+                          loop=TrainLoopConfig(iterations=3, val_every=1, val_functions=4),
+                          estimator=TBPTTConfig(bptt="manual"),
                           seed=0, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path, compile=False)
     with caplog.at_level("INFO"):
         trainer = MetaTrainer(setup)
-    assert trainer.manual is None and "no hand-written BPTT" in caplog.text
+    assert trainer.estimator.manual is None and "no hand-written BPTT" in caplog.text
     before = trainer.net.log_lr.item()
     trainer.fit()
     assert trainer.net.log_lr.item() != before and trainer.skipped_total == 0
@@ -105,12 +108,12 @@ def test_registering_a_name_twice_is_refused(registered_momentum):
 def test_evaluation_in_chunks_equals_one_pass(monkeypatch):
     """Evaluation runs the functions in chunks of EVAL_COORDINATES coordinates: same losses, same expected final
     losses as one pass over all of them."""
-    from l2l_cli import rollout as rollout_module
-    from l2l_cli.optimizers import Baseline, baseline_config
+    from l2l_cli.evaluation import rollout as rollout_module
+    from l2l_cli.optimizers.baselines import baseline_config, build_baseline
 
     family = QuadraticFamily(QuadraticConfig(dim=5))
     problem = family.sample(7, 8, generator(0, "test"))
-    rule = Baseline(baseline_config("adam"), 0.1)
+    rule = build_baseline(baseline_config("adam"), 0.1)
     whole = run(family, problem, rule, 8)
     monkeypatch.setattr(rollout_module, "EVAL_COORDINATES", 10)  # chunks of 2 functions, and a last of 1
     assert function_chunks(7, 5) == [(0, 2), (2, 4), (4, 6), (6, 7)]

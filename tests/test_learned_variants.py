@@ -10,25 +10,22 @@ import math
 import pytest
 import torch
 
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.schemas import ConfigError, TrainLoopConfig
 from l2l_cli.meta.policy import plan_training
+from l2l_cli.meta.schedules.curriculum import CurriculumScheduleConfig
+from l2l_cli.meta.schedules.loguniform import LogUniformSchedule, LogUniformScheduleConfig
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
 from l2l_cli.meta.trainer import MetaTrainer, random_scale
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import loss_and_grad
-from l2l_cli.optimizees.mlp import MLPConfig
+from l2l_cli.optimizees.mnist import MLPConfig
 from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
 from l2l_cli.optimizees.rescaled import RescaledFamily, RescaledProblems
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
-from l2l_cli.optimizers.lstm_gac import GlobalAveragingLSTM, LSTMGACConfig, average_cells
-from l2l_cli.optimizers.ntm_bfgs import NTMBFGS, NTMBFGSConfig, dense_memory, read_memory, write_memory
-from l2l_cli.optimizers.rnnprop import RNNprop, RNNpropConfig, bias_corrections, rnnprop_inputs
-from l2l_cli.schemas import (
-    ConfigError,
-    CurriculumScheduleConfig,
-    LogUniformScheduleConfig,
-    TrainLoopConfig,
-    TruncatedScheduleConfig,
-)
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM, LSTMConfig
+from l2l_cli.optimizers.learned.lstm_gac import GlobalAveragingLSTM, LSTMGACConfig, average_cells
+from l2l_cli.optimizers.learned.ntm_bfgs import NTMBFGS, NTMBFGSConfig, dense_memory, read_memory, write_memory
+from l2l_cli.optimizers.learned.rnnprop import RNNprop, RNNpropConfig, bias_corrections, rnnprop_inputs
 from tests.conftest import run_cli
 
 D = torch.float64
@@ -166,7 +163,7 @@ def test_meta_training_rescales_its_functions_and_validation_never_does(tmp_path
     trainer = tiny_trainer(tmp_path, TrainLoopConfig(iterations=1, val_every=1, val_functions=2, random_scale=2.0))
     assert isinstance(trainer.train_family, RescaledFamily) and trainer.train_family.c == 2.0
     trainer.fit()
-    assert all(not isinstance(p, RescaledProblems) for p in trainer.val_problems.values())
+    assert all(not isinstance(p, RescaledProblems) for p in trainer.validator.problems.values())
     plain = tiny_trainer(tmp_path / "plain", TrainLoopConfig(iterations=1, val_every=1, val_functions=2))
     assert plain.train_family is plain.s.family
     with pytest.raises(ConfigError, match=r"train.random_scale: must be >= 0 \(0 = off\) or null \(the learned "
@@ -193,7 +190,7 @@ def test_log_uniform_truncations_stay_in_bounds_and_cover_the_run():
     gen = torch.Generator().manual_seed(0)
     seen = []
     for _ in range(200):
-        lengths = schedule.unroll_lengths(100, gen)
+        lengths = LogUniformSchedule(schedule).unroll_lengths(100, gen)
         assert sum(lengths) == 100
         assert all(4 <= k <= 20 for k in lengths[:-1]) and 1 <= lengths[-1] <= 20  # the last one fits the run
         seen += lengths[:-1]
@@ -202,8 +199,8 @@ def test_log_uniform_truncations_stay_in_bounds_and_cover_the_run():
     low = sum(k < 9 for k in seen) / len(seen)
     assert 0.4 < low < 0.6
     again = torch.Generator().manual_seed(0)
-    assert schedule.unroll_lengths(100, again) == LogUniformScheduleConfig(
-        num_steps=100, unroll=20, min_unroll=4).unroll_lengths(100, torch.Generator().manual_seed(0))
+    assert LogUniformSchedule(schedule).unroll_lengths(100, again) == LogUniformSchedule(LogUniformScheduleConfig(
+        num_steps=100, unroll=20, min_unroll=4)).unroll_lengths(100, torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match=r"schedule.min_unroll: must be in \[1, schedule.unroll\] = \[1, 20\], "
                                           r"got 30"):
         LogUniformScheduleConfig(unroll=20, min_unroll=30)
@@ -223,13 +220,13 @@ def test_curriculum_advances_restores_and_stops(tmp_path, monkeypatch):
     weights = {}
 
     def validate():
-        horizons.append(trainer.val_horizon)
+        horizons.append(trainer.curriculum.val_horizon)
         weights.setdefault(trainer.iteration, [p.detach().clone() for p in trainer.net.parameters()])
         return next(scores)
 
     monkeypatch.setattr(trainer, "validate", validate)
     trainer.fit()
-    assert trainer.finished and trainer.stage == 2 and trainer.iteration == 6
+    assert trainer.curriculum.finished and trainer.curriculum.stage == 2 and trainer.iteration == 6
     assert horizons == [4, 4, 4, 4, 6, 6, 6, 6, 6]  # each stage validates at the next stage's length
     assert sampled == [2, 2, 2, 4, 4, 6]  # and trains at its own
     assert not torch.equal(weights[2][0], weights[4][0])  # training moved the weights between the two bests

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
+from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM, LSTMConfig
 
 
 def _run(net, grads_seq):
@@ -81,7 +81,7 @@ def test_matches_torch_lstm_cells_per_coordinate():
 def test_chunked_forward_equals_one_pass(monkeypatch):
     """Many coordinates go through in chunks (cache-sized gate matrices): the same updates, state and gradients as one
     pass over all of them, including a last partial chunk."""
-    from l2l_cli.optimizers import lstm as lstm_module
+    from l2l_cli.optimizers.learned import lstm as lstm_module
 
     torch.manual_seed(0)
     net = CoordinatewiseLSTM(LSTMConfig(hidden_size=5, layers=2)).double()

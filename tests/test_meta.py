@@ -6,24 +6,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2l_cli.meta.checkpoint import load_checkpoint
-from l2l_cli.meta.manual_bptt import ManualBPTT
-from l2l_cli.meta.trainer import MetaTrainer, StopRequested, TrainSetup
-from l2l_cli.meta.unroll import unroll_objective
+from l2l_cli.core.checkpoints import load_checkpoint
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.schemas import TrainLoopConfig
+from l2l_cli.meta.estimators.es import ESConfig
+from l2l_cli.meta.estimators.lstm_bptt import ManualBPTT
+from l2l_cli.meta.estimators.objective import unroll_objective
+from l2l_cli.meta.estimators.pes import PESConfig
+from l2l_cli.meta.estimators.tbptt import TBPTTConfig, fast_path
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
+from l2l_cli.meta.setup import TrainSetup
+from l2l_cli.meta.stopping import StopRequested
+from l2l_cli.meta.trainer import MetaTrainer, meta_lr_at
 from l2l_cli.optimizees import build_family, loss_and_grad
-from l2l_cli.optimizees.mlp import MLPConfig
+from l2l_cli.optimizees.mnist import MLPConfig
 from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
-from l2l_cli.optimizers.lstm import CoordinatewiseLSTM, LSTMConfig
-from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM, LSTMConfig
 
 
-def _setup(tmp_path: Path, iterations=6, **loop) -> TrainSetup:
+def _setup(tmp_path: Path, iterations=6, estimator=None, **loop) -> TrainSetup:
     loop_cfg = TrainLoopConfig(iterations=iterations, meta_lr=0.01, val_every=3, checkpoint_every=3,
                                val_functions=32, evaluate=False, **loop)
     return TrainSetup(family=QuadraticFamily(QuadraticConfig(dim=6)), optimizer=LSTMConfig(hidden_size=8),
                       schedule=TruncatedScheduleConfig(num_steps=20, unroll=5), loop=loop_cfg, batch_size=16,
-                      seed=3, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path)
+                      seed=3, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path, estimator=estimator)
 
 
 def _meta_grads(net, objective):
@@ -138,9 +144,10 @@ def test_manual_bptt_equals_autograd(family_name, preprocess, layers, weighting)
 def test_manual_bptt_rejects_other_networks():
     with pytest.raises(TypeError, match="CoordinatewiseLSTM"):
         ManualBPTT(torch.nn.Linear(2, 2))
-    # a subclass may compute otherwise: it does not claim the hand-written BPTT, so the trainer uses autograd
+    # registered for CoordinatewiseLSTM itself: a subclass may compute otherwise, so the trainer uses autograd
     subclass = type("Variant", (CoordinatewiseLSTM,), {})(LSTMConfig(hidden_size=4))
-    assert CoordinatewiseLSTM(LSTMConfig(hidden_size=4)).supports_manual_bptt and not subclass.supports_manual_bptt
+    assert isinstance(fast_path(CoordinatewiseLSTM(LSTMConfig(hidden_size=4)), False), ManualBPTT)
+    assert fast_path(subclass, False) is None
 
 
 def test_trainer_uses_manual_bptt_for_first_order_only(tmp_path):
@@ -148,9 +155,9 @@ def test_trainer_uses_manual_bptt_for_first_order_only(tmp_path):
     whatever bptt says."""
     runs = {}
     for bptt, second_order in (("manual", False), ("autograd", False), ("manual", True), ("autograd", True)):
-        trainer = MetaTrainer(_setup(tmp_path / f"{bptt}{second_order}", iterations=3, bptt=bptt,
-                                     second_order=second_order))
-        assert (trainer.manual is not None) == (bptt == "manual" and not second_order)
+        trainer = MetaTrainer(_setup(tmp_path / f"{bptt}{second_order}", iterations=3,
+                                     estimator=TBPTTConfig(bptt=bptt, second_order=second_order)))
+        assert (trainer.estimator.manual is not None) == (bptt == "manual" and not second_order)
         trainer.fit()
         runs[bptt, second_order] = torch.cat([p.detach().flatten() for p in trainer.net.parameters()])
     torch.testing.assert_close(runs["manual", False], runs["autograd", False], rtol=1e-4, atol=1e-6)
@@ -201,8 +208,8 @@ def test_checkpoint_round_trip_reproduces_validation_loss(tmp_path, ema_decay):
         assert all(torch.equal(a, p) for a, p in zip(before, trainer.net.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("loop", [{}, {"ema_decay": 0.7, "meta_lr_schedule": "cosine"}, {"estimator": "es"},
-                                  {"estimator": "pes", "es": {"pairs": 2}}])
+@pytest.mark.parametrize("loop", [{}, {"ema_decay": 0.7, "meta_lr_schedule": "cosine"}, {"estimator": ESConfig()},
+                                  {"estimator": PESConfig(pairs=2)}])
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, loop):
     straight = MetaTrainer(_setup(tmp_path / "straight", iterations=6, **loop))
     straight.fit()
@@ -222,7 +229,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, loop
 def test_cosine_meta_lr_is_a_function_of_the_iteration(tmp_path):
     setup = _setup(tmp_path, iterations=4, meta_lr_schedule="cosine", meta_lr_final=0.1)
     trainer = MetaTrainer(setup)
-    lrs = [trainer.meta_lr(i) for i in range(5)]
+    lrs = [meta_lr_at(setup.loop, i) for i in range(5)]
     assert lrs[0] == setup.loop.meta_lr and abs(lrs[4] - 0.1 * setup.loop.meta_lr) < 1e-12
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
     trainer.fit()
@@ -235,12 +242,13 @@ def test_compiled_step_matches_eager(tmp_path):
     setup = replace(setup, compile=True)
     compiled = MetaTrainer(setup)
     assert type(compiled.net.forward).__name__ == "Compiled"
-    assert type(compiled.manual.forward).__name__ == type(compiled.manual.backward).__name__ == "Compiled"
+    manual = compiled.estimator.manual
+    assert type(manual.forward).__name__ == type(manual.backward).__name__ == "Compiled"
     # one thread (as tests run): the quadratic's closed-form loss and gradient are folded into the compiled step
-    assert type(compiled.manual.forward_loss).__name__ == "Compiled"
+    assert type(compiled.estimator.manual.forward_loss).__name__ == "Compiled"
     eager.fit()
     compiled.fit()
-    assert not (compiled.net.forward.failed or compiled.manual.forward_loss.failed or compiled.manual.backward.failed)
+    assert not (compiled.net.forward.failed or manual.forward_loss.failed or manual.backward.failed)
     for a, b in zip(eager.net.parameters(), compiled.net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
     assert compiled.best_val == pytest.approx(eager.best_val, rel=1e-3)
@@ -258,7 +266,7 @@ def test_closed_form_folding_is_for_one_thread_only():
 
 
 def test_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
-    from l2l_cli.optimizers import compiled as compiled_module
+    from l2l_cli.optimizers.learned import compiled as compiled_module
 
     def broken_compile(fn, **kwargs):
         def run(*args, **kw):
@@ -270,7 +278,8 @@ def test_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     setup = replace(setup, compile=True)
     trainer = MetaTrainer(setup)
     trainer.fit()
-    assert trainer.net.forward.failed and trainer.manual.forward_loss.failed and trainer.manual.backward.failed
+    assert trainer.net.forward.failed and trainer.estimator.manual.forward_loss.failed
+    assert trainer.estimator.manual.backward.failed
     assert "continuing without it" in caplog.text
     monkeypatch.setattr(compiled_module, "compile_available", lambda: (False, "no C++ compiler"))
     assert compiled_module.maybe_compile(torch.nn.Linear(1, 1), True) is False
@@ -283,7 +292,8 @@ def test_freed_memory_is_reused_without_page_faults():
     import subprocess
     import sys
 
-    code = ("import ctypes, resource; from l2l_cli.runtime import keep_freed_memory; assert keep_freed_memory()\n"
+    code = ("import ctypes, resource\nfrom l2l_cli.core.environment import keep_freed_memory\n"
+            "assert keep_freed_memory()\n"
             "libc = ctypes.CDLL('libc.so.6'); libc.malloc.restype = ctypes.c_void_p\n"
             "libc.free.argtypes = [ctypes.c_void_p]; faults = []\n"
             "for _ in range(3):\n"
@@ -301,7 +311,7 @@ def test_release_freed_memory_hands_kept_memory_back():
     import subprocess
     import sys
 
-    code = ("import ctypes, os; from l2l_cli.runtime import keep_freed_memory, release_freed_memory\n"
+    code = ("import ctypes, os; from l2l_cli.core.environment import keep_freed_memory, release_freed_memory\n"
             "assert keep_freed_memory(); libc = ctypes.CDLL('libc.so.6'); libc.malloc.restype = ctypes.c_void_p\n"
             "libc.free.argtypes = [ctypes.c_void_p]\n"
             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 2**20\n"

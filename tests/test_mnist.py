@@ -10,7 +10,11 @@ import torch
 from conftest import run_cli
 from torch import nn
 
-from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.schemas import TrainLoopConfig
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
+from l2l_cli.meta.setup import TrainSetup
+from l2l_cli.meta.trainer import MetaTrainer
 from l2l_cli.optimizees import build_family, loss_and_grad
 from l2l_cli.optimizees.base import DataError
 from l2l_cli.optimizees.digits import (
@@ -21,10 +25,8 @@ from l2l_cli.optimizees.digits import (
     make_pools,
     read_idx,
 )
-from l2l_cli.optimizees.mlp import MLPConfig, MLPFamily
-from l2l_cli.optimizers.lstm import LSTMConfig
-from l2l_cli.schemas import TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizees.mnist import MLPConfig, MLPFamily
+from l2l_cli.optimizers.learned.lstm import LSTMConfig
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool) -> Path:

@@ -11,7 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.schemas import ConfigError, TrainLoopConfig
 from l2l_cli.meta.policy import plan_training
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
 from l2l_cli.meta.trainer import MetaTrainer
 from l2l_cli.optimizees import loss_and_grad
 from l2l_cli.optimizees.base import DataError
@@ -25,9 +28,7 @@ from l2l_cli.optimizees.style_features import (
     total_variation,
     weights_file,
 )
-from l2l_cli.optimizers.lstm import LSTMConfig
-from l2l_cli.schemas import ConfigError, TrainLoopConfig, TruncatedScheduleConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizers.learned.lstm import LSTMConfig
 from tests.conftest import run_cli
 
 SMALL = dict(size=32, content=dict(train=12, validation=3, test=4, scales=[1, 2]))

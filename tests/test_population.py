@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_TRAIN, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from l2l_cli.meta.checkpoint import load_checkpoint
+from l2l_cli.core.checkpoints import load_checkpoint
 from l2l_cli.meta.population import best_member
 
 POPULATION = [*TINY_TRAIN, "train.population=2"]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from l2l_cli.optimizers.preprocessing import num_features, preprocess
+from l2l_cli.optimizers.learned.preprocessing import num_features, preprocess
 
 
 def test_paper_formula_both_branches():

@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, TINY_TRAIN, run_cli
 
 from l2l_cli import pretrained
-from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint
+from l2l_cli.api import pretrained as shipping
+from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint
 
 SHIPPED = pretrained.names()
 
@@ -28,7 +29,7 @@ def test_recorded_figures_still_hold(name):
     info = pretrained.record(name)
     check = info["check"]
     payload = load_checkpoint(pretrained.resolve(f"pretrained:{name}"))
-    now = pretrained.check_figures(payload, check["baseline"], check["baseline_lr"], check["num_functions"])
+    now = shipping.check_figures(payload, check["baseline"], check["baseline_lr"], check["num_functions"])
     assert now["num_steps"] == check["num_steps"] == info["evaluation"]["num_steps"]
     for key in ("learned_final_mean", "baseline_final_mean"):
         assert math.isclose(now[key], check[key], rel_tol=0.02), (key, now[key], check[key])
@@ -64,14 +65,14 @@ def test_packaging_a_finished_run(tmp_path):
     train = run_cli("train", *TINY_TRAIN, "train.evaluate=true", "eval.num_functions=8", "eval.val_functions=4",
                     "eval.lr_grid=[0.1]", f"hydra.run.dir={run_dir}")
     assert train.returncode == 0, train.stderr[-2000:]
-    info = pretrained.package("tiny", run_dir, directory=tmp_path)
+    info = shipping.package("tiny", run_dir, directory=tmp_path)
     assert pretrained.names(tmp_path) == ["tiny"]
     assert pretrained.resolve("pretrained:tiny", tmp_path) == tmp_path / "tiny.pt"
     shipped = load_checkpoint(tmp_path / "tiny.pt")
     assert "meta_optimizer" not in shipped and "rng" not in shipped  # training state stays behind
     assert info["trained"]["iterations"] == 6 and info["seeds"] == {"seed": 0, "data_seed": 0}
     assert info["command"].startswith("l2l train debug=tiny")
-    again = pretrained.check_figures(shipped, info["check"]["baseline"], info["check"]["baseline_lr"],
+    again = shipping.check_figures(shipped, info["check"]["baseline"], info["check"]["baseline_lr"],
                                      info["check"]["num_functions"])
     assert again == info["check"]
 

@@ -13,9 +13,10 @@ import torch
 from conftest import ROOT, TINY_TRAIN, run_cli
 from test_meta import _setup
 
-from l2l_cli.evaluation import curve_stats
-from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from l2l_cli.meta.trainer import DivergenceError, MetaTrainer
+from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from l2l_cli.evaluation.comparison import curve_stats
+from l2l_cli.meta.stopping import DivergenceError
+from l2l_cli.meta.trainer import MetaTrainer
 
 LONG = [*TINY_TRAIN, "train.iterations=400", "train.val_every=100", "train.checkpoint_every=5"]
 
@@ -179,7 +180,7 @@ def test_forced_nan_never_reaches_the_parameters(tmp_path):
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in saved.values())
     family.analytic_loss_and_grad = clean
-    trainer.skipped_in_row = 0
+    trainer.guard.in_row = 0
     trainer.fit()  # recovers once the losses are finite again
     assert trainer.skipped_total == 4 and trainer.iteration == 3
 

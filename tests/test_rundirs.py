@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY_TRAIN, run_cli
 
-from l2l_cli.meta.checkpoint import load_checkpoint, save_checkpoint
+from l2l_cli.cli.run_dir_lock import LOCK, RunDirBusy, RunDirLock
+from l2l_cli.core.checkpoints import load_checkpoint, save_checkpoint
+from l2l_cli.core.schemas import ConfigError
 from l2l_cli.meta.population import find_resume
-from l2l_cli.rundir import LOCK, RunDirBusy, RunDirLock
-from l2l_cli.schemas import ConfigError
 
 LONG = [*TINY_TRAIN, "train.iterations=100000", "train.val_every=100", "train.checkpoint_every=5"]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY_TRAIN, run_cli
 
-from l2l_cli.meta.checkpoint import load_checkpoint
+from l2l_cli.core.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slurm
 

@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from l2l_cli import LearnedOptimizer
-from l2l_cli.meta.checkpoint import CheckpointError, save_checkpoint
+from l2l_cli.core.checkpoints import CheckpointError, save_checkpoint
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.registry import OPTIMIZERS
+from l2l_cli.core.schemas import LearnedOptimizerConfig
 from l2l_cli.optimizees import loss_and_grad
-from l2l_cli.optimizees.mlp import MLPConfig, MLPFamily
-from l2l_cli.optimizers import build_learned
-from l2l_cli.optimizers.base import LearnedOptimizer as LearnedRule
-from l2l_cli.optimizers.lstm import LSTMConfig
-from l2l_cli.registry import OPTIMIZERS
-from l2l_cli.schemas import LearnedOptimizerConfig
-from l2l_cli.seeding import generator
+from l2l_cli.optimizees.mnist import MLPConfig, MLPFamily
+from l2l_cli.optimizers.learned import build_learned
+from l2l_cli.optimizers.learned.base import LearnedRule
+from l2l_cli.optimizers.learned.lstm import LSTMConfig
 
 COORDINATEWISE = [n for n in OPTIMIZERS.learned() if getattr(OPTIMIZERS.get(n).build, "coordinatewise", False)]
 

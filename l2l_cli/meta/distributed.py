@@ -28,7 +28,10 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from l2l_cli.meta.unroll import OptimizeeRun, UnrollGradient
+from l2l_cli.core.environment import configure_torch
+from l2l_cli.core.signals import GracefulStop
+from l2l_cli.evaluation.rollout import run
+from l2l_cli.meta.estimators.base import EstimatorRun, UnrollGradient
 from l2l_cli.meta.weights import split_like
 
 log = logging.getLogger(__name__)
@@ -178,7 +181,7 @@ class DistributedRun:
     """``OptimizeeRun``'s interface over this rank's share of a batch: each unroll's meta-gradient, loss sum and
     mean final loss are those of the whole batch (all-reduced, each rank's terms weighted by its share)."""
 
-    def __init__(self, run: OptimizeeRun, weight: float):
+    def __init__(self, run: EstimatorRun, weight: float):
         self.run, self.weight = run, weight
 
     def unroll(self, start: int, steps: int) -> UnrollGradient:
@@ -193,8 +196,6 @@ class DistributedRun:
 def distributed_score(family, problem, rule, num_steps: int, rank: Rank) -> float:
     """``rollout.selection_score`` with the functions split over the ranks: the mean expected final loss over all of
     them, +inf when any run diverged on any rank."""
-    from l2l_cli.rollout import run
-
     n = len(problem)
     start, stop = share(n, rank)
     totals = torch.zeros(2, dtype=torch.float64)  # sum of expected final losses, non-finite runs
@@ -270,9 +271,6 @@ class LocalRanks:
 
 def _local_rank_main(rank: Rank, port: int, threads: int, cpus, timeout_s: float, target: Callable,
                      args: tuple) -> None:
-    from l2l_cli.runtime import configure_torch
-    from l2l_cli.signals import GracefulStop
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank.rank),
                       WORLD_SIZE=str(rank.world), LOCAL_RANK=str(rank.local_rank))
     logging.basicConfig(level=logging.WARNING)

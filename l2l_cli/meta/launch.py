@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from l2l_cli.core.environment import torch_threads
+from l2l_cli.core.schemas import ConfigError
 from l2l_cli.meta.distributed import (
     DistributedError,
     LocalRanks,
@@ -22,9 +24,8 @@ from l2l_cli.meta.distributed import (
     report_failure,
 )
 from l2l_cli.meta.population import PopulationResult, train_population
-from l2l_cli.meta.trainer import StopRequested, TrainSetup
-from l2l_cli.runtime import torch_threads
-from l2l_cli.schemas import ConfigError
+from l2l_cli.meta.setup import TrainSetup
+from l2l_cli.meta.stopping import StopRequested
 
 log = logging.getLogger("l2l.train")
 

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import torch
 
-from l2l_cli.meta.trainer import TrainSetup
+from l2l_cli.core.registry import ESTIMATORS
+from l2l_cli.core.schemas import ConfigError, TrainLoopConfig
+from l2l_cli.meta.estimators.tbptt import TBPTTConfig
+from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
+from l2l_cli.meta.setup import TrainSetup
 from l2l_cli.optimizees.base import Family
-from l2l_cli.optimizers.compiled import should_compile
-from l2l_cli.schemas import ConfigError, TrainLoopConfig, TruncatedScheduleConfig
+from l2l_cli.optimizers.learned.compiled import should_compile
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +49,18 @@ def coordinate_steps(batch_size: int, num_params: int, num_steps: int, iteration
 
 def plan_training(*, family: Family, optimizee, optimizer, schedule: TruncatedScheduleConfig, loop: TrainLoopConfig,
                   seed: int, data_seed: int, device: torch.device, out_dir: Path, compile: bool | None,
-                  threads: int | None = None) -> TrainSetup:
+                  threads: int | None = None, estimator=None) -> TrainSetup:
     """The setup of a run: ``compile`` and ``loop.workers`` as set, or (null) decided from the run's work."""
     threads = threads or torch.get_num_threads()
     work = coordinate_steps(optimizee.batch_size, family.num_params, schedule.num_steps, loop.iterations)
     workers = resolve_workers(loop.workers, threads, optimizee.batch_size, family.num_params, work, device)
-    if loop.estimator != "tbptt":
+    estimator = estimator or TBPTTConfig()
+    if not ESTIMATORS.get(estimator.name).build.compiles:
         # es / pes step all perturbed copies in one vmapped call of the eager module
         if compile:
-            log.warning("compile=true applies to truncated BPTT; train.estimator=%s runs eagerly", loop.estimator)
+            log.warning("compile=true applies to estimators that backpropagate; estimator=%s runs eagerly",
+                        estimator.name)
         compile = False
-    return TrainSetup(family=family, optimizer=optimizer, schedule=schedule, loop=loop,
+    return TrainSetup(family=family, optimizer=optimizer, schedule=schedule, loop=loop, estimator=estimator,
                       batch_size=optimizee.batch_size, seed=seed, data_seed=data_seed, device=device,
                       out_dir=out_dir, optimizee=optimizee, compile=should_compile(compile, work), workers=workers)

@@ -3,7 +3,7 @@
 Meta-training a learned optimizer lands in optima of very different quality from seed to seed (measured on MNIST:
 validation losses settling at 0.035-0.04 for one seed and 0.07-0.09 for another, both curves smooth), and validation
 tells such members apart, so training a few and keeping the best beats tuned baselines more often than one long
-meta-training of the same total length (README, "Results").
+meta-training of the same total length (docs/results.md).
 
 Layout of a run with train.population > 1 (a population of 1 keeps the plain single-run layout):
   members/<k>/checkpoints/{best,last}.pt   each member's own checkpoints (resume continues every member)
@@ -20,42 +20,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from l2l_cli.meta.checkpoint import copy_checkpoint, load_checkpoint
+from l2l_cli.core.checkpoints import copy_checkpoint, load_checkpoint
+from l2l_cli.core.environment import release_freed_memory
+from l2l_cli.core.run_layout import FIRST_MEMBER_LAST, member_dir, member_tb_dir, population_run_dir
+from l2l_cli.core.schemas import ConfigError
 from l2l_cli.meta.distributed import Rank
-from l2l_cli.meta.trainer import MetaTrainer, TrainSetup
-from l2l_cli.runtime import release_freed_memory
-from l2l_cli.schemas import ConfigError
+from l2l_cli.meta.setup import TrainSetup
+from l2l_cli.meta.trainer import MetaTrainer
 
 log = logging.getLogger("l2l.train")
-
-FIRST_MEMBER_LAST = "members/0/checkpoints/last.pt"  # where `resume` looks for a population run
-
-
-def member_dir(run_dir: Path, member: int, population: int) -> Path:
-    return run_dir if population == 1 else run_dir / "members" / str(member)
-
-
-def member_tb_dir(run_dir: Path, member: int, population: int) -> Path:
-    return run_dir / "tb" if population == 1 else run_dir / "tb" / f"member_{member}"
-
-
-def population_run_dir(first_member_last: Path) -> Path | None:
-    """The run directory whose first member's last.pt this is, or None when the file is not in that layout."""
-    run_dir = first_member_last.parents[3] if len(first_member_last.parents) > 3 else None
-    return run_dir if run_dir is not None and first_member_last == run_dir / FIRST_MEMBER_LAST else None
-
 
 def best_member(best_scores: list) -> int:
     """Index of the lowest validation score; non-finite scores (a diverged member) never win over finite ones."""
     finite = [(score, k) for k, score in enumerate(best_scores) if math.isfinite(score)]
     return min(finite)[1] if finite else 0
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory a last.pt belongs to (a population member's: the population's run)."""
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    population = population_run_dir(checkpoint)
-    return population if population is not None else run_dir
 
 
 def _last_of(run_dir: Path) -> Path | None:

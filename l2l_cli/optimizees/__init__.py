@@ -4,8 +4,8 @@ A family is one module here: its config dataclass (extending ``schemas.Optimizee
 ``base.Family``, and ``OPTIMIZEES.register(name, Config, Family)``; plus ``conf/optimizee/<name>.yaml``.
 """
 
+from l2l_cli.core.registry import OPTIMIZEES
 from l2l_cli.optimizees.base import DataError, Family, loss_and_grad
-from l2l_cli.registry import OPTIMIZEES
 
 
 def build_family(cfg) -> Family:

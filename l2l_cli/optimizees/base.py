@@ -6,6 +6,8 @@ from typing import Any, Protocol
 
 import torch
 
+from l2l_cli.core.random_streams import generator
+
 
 class DataError(ValueError):
     """Data an optimizee family needs is missing or malformed; the message names the files it expected."""
@@ -110,6 +112,4 @@ def loss_and_grad(family: Family, problem: Any, theta: torch.Tensor, step: int, 
 
 def held_out_problems(family: Family, n: int, num_steps: int, data_seed: int, split: str, device="cpu"):
     """The fixed validation or test problems: their own seed stream, and their own data pool where there is one."""
-    from l2l_cli.seeding import generator
-
     return family.sample(n, num_steps, generator(data_seed, split), device, split=split)

@@ -17,10 +17,10 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
+from l2l_cli.core.registry import OPTIMIZEES
+from l2l_cli.core.schemas import OptimizeeConfig, Suggested, as_dataclass, check
 from l2l_cli.optimizees.classifier import ClassifierProblems, MinibatchClassifier
 from l2l_cli.optimizees.images import ImageDataConfig, image_pools
-from l2l_cli.registry import OPTIMIZEES
-from l2l_cli.schemas import OptimizeeConfig, Suggested, as_dataclass, check
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ConvNetConfig(OptimizeeConfig):
     init_std: float = 0.01  # weights and biases ~ N(0, init_std^2) as in the original code; BN scale 1, shift 0
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     # the MNIST MLP's recipe (sum log f, cosine meta lr, weight average); 4 tuning functions rather than 8: the
-    # baselines' tuning is most of the evaluation's time (README, "Conv net")
+    # baselines' tuning is most of the evaluation's time (docs/experiments/convnet.md)
     suggested: Suggested = field(default_factory=lambda: Suggested(
         iterations=200, val_every=25, val_functions=8, tune_functions=4, test_functions=32, weighting="log",
         meta_lr_schedule="cosine", ema_decay=0.95))
@@ -117,7 +117,7 @@ class ConvNetFamily(MinibatchClassifier):
         n, m = x.shape[:2]
         p = self.unflatten(theta)
         h = x.transpose(0, 1).reshape(m, n * x.shape[2], *x.shape[3:])  # (M, n*C, H, W): channels by function
-        # channels-last: oneDNN's grouped convolutions run ~1.5x faster on it (README, "Conv net")
+        # channels-last: oneDNN's grouped convolutions run ~1.5x faster on it (docs/experiments/convnet.md)
         h = h.contiguous(memory_format=torch.channels_last)
         for i in range(1, len(self.cfg.channels) + 1):
             w = p[f"conv{i}.weight"]

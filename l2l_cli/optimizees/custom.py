@@ -13,7 +13,7 @@ The target is ``module:callable`` (importable from the working directory or the 
 
 and optionally ``select(problem, start, stop)`` (default: rows start..stop-1 of every tensor whose first dimension
 is n, in a dict, tuple, list or dataclass), ``repeat(problem, times)`` (the batch times over, for
-train.estimator=es | pes; default: those same tensors repeated along their first dimension),
+estimator=es | pes; default: those same tensors repeated along their first dimension),
 ``expected_loss(problem, theta)`` (default: the loss at step 0; define it when the loss is noisy, e.g. minibatches),
 ``analytic_loss_and_grad(problem, theta, step)`` (default: autograd), ``data_record()`` (default: None),
 ``stationary`` (default: False). Train, evaluation with tuned baselines, sweeps and worker processes then treat it
@@ -31,9 +31,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from l2l_cli.core.registry import OPTIMIZEES
+from l2l_cli.core.schemas import ConfigError, OptimizeeConfig, check
 from l2l_cli.optimizees.base import map_tensors
-from l2l_cli.registry import OPTIMIZEES
-from l2l_cli.schemas import ConfigError, OptimizeeConfig, check
 
 
 @dataclass
@@ -179,5 +179,5 @@ class CustomFamily:
         return self.inner.data_record() if hasattr(self.inner, "data_record") else None
 
 
-# the contract tests run it on the README's worked example (paths from the repository root)
+# the contract tests run it on the documented worked example (examples/) (paths from the repository root)
 OPTIMIZEES.register("custom", CustomConfig, CustomFamily, example={"target": "examples/logistic_family.py:make_family"})

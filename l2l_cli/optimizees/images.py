@@ -18,9 +18,9 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from l2l_cli.core.schemas import check, check_choice
 from l2l_cli.optimizees.base import DataError
 from l2l_cli.optimizees.digits import Pools, load_digits, split_pools
-from l2l_cli.schemas import check, check_choice
 
 DATASETS = ("mnist", "cifar10")
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from l2l_cli.core.registry import OPTIMIZEES
+from l2l_cli.core.schemas import OptimizeeConfig, Suggested, as_dataclass, check, check_at_least_one, check_choice
 from l2l_cli.optimizees.base import DataError
 from l2l_cli.optimizees.photos import ContentPools, file_sha256, read_image, resolve_image, square
 from l2l_cli.optimizees.style_features import (
@@ -26,8 +28,6 @@ from l2l_cli.optimizees.style_features import (
     total_variation,
     weights_file,
 )
-from l2l_cli.registry import OPTIMIZEES
-from l2l_cli.schemas import OptimizeeConfig, Suggested, as_dataclass, check, check_at_least_one, check_choice
 
 INITS = ("content", "noise")
 PIXEL_MARGIN = 0.02  # content init: pixels clamped to [0.02, 0.98] before the logit, so none starts saturated

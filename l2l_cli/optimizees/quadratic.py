@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from l2l_cli.registry import OPTIMIZEES
-from l2l_cli.schemas import OptimizeeConfig, check, check_at_least_one, check_choice
+from l2l_cli.core.registry import OPTIMIZEES
+from l2l_cli.core.schemas import OptimizeeConfig, check, check_at_least_one, check_choice
 
 DISTRIBUTIONS = ("gaussian", "uniform")
 

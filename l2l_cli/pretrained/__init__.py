@@ -3,7 +3,8 @@
 Each is ``<name>.pt`` (the evaluated weights and configs of a best.pt written by `l2l train`, without the training
 state) next to ``<name>.json``: the command, config, commit, seeds, its evaluation table, and a check: the mean final
 loss of the learned optimizer and of the run's best tuned baseline on a few test functions, which the tests
-recompute so a change that alters what a shipped optimizer does is caught. `l2l pretrained add` makes both files.
+recompute so a change that alters what a shipped optimizer does is caught. `l2l pretrained add` makes both files
+(``api.pretrained.package``); this module is only the catalog, so any layer can resolve a name.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from l2l_cli.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from l2l_cli.meta.trainer import improvement
+from l2l_cli.core.checkpoints import CheckpointError
 
 PREFIX = "pretrained:"
 HERE = Path(__file__).resolve().parent
@@ -43,71 +43,4 @@ def resolve(spec: str | Path, directory: Path = HERE) -> Path:
     return directory / f"{name}.pt"
 
 
-def check_figures(payload: dict, baseline: str, baseline_lr: float, num_functions: int) -> dict:
-    """Mean final loss of the checkpoint's learned optimizer and of ``baseline`` at ``baseline_lr`` on the first
-    ``num_functions`` test functions of the family and horizon it was trained on (eager, this process's threads)."""
-    from l2l_cli.meta.checkpoint import rebuild_learned
-    from l2l_cli.optimizees import build_family
-    from l2l_cli.optimizees.base import held_out_problems
-    from l2l_cli.optimizers import Baseline, baseline_config
-    from l2l_cli.registry import OPTIMIZEES
-    from l2l_cli.rollout import run
-
-    saved = dict(payload["optimizee"])
-    family = build_family(OPTIMIZEES.get(saved["name"]).config(**saved))
-    steps = int(payload["schedule"]["num_steps"])
-    problem = held_out_problems(family, num_functions, steps, int(payload["data_seed"]), "test")
-    net = rebuild_learned(payload, "pretrained").eval()
-    rule = Baseline(baseline_config(baseline), baseline_lr)
-    learned_losses, _ = run(family, problem, net, steps, expected=False)
-    baseline_losses, _ = run(family, problem, rule, steps, expected=False)
-    return {"num_functions": num_functions, "num_steps": steps, "data_seed": int(payload["data_seed"]),
-            "learned_final_mean": float(learned_losses[-1].double().mean()), "baseline": baseline,
-            "baseline_lr": baseline_lr, "baseline_final_mean": float(baseline_losses[-1].double().mean())}
-
-
-def package(name: str, run_dir: Path, directory: Path = HERE) -> dict:
-    """Ship the best.pt of a finished `l2l train` run (with its evaluation) as ``pretrained:<name>``."""
-    run_dir = Path(run_dir)
-    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    results_path = run_dir / "eval" / "results.json"
-    if not results_path.is_file():
-        raise CheckpointError(f"{results_path}: no such file; package a run trained with train.evaluate=true")
-    results = json.loads(results_path.read_text())
-    run_record = json.loads((run_dir / "run.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = [line[2:].strip() for line in overrides_file.read_text().splitlines() if line.startswith("- ")] \
-        if overrides_file.is_file() else []
-    best = results["best_baseline"]
-    lr = results["learning_rates"][best]["lr"]
-    family = payload["optimizee"]["name"]
-    kept = {key: payload[key] for key in KEPT if key in payload}
-    info = {
-        "name": name,
-        "family": family,
-        "architecture": payload["optimizer"]["name"],
-        "command": " ".join(["l2l train", *overrides]),
-        "commit": run_record["environment"].get("git_commit"),
-        "commit_dirty": run_record["environment"].get("git_dirty"),
-        "environment": run_record["environment"],
-        "seeds": run_record.get("seeds"),
-        "trained": {"iterations": metrics.get("iterations"), "checkpoint_iteration": payload["iteration"],
-                    **improvement(payload.get("history", []), float(payload["best_val"])),
-                    "train_seconds": metrics.get("train_seconds"), "total_seconds": metrics.get("total_seconds")},
-        "evaluation": {
-            "num_test_functions": results["num_test_functions"], "num_steps": results["num_steps"],
-            "best_baseline": best,
-            "optimizers": {n: {"lr": results["learning_rates"].get(n, {}).get("lr"), "final_mean": s["final_mean"],
-                               "final_median": s["final_median"]} for n, s in results["optimizers"].items()}},
-        "check": check_figures(kept, best, lr, CHECK_FUNCTIONS.get(family, CHECK_FUNCTIONS_DEFAULT)),
-        "config": run_record["config"],
-    }
-    from l2l_cli.writers import write_json
-
-    save_checkpoint(kept, directory / f"{name}.pt")
-    write_json(directory / f"{name}.json", info)
-    return info
-
-
-__all__ = ["PREFIX", "check_figures", "names", "package", "record", "resolve"]
+__all__ = ["HERE", "KEPT", "PREFIX", "names", "record", "resolve"]

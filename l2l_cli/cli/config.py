@@ -1,0 +1,150 @@
+"""The Hydra side of the config: every schema in Hydra's ConfigStore, and a composed DictConfig turned into the
+dataclasses of ``l2l_cli.core.schemas`` (the only form numerical code sees).
+
+Schemas are stored under ``schema/<group>/<name>`` so they never show up as user choices; each YAML option extends
+its schema, which gives type checks and unknown-key errors at compose time. Range and cross-field rules live in
+the dataclasses' ``__post_init__`` and run in :func:`to_objects`. Family and optimizer schemas come from the
+registries, so a new one needs no line here.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Dict
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from l2l_cli.cli.run_dir_lock import unique_suffix
+from l2l_cli.core.registry import ESTIMATORS, OPTIMIZEES, OPTIMIZERS, SCHEDULES
+from l2l_cli.core.schemas import (
+    ConfigError,
+    EvalConfig,
+    EvalLoopConfig,
+    TrainConfig,
+    TrainLoopConfig,
+    check_choice,
+)
+
+
+def config_dir() -> str:
+    """The checkout's conf/ when running from source, else the copy shipped as package data (absolute path)."""
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    if (checkout / "train.yaml").is_file():
+        return str(checkout)
+    return str(Path(str(resources.files("l2l_cli") / "conf")).resolve())
+
+
+REGISTRIES = {"optimizee": OPTIMIZEES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "estimator": ESTIMATORS}
+
+
+def group_schemas() -> Dict[str, Dict[str, type]]:
+    """Config group -> option name -> its dataclass."""
+    return {group: {e.name: e.config for e in registry.entries()} for group, registry in REGISTRIES.items()}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for group, registry in REGISTRIES.items():
+        for entry in registry.entries():
+            # built without running the checks: a schema may leave a value to the user (custom's target)
+            node = OmegaConf.merge(OmegaConf.structured(entry.config), {"name": entry.name, **entry.defaults})
+            cs.store(group=f"schema/{group}", name=entry.name, node=node)
+    cs.store(group="schema", name="train", node=TrainConfig)
+    cs.store(group="schema", name="eval", node=EvalConfig)
+    OmegaConf.register_new_resolver("l2l_groups", config_groups_help, replace=True)
+    # after the run dir's timestamp: runs started in the same second get directories of their own (one value per
+    # process: cached)
+    OmegaConf.register_new_resolver("l2l_unique", unique_suffix, replace=True, use_cache=True)
+
+
+def config_groups_help() -> str:
+    """The group list of `l2l <command> --help` (Hydra's own would list the schema/* groups too)."""
+
+    lines = [f"{group}: {', '.join(registry.names())}" for group, registry in REGISTRIES.items()]
+    lines.append(f"baselines (eval.baselines): {', '.join(sorted(OPTIMIZERS.baselines()))}")
+    for group, note in (("experiment", ""), ("debug", " (train only)"),
+                        ("hparams_search", " (train only)")):
+        names = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+        lines.append(f"{group}: {', '.join(names)}{note}")
+    return "\n".join(lines)
+
+
+def _group_object(group: str, node: DictConfig, schemas: dict):
+    name = node.get("name")
+    check_choice(str(name), f"{group}.name", tuple(schemas))
+    return schemas[name](**OmegaConf.to_container(node, resolve=True))
+
+
+def to_objects(cfg: DictConfig):
+    """Turn a composed config into its dataclass (running every range and cross-field check)."""
+    root_cls = TrainConfig if "train" in cfg else EvalConfig
+    plain = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+             for key in cfg if key != "hydra"}
+    plain.update({g: _group_object(g, cfg[g], schemas) for g, schemas in group_schemas().items() if g in cfg})
+    for key, cls in (("train", TrainLoopConfig), ("eval", EvalLoopConfig)):
+        if key in plain:
+            plain[key] = cls(**plain[key])
+    return root_cls(**plain)
+
+
+def command_line_keys(cfg_overrides) -> list[str]:
+    """The key of each `key=value` the user gave (not `group=option` choices, not hydra.* keys)."""
+    keys = [override.split("=", 1)[0].lstrip("+~") for override in cfg_overrides]
+    return [key for key in keys if "." in key and not key.startswith("hydra.")]
+
+
+def upgrade_recorded(config: dict) -> dict:
+    """A run.json config from before estimators were a config group (train.estimator, train.es, train.bptt,
+    train.second_order) in today's form, so runs recorded then resume."""
+    train = config.get("train", {})
+    if "estimator" in config or "train" not in config:
+        return config
+    name = train.pop("estimator", "tbptt")
+    es, bptt, second_order = train.pop("es", {}), train.pop("bptt", "manual"), train.pop("second_order", False)
+    config["estimator"] = ({"name": name, "bptt": bptt, "second_order": second_order} if name == "tbptt" else
+                           {"name": name, **{k: v for k, v in es.items() if k in ("sigma", "pairs")}})
+    return config
+
+
+def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
+    """The config a resumed run continues with: the one recorded in ``run_dir``/run.json, with the values given on
+    this command line on top (listed in one warning line). Another optimizee family or learned-optimizer
+    architecture than the recorded one fails with one line."""
+    import json
+    import logging
+
+    log = logging.getLogger("l2l.train")
+    try:
+        recorded = upgrade_recorded(json.loads((run_dir / "run.json").read_text())["config"])
+    except (OSError, ValueError, KeyError):
+        log.warning("resume: %s has no readable run.json; continuing with this command's config", run_dir)
+        return cfg
+    for group in ("optimizee", "optimizer"):
+        was, now = recorded.get(group, {}).get("name"), cfg[group].name
+        if was != now:
+            raise ConfigError(f"resume: the run in {run_dir} meta-trained {group}={was}; a resumed run cannot switch "
+                              f"to {group}={now} (start a new run instead)")
+    learned = OPTIMIZERS.get(recorded["optimizer"]["name"])
+    architecture = learned.config(**recorded["optimizer"]).architecture() if learned.learned else {}
+    merged = OmegaConf.create(recorded)
+    changed = []
+    for key in command_line_keys(overrides):
+        if key == "resume":
+            continue
+        now = OmegaConf.select(cfg, key)
+        now = OmegaConf.to_container(now, resolve=True) if OmegaConf.is_config(now) else now
+        was = OmegaConf.select(merged, key)
+        was = OmegaConf.to_container(was, resolve=True) if OmegaConf.is_config(was) else was
+        if key.startswith("optimizer.") and key.split(".", 1)[1] in architecture and now != was:
+            raise ConfigError(f"resume: the run in {run_dir} has {key}={was}; a resumed run keeps its architecture "
+                              f"(got {now})")
+        if now != was:
+            changed.append(f"{key}={now} (was {was})")
+            OmegaConf.update(merged, key, now, force_add=True)
+    merged.resume = OmegaConf.to_container(cfg, resolve=True).get("resume")
+    if changed:
+        log.warning("resume: continuing %s with its recorded config; from this command line: %s", run_dir,
+                    ", ".join(changed))
+    return merged

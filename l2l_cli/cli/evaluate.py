@@ -1,0 +1,303 @@
+"""`l2l eval`: the learned optimizer and every tuned baseline on the same held-out test functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from l2l_cli.cli.config import to_objects
+from l2l_cli.cli.console import fmt, generalization_table, progress, results_table, show
+from l2l_cli.cli.hydra_task import hydra_task
+from l2l_cli.cli.job import job_threads, output_dir, record_run
+from l2l_cli.cli.run_dir_lock import RunDirLock
+from l2l_cli.core.checkpoints import check_architecture
+from l2l_cli.core.environment import configure_torch, environment_record, release_freed_memory, resolve_device
+from l2l_cli.core.registry import OPTIMIZEES, OPTIMIZERS
+from l2l_cli.core.schemas import ConfigError, EvalConfig
+from l2l_cli.evaluation.comparison import Evaluation, evaluate_task, final_pictures
+from l2l_cli.evaluation.tuning_cache import TuningCache
+from l2l_cli.meta.trainer import improvement
+from l2l_cli.optimizees import build_family
+from l2l_cli.optimizees.base import held_out_problems
+from l2l_cli.optimizers.baselines import baseline_config
+from l2l_cli.optimizers.learned.compiled import maybe_compile, should_compile
+from l2l_cli.optimizers.learned.loading import load_learned_optimizer
+from l2l_cli.reporting.writers import (
+    plot_curves,
+    stats_curves,
+    write_csv,
+    write_curves_csv,
+    write_curves_tensorboard,
+    write_generalization_tensorboard,
+    write_json,
+    write_pictures,
+)
+
+log = logging.getLogger("l2l.eval")
+
+
+def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
+    """The learned optimizer as trained, rebuilt through the registry from the architecture the checkpoint names:
+    its config comes from the checkpoint; a key the user set explicitly that disagrees with it is an error rather
+    than silently ignored. Returns (name, optimizer, record for results.json)."""
+    if not conf.checkpoint:
+        raise ConfigError(f"checkpoint: eval with optimizer={conf.optimizer.name} needs checkpoint=PATH (best.pt or "
+                          "last.pt from l2l train)")
+    net, payload = load_learned_optimizer(conf.checkpoint, device)
+    path = conf.checkpoint
+    saved = payload["optimizer"]
+    not_checked = set(saved) - set(net.config.architecture())  # e.g. the LSTM's output scale
+    wanted = {k: getattr(conf.optimizer, k) for k in explicit_keys
+              if k in saved and k not in not_checked and hasattr(conf.optimizer, k)}
+    check_architecture(path, saved, wanted)
+    net.eval()
+    steps = conf.eval.num_steps or conf.schedule.num_steps
+    work = conf.eval.num_functions * build_family(conf.optimizee).num_params * steps
+    maybe_compile(net, should_compile(conf.compile, work))
+    trained_on = (payload.get("optimizee") or {}).get("name")
+    if trained_on and trained_on != conf.optimizee.name:
+        log.info("%s was meta-trained on optimizee=%s; evaluating it on optimizee=%s", path, trained_on,
+                 conf.optimizee.name)
+    verdict = improvement(payload.get("history", []), float(payload["best_val"]))
+    return net.name, net, {"checkpoint": str(path), "iteration": payload["iteration"], "best_val": payload["best_val"],
+                           "optimizer": saved, **verdict}
+
+
+def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
+             explicit_keys: set[str] = frozenset()) -> float:
+    """Evaluate on the configured task, or on every entry of eval.variants (a generalisation study).
+
+    Returns the studied optimizer's mean final test loss (on the first variant when there are several).
+    """
+    configure_torch(conf.threads)
+    device = resolve_device(conf.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    learned = load_learned(conf, device, explicit_keys) if conf.optimizer.name in OPTIMIZERS.learned() else None
+    also = load_compared(conf, device, learned[0] if learned else conf.optimizer.name)
+    if not conf.eval.variants:
+        results = evaluate_one(conf, out_dir, device, learned, config_record, also)
+        return results["optimizers"][results["studied"]]["final_mean"]
+    results = {}
+    for name, variant in conf.eval.variants.items():
+        log.info("variant %s: %s", name, variant or "the base task")
+        variant_conf = apply_variant(conf, name, variant)
+        results[name] = evaluate_one(variant_conf, out_dir / name, device, learned, config_record, also)
+        release_freed_memory()
+    write_generalization(out_dir, results, config_record)
+    first = next(iter(results.values()))
+    return first["optimizers"][first["studied"]]["final_mean"]
+
+
+def load_compared(conf: EvalConfig, device, studied: str) -> dict:
+    """eval.compare's learned optimizers: name -> (optimizer, record for results.json), each as its checkpoint
+    trained it."""
+    compared = {}
+    for name, path in conf.eval.compare.items():
+        if path is None:
+            log.info("eval.compare.%s is not set: no %s column", name, name)
+            continue
+        if name == studied:
+            raise ConfigError(f"eval.compare.{name}: the studied optimizer's name; give the compared one another")
+        net, payload = load_learned_optimizer(path, device)
+        compared[name] = (net.eval(), {"checkpoint": str(path), "iteration": payload["iteration"],
+                                       "best_val": payload["best_val"], "optimizer": payload["optimizer"],
+                                       "optimizee": payload.get("optimizee")})
+    return compared
+
+
+def replace_fields(obj, changes: dict, key: str):
+    """A config dataclass with ``changes`` applied: a dict given for a nested dataclass field changes only the
+    fields it names (``optimizee: {data: {labels: [0, 1]}}`` keeps data.root)."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+    new = {}
+    for field_name, value in (changes or {}).items():
+        if field_name not in fields:
+            raise ConfigError(f"{key}.{field_name}: unknown key, allowed keys: {', '.join(sorted(fields))}")
+        current = getattr(obj, field_name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = replace_fields(current, value, f"{key}.{field_name}")
+        new[field_name] = value
+    return dataclasses.replace(obj, **new)
+
+
+def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
+    """The config of one generalisation variant: optimizee fields and/or num_steps replaced; ``optimizee.name``
+    another family (its defaults, then the variant's fields)."""
+    unknown = set(variant) - {"optimizee", "num_steps"}
+    if unknown:
+        raise ConfigError(f"eval.variants.{name}: unknown key {sorted(unknown)[0]!r}, allowed keys: optimizee, "
+                          "num_steps")
+    changes = dict(variant.get("optimizee") or {})
+    base = conf.optimizee
+    family = changes.pop("name", base.name)
+    if family != base.name:  # another family: its own defaults, then the variant's fields
+        if family not in OPTIMIZEES.names():
+            raise ConfigError(f"eval.variants.{name}.optimizee.name: got {family!r}, allowed values: "
+                              f"{', '.join(OPTIMIZEES.names())}")
+        base = OPTIMIZEES.get(family).default_config()
+    try:
+        optimizee = replace_fields(base, changes, f"eval.variants.{name}.optimizee")
+    except ConfigError as exc:
+        if str(exc).startswith(f"eval.variants.{name}"):
+            raise
+        raise ConfigError(f"eval.variants.{name}: {exc}") from None
+    loop = dataclasses.replace(conf.eval, num_steps=variant.get("num_steps", conf.eval.num_steps), variants={})
+    return dataclasses.replace(conf, optimizee=optimizee, eval=loop)
+
+
+def write_generalization(out_dir: Path, results: dict, config_record: dict | None) -> None:
+    """One table: rows = variants, columns = optimizers, cells = mean final test loss (best per row in bold)."""
+    optimizers = list(next(iter(results.values()))["optimizers"])
+    rows = {variant: {name: r["optimizers"][name]["final_mean"] for name in optimizers} for variant, r in
+            results.items()}
+    show(generalization_table(rows, {v: r["num_steps"] for v, r in results.items()}))
+    write_csv(out_dir / "generalization.csv", ["variant", "num_steps", *optimizers],
+              ([variant, str(results[variant]["num_steps"]), *(f"{row[n]:.6g}" for n in optimizers)]
+               for variant, row in rows.items()))
+    write_generalization_tensorboard(out_dir / "tb", rows, {v: r["num_steps"] for v, r in results.items()})
+    write_json(out_dir / "results.json", {
+        "generalization": rows,
+        "learning_rates": {v: {n: lr["lr"] for n, lr in r["learning_rates"].items()} for v, r in results.items()},
+        "nonfinite": {v: {n: r["optimizers"][n]["nonfinite"] for n in optimizers} for v, r in results.items()},
+        "variants": {v: {"optimizee": r["optimizee"], "num_steps": r["num_steps"], "data": r.get("data")}
+                     for v, r in results.items()},
+        "data": next(iter(results.values())).get("data"),
+        **({"compared": next(iter(results.values()))["compared"]} if "compared" in next(iter(results.values()))
+           else {}),
+        "config": config_record,
+        "environment": environment_record(),
+    })
+
+
+def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None,
+                 also: dict | None = None) -> dict:
+    """Compute (tune, compare) on one task, then write it; returns the results written to results.json.
+    ``learned``: (name, optimizer, record) from load_learned, or None when a baseline is studied; ``also``:
+    load_compared's other learned optimizers."""
+    also = also or {}
+    family = build_family(conf.optimizee)
+    num_steps = conf.eval.num_steps or conf.schedule.num_steps
+    val_problem = held_out_problems(family, conf.eval.val_functions, num_steps, conf.data_seed, "validation", device)
+    test_problem = held_out_problems(family, conf.eval.num_functions, num_steps, conf.data_seed, "test", device)
+    baselines = {name: baseline_config(name) for name in conf.eval.baselines}
+    if learned is None:  # a baseline studied: its own config (maybe a fixed lr) first, then the others
+        baselines = {conf.optimizer.name: conf.optimizer,
+                     **{k: v for k, v in baselines.items() if k != conf.optimizer.name}}
+    grid = conf.eval.lr_grid
+    cache = None
+    if conf.eval.tuning_cache:
+        cache = TuningCache(conf.eval.tuning_cache, {
+            "optimizee": asdict(conf.optimizee), "num_steps": num_steps, "val_functions": conf.eval.val_functions,
+            "data_seed": conf.data_seed, "grid": list(grid), "refine": conf.eval.refine_lr, "device": str(device)},
+            baselines)
+    with progress() as bar:
+        to_tune = [n for n, c in baselines.items() if c.lr is None]
+        tune_task = bar.add_task("tune lr", total=len(to_tune), info=f"{len(grid)} values x {len(val_problem)} "
+                                                                     "validation functions")
+        test_task = []  # added when testing starts, so its clock starts then
+
+        def on_test_start() -> None:
+            test_task.append(bar.add_task("test", total=len(baselines) + (learned is not None) + len(also),
+                                          info=f"{len(test_problem)} test functions"))
+
+        result = evaluate_task(
+            family, val_problem, test_problem, num_steps, baselines, grid, conf.eval.refine_lr,
+            learned=None if learned is None else learned[:2], also={n: net for n, (net, _) in also.items()},
+            on_tuned=lambda name, r: bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(r.lr)}"),
+            on_test_start=on_test_start,
+            on_tested=lambda name: bar.update(test_task[0], advance=1, info=f"{name} done"), tuning_cache=cache)
+    for tuning in result.tuning.values():
+        if tuning.at_grid_edge:
+            log.warning("%s: the best learning rate %s is at the edge of eval.lr_grid; widen the grid",
+                        tuning.name, fmt(tuning.lr))
+    shown = {n: result.rules[n] for n in (result.learned, result.best_baseline) if n is not None}
+    pictures = final_pictures(family, test_problem, shown, num_steps)
+    return write_evaluation(out_dir, result, conf, family.data_record(), None if learned is None else learned[2],
+                            config_record, pictures, {n: record for n, (_, record) in also.items()})
+
+
+def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: dict | None,
+                     learned_info: dict | None, config_record: dict | None, pictures: dict | None = None,
+                     also_info: dict | None = None) -> dict:
+    """The table on the console; TensorBoard, curves.csv, curves.png and results.json in out_dir; pictures.png
+    (and TensorBoard's images tab) where the family draws its parameters as images."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats, tuning, name = result.stats, result.tuning, conf.optimizee.name
+    lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
+    for learned in (result.learned, *result.also):
+        if learned:
+            lr_text[learned] = "learned"
+    title = f"{name}: final loss (step {result.num_steps}) on {result.num_test_functions} test functions"
+    show(results_table(stats, lr_text, result.learned, result.best_baseline, title))
+    if learned_info is not None and learned_info.get("improved") is False:
+        log.warning("%s is no better than untrained (validation %.4g vs %.4g at iteration 0): not worth using",
+                    result.learned, learned_info["best_val"], learned_info["untrained_val"])
+    write_curves_tensorboard(out_dir / "tb", stats)
+    write_curves_csv(out_dir / "curves.csv", stats)
+    plot_curves(out_dir / "curves.png",
+                stats_curves(stats, {n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()}, result.learned),
+                title=f"{name}: {result.num_test_functions} test functions", ylabel="loss (mean, 10-90% band)")
+    if pictures is not None:
+        write_pictures(out_dir / "pictures.png", out_dir / "tb", pictures, step=result.num_steps,
+                       title=f"{name}: step {result.num_steps}, first {len(next(iter(pictures.values())))} test "
+                             "functions")
+    results = {
+        "optimizee": asdict(conf.optimizee),
+        "data": data,
+        "num_steps": result.num_steps,
+        "num_test_functions": result.num_test_functions,
+        "num_validation_functions": result.num_validation_functions,
+        "seeds": {"seed": conf.seed, "data_seed": conf.data_seed, "validation_stream": "validation",
+                  "test_stream": "test"},
+        "studied": result.studied,
+        "learned": learned_info,
+        **({"compared": also_info} if also_info else {}),
+        "best_baseline": result.best_baseline,
+        "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": {str(k): v for k, v in
+                                                                                     r.scores.items()}}
+                           for n, r in tuning.items()},
+        "optimizers": {n: {"final_mean": s.final_mean, "final_median": s.final_median,
+                           "final_mean_log10": s.final_mean_log10,
+                           "final_expected_mean": s.final_expected_mean, "nonfinite": s.nonfinite,
+                           "runs": s.runs, "mean": s.mean, "median": s.median, "q10": s.q10, "q90": s.q90,
+                           "mean_log10": s.mean_log10}
+                       for n, s in stats.items()},
+        "config": config_record if config_record is not None else {
+            "optimizee": asdict(conf.optimizee), "optimizer": asdict(conf.optimizer),
+            "schedule": asdict(conf.schedule), "eval": asdict(conf.eval)},
+        "environment": environment_record(),
+    }
+    write_json(out_dir / "results.json", results)
+    log.info("wrote %s (results.json, curves.csv, curves.png%s, tb/)", out_dir,
+             ", pictures.png" if pictures is not None else "")
+    return results
+
+
+def _explicit_optimizer_keys() -> set[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("optimizer."):
+            keys.add(key.split(".", 1)[1])
+    return keys
+
+
+def run(cfg: DictConfig) -> float:
+    conf: EvalConfig = to_objects(cfg)
+    conf.threads = job_threads(conf.threads)
+    configure_torch(conf.threads)
+    out_dir = output_dir()
+    with RunDirLock(out_dir, "eval"):
+        record = record_run(cfg, out_dir)
+        torch.manual_seed(conf.seed)
+        return evaluate(conf, out_dir, config_record=record["config"], explicit_keys=_explicit_optimizer_keys())
+
+
+main = hydra_task(run)

@@ -1,0 +1,101 @@
+"""The `l2l` command: `l2l <command> [hydra overrides]` runs the Hydra app of that command.
+
+Hydra has no subcommands, so this thin dispatcher pops the command from argv and hands the rest to
+``hydra.main`` with the command's primary config; `-m`, `--cfg job`, `--help` and `hydra.run.dir=` keep working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from l2l_cli.cli.run_dir_lock import RunDirLock
+
+COMMANDS = {
+    "train": ("l2l_cli.cli.train", "meta-train a learned optimizer (then evaluate it)"),
+    "eval": ("l2l_cli.cli.evaluate", "compare a learned optimizer with tuned baselines (`l2l eval --help` lists them)"),
+    "plot": ("l2l_cli.cli.plot", "one view (TensorBoard, PNG, CSV, table) of sweeps and eval dirs"),
+    "pretrained": ("l2l_cli.cli.pretrained", "learned optimizers shipped with l2l (checkpoint=pretrained:NAME)"),
+}
+PLAIN_COMMANDS = {"plot", "pretrained"}  # argparse commands, not Hydra apps
+
+USAGE = ("usage: l2l {train,eval} [key=value ...] [-m] [--cfg job] [--help] [--debug]\n"
+         "       l2l plot DIR... [--out DIR]\n"
+         "       l2l pretrained [add NAME RUN_DIR]")
+
+
+def rank_overrides(args: list[str]) -> list[str]:
+    """torchrun starts every rank with the same command line. Rank 0's run dir is the run's (the others learn it
+    from rank 0); the others keep Hydra's files and log in a scratch dir of their own."""
+    rank = os.environ.get("RANK", "0")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or rank == "0":
+        return args
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"l2l-rank{rank}-")
+    return [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={scratch}",
+                                                                      "hydra.output_subdir=null"]
+
+
+def check_run_dir(command: str, args: list[str]) -> None:
+    """A run dir given on the command line that a live run holds: fail before Hydra writes its files into it."""
+    if "-m" in args or "--multirun" in args:
+        return
+    for arg in args:
+        if arg.startswith("hydra.run.dir="):
+            lock = RunDirLock(arg.split("=", 1)[1], command)
+            if lock.path.exists():
+                lock.acquire().release()  # raises RunDirBusy while its holder lives
+
+
+def _print_usage(stream) -> None:
+    print(USAGE, file=stream)
+    for name, (_, help_text) in COMMANDS.items():
+        print(f"  {name:<8}{help_text}", file=stream)
+    print("Run `l2l <command> --help` for a command's config groups and keys.", file=stream)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        _print_usage(sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"l2l: unknown command {command!r}, allowed values: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    if command in PLAIN_COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).main(rest)
+        return
+    # Lazy, documented: hydra, omegaconf and torch load only for the Hydra commands, so `l2l --help`, `l2l plot`
+    # and `l2l pretrained` start without them.
+    from l2l_cli.cli.errors import DEBUG_ENV, exit_on_error
+
+    if "--debug" in rest or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ[DEBUG_ENV] = "1"
+    rest = [arg for arg in rest if arg != "--debug"]
+    # let composition errors reach us instead of Hydra's multi-line report (errors inside the job are turned into
+    # one line by commands.hydra_task before Hydra sees them)
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    import hydra
+
+    from l2l_cli.cli.config import config_dir, register_schemas  # lazy, as above
+
+    register_schemas()
+    if command == "train":
+        rest = rank_overrides(rest)
+    try:
+        check_run_dir(command, rest)
+    except Exception as exc:  # noqa: BLE001 - one line, as for any error
+        exit_on_error(exc)
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"l2l {command}", *rest]
+    try:
+        hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(module.main)()
+    except (Exception, KeyboardInterrupt) as exc:
+        exit_on_error(exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""`l2l train`: meta-train the learned optimizer, keep best/last checkpoints, then evaluate best.pt."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from l2l_cli.cli.config import continue_recorded, to_objects
+from l2l_cli.cli.console import fmt, progress
+from l2l_cli.cli.evaluate import evaluate
+from l2l_cli.cli.hydra_task import hydra_task
+from l2l_cli.cli.job import job_threads, output_dir, record_run, write_metrics
+from l2l_cli.cli.run_dir_lock import RunDirLock
+from l2l_cli.core.environment import configure_torch, resolve_device
+from l2l_cli.core.registry import OPTIMIZERS
+from l2l_cli.core.run_layout import run_dir_of
+from l2l_cli.core.schemas import ConfigError, EvalConfig, TrainConfig
+from l2l_cli.core.signals import GracefulStop
+from l2l_cli.meta.distributed import Rank, from_environment, join_group, shared_value
+from l2l_cli.meta.launch import TrainingResult, run_training
+from l2l_cli.meta.policy import plan_training
+from l2l_cli.meta.population import find_resume
+from l2l_cli.meta.stopping import StopRequested
+from l2l_cli.meta.trainer import improvement, not_improved_message
+from l2l_cli.optimizees import build_family
+from l2l_cli.reporting.writers import TensorBoardWriter
+
+log = logging.getLogger("l2l.train")
+
+
+def train(conf: TrainConfig, out_dir: Path, launched: Optional[Rank] = None) -> TrainingResult:
+    """Meta-train every member of the population, with a progress bar; Ctrl-C stops after the iteration.
+    ``launched``: this process's rank when torchrun or SLURM started it as one of a group."""
+    if conf.optimizer.name not in OPTIMIZERS.learned():
+        raise ConfigError(f"optimizer: train needs a learned optimizer, got {conf.optimizer.name!r}, "
+                          f"allowed values: {', '.join(OPTIMIZERS.learned())}")
+    configure_torch(conf.threads)
+    setup = plan_training(family=build_family(conf.optimizee), optimizee=conf.optimizee, optimizer=conf.optimizer,
+                          schedule=conf.schedule, loop=conf.train, seed=conf.seed, data_seed=conf.data_seed,
+                          device=resolve_device(conf.device), out_dir=out_dir, compile=conf.compile,
+                          estimator=conf.estimator)
+    population, iterations = conf.train.population, conf.train.iterations
+    quiet = launched is not None and not launched.writes
+    with GracefulStop(quiet=quiet) as stopper, progress(disable=quiet) as bar:
+        task = bar.add_task("meta-train", total=population * iterations, completed=0, info="")
+
+        def on_start(k: int, t) -> None:
+            bar.update(task, completed=k * iterations + t.iteration)
+
+        def on_iteration(k: int, t, stats) -> None:
+            name = "" if population == 1 else f"member {k}: "
+            val = t.history[-1][1] if t.history else float("nan")
+            bar.update(task, completed=k * iterations + t.iteration,
+                       info=f"{name}loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
+
+        try:
+            return run_training(setup, population, conf.resume, rank=launched, writer_for=TensorBoardWriter,
+                                on_start=on_start, on_iteration=on_iteration, should_stop=stopper.stop)
+        except StopRequested:
+            requeue = stopper.requeue()
+            if requeue is not None:  # SLURM's time limit or a preemption: last.pt is written; requeue the job
+                log.warning("preempted or at the time limit: last.pt written; requeuing the job, which resumes it")
+                requeue(stopper.signum, None)
+            raise
+
+
+def requeued() -> bool:
+    """This is a SLURM job that was requeued and started again."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def run(cfg: DictConfig) -> float:
+    started = time.monotonic()
+    out_dir = output_dir()
+    launched = from_environment()  # one of several ranks started by torchrun or SLURM
+    writes = launched is None or launched.writes
+    with RunDirLock(out_dir, "train") if writes else contextlib.nullcontext():
+        return _run(cfg, out_dir, launched, writes, started)
+
+
+def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool, started: float) -> float:
+    conf: TrainConfig = to_objects(cfg)  # every check before anything else
+    if launched is not None:  # rank 0's run dir and resume decision are the run's
+        join_group(launched, resolve_device(conf.device), conf.train.dist_timeout)
+        out_dir = Path(shared_value("out_dir", str(out_dir), launched))
+    overrides = list(HydraConfig.get().overrides.task)
+    source = None
+    if writes:
+        explicit = any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra)
+        source = find_resume(conf.resume, out_dir, explicit, "train", conf.optimizee.name)
+    if launched is not None:
+        source = shared_value("resume", str(source or ""), launched) or None
+    if source is not None:
+        source = Path(source)
+        cfg = continue_recorded(cfg, source if source.is_dir() else run_dir_of(source), overrides)
+        conf = to_objects(cfg)
+        conf.resume = str(source)
+    if source is None and requeued() and (out_dir / "checkpoints" / "last.pt").is_file():
+        source = out_dir  # this SLURM job was requeued (time limit, preemption, scontrol requeue): continue it
+        log.info("requeued job (restart %s): resuming %s", os.environ.get("SLURM_RESTART_COUNT"), out_dir)
+        conf.resume = str(source)
+    conf.threads = job_threads(conf.threads)
+    configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
+    if writes:
+        record_run(cfg, out_dir)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports
+    training = train(conf, out_dir, launched)
+    result = training.population
+    members, winner, best_path = result.members, result.winner, result.best_path
+    if not training.writes:  # rank 0 writes the metrics and evaluates
+        return members[winner].best_val
+    best = members[winner]
+    verdict = improvement(best.history, best.best_val)
+    if not verdict["improved"]:
+        log.warning(not_improved_message(verdict, conf.train.meta_lr))
+    metrics = {"val_best": best.best_val, "best_iteration": best.best_iteration, **verdict,
+               "iterations": best.iteration, "skipped_updates": sum(t.skipped_total for t in members),
+               "validation_history": [list(h) for h in best.history],
+               "train_seconds": round(time.monotonic() - started, 1)}
+    if len(members) > 1:
+        metrics["best_member"] = winner
+        metrics["members"] = [{"member": k, "val_best": t.best_val, "best_iteration": t.best_iteration,
+                               "iterations": t.iteration, "validation_history": [list(h) for h in t.history]}
+                              for k, t in enumerate(members)]
+    write_metrics(out_dir, metrics)
+    if conf.train.evaluate:
+        eval_conf = EvalConfig(seed=conf.seed, data_seed=conf.data_seed, device=conf.device, threads=conf.threads,
+                               compile=conf.compile,
+                               optimizee=conf.optimizee, optimizer=conf.optimizer, schedule=conf.schedule,
+                               eval=conf.eval, checkpoint=str(best_path))
+        metrics["test_final_mean"] = evaluate(eval_conf, out_dir / "eval", config_record=None)
+        metrics["total_seconds"] = round(time.monotonic() - started, 1)
+        write_metrics(out_dir, metrics)
+    return best.best_val
+
+
+main = hydra_task(run)

@@ -1,0 +1,1 @@
+"""Unroll schedules: how an optimizee run is cut into truncations, and the horizons meta-training goes through."""

@@ -1,0 +1,91 @@
+"""A meta-training's checkpoints: what best.pt and last.pt hold (everything a bit-identical resume needs), writing
+them (one rank writes; the directory must still exist) and reading them back into a trainer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from l2l_cli.core.checkpoints import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
+from l2l_cli.core.files import remember_checkpoint
+
+
+class TrainerCheckpoints:
+    """``trainer``: a ``MetaTrainer``, whose parts (network, meta-optimizer, generator, average, curriculum,
+    progress) make the payload."""
+
+    def __init__(self, trainer, directory: Path, writes: bool):
+        self.trainer, self.directory, self.writes = trainer, directory, writes
+        if writes:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def payload(self) -> dict:
+        t = self.trainer
+        s = t.s
+        binding = t.net.binding()
+        return {
+            "optimizer": asdict(s.optimizer),
+            **({"parameter_groups": binding} if binding is not None else {}),
+            "optimizee": asdict(s.optimizee) if s.optimizee is not None else {},
+            "schedule": asdict(s.schedule),
+            "estimator": asdict(t.estimator.config),
+            "model": t.average.evaluated_state(),
+            **({"trained_model": t.net.state_dict()} if t.average.on else {}),
+            "meta_optimizer": t.meta_opt.state_dict(),
+            "rng": t.gen.get_state(),
+            "iteration": t.iteration,
+            "best_val": t.best_val,
+            "best_iteration": t.best_iteration,
+            "skipped_total": t.guard.total,
+            "history": [list(h) for h in t.history],
+            "seed": s.seed,
+            "member": s.member,
+            "data_seed": s.data_seed,
+            "curriculum": t.curriculum.state(),
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.directory / name
+        if self.writes:  # every rank holds the same state; one writes it
+            # the directory is made once, at the start: a run whose directory was removed stops and says so
+            save_checkpoint(self.payload(), path, make_dirs=False)
+            if name == "last.pt":
+                remember_checkpoint(path, self.trainer.iteration)
+        return path
+
+    def restore(self, payload: dict, path) -> None:
+        t = self.trainer
+        check_architecture(path, payload["optimizer"], t.s.optimizer.architecture())
+        if int(payload.get("member", 0)) != t.s.member:
+            raise CheckpointError(f"checkpoint {path}: it is population member {payload.get('member', 0)}'s, "
+                                  f"not member {t.s.member}'s")
+        restore_weights(t, payload)
+        t.meta_opt.load_state_dict(payload["meta_optimizer"])
+        t.gen.set_state(payload["rng"])
+        t.iteration = int(payload["iteration"])
+        t.best_val = float(payload["best_val"])
+        t.best_iteration = int(payload["best_iteration"])
+        t.guard.total = int(payload.get("skipped_total", 0))
+        t.history = [tuple(h) for h in payload.get("history", [])]
+        t.curriculum.load_state(payload.get("curriculum", {}))
+        self._carry_over(Path(path).with_name("best.pt"))
+
+    def _carry_over(self, source: Path) -> None:
+        """Resuming into another run dir: bring the checkpoints along, so the new run is complete even when no later
+        validation beats the best; without a best.pt, forget the old best so the next validation writes one."""
+        target = self.directory / "best.pt"
+        if source.resolve() == target.resolve():
+            return
+        self.save("last.pt")
+        if source.is_file():
+            if self.writes:
+                copy_checkpoint(source, target)
+        else:
+            self.trainer.best_val, self.trainer.best_iteration = math.inf, -1
+
+
+def restore_weights(trainer, payload: dict) -> None:
+    """The weights of a checkpoint (trained and averaged); the meta-optimizer's state goes on."""
+    trainer.net.load_state_dict(payload.get("trained_model", payload["model"]))
+    trainer.average.load(payload["model"])
