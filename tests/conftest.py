@@ -15,6 +15,9 @@ from hydra.core.global_hydra import GlobalHydra
 from l2l_cli.cli.config import config_dir, register_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
+# every `l2l` a test starts runs on one torch thread unless the test sets `threads=`: the xdist workers already keep
+# each core busy, and a second OpenMP thread per process only spins against the other worker
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def slurm_cluster() -> str | None:
@@ -32,7 +35,32 @@ def slurm_cluster() -> str | None:
     return None
 
 
+# Tests that share a fixture built once per session or module (a CLI run, a sweep) form one xdist group, so that
+# fixture is built on one worker only; the SLURM tests form one too, so their jobs never queue behind each other.
+SHARED_FIXTURES = ("tiny_run", "sweeps", "uninterrupted")
+GROUPED_MODULES = ("test_slurm",)
+# Modules with the longest tests start first, so neither worker is left with a long one at the end.
+LONGEST_FIRST = ("test_sweeps", "test_slurm", "test_reliability", "test_rundirs", "test_distributed", "test_cli",
+                 "test_population", "test_mnist")
+
+
+def _module(item) -> str:
+    return item.path.stem
+
+
+def order_and_group(items) -> None:
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
+        group = shared[0] if shared else (_module(item) if _module(item) in GROUPED_MODULES else None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_module(item), len(rank)))  # stable: the order within a module stays
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook of this name)
 def pytest_collection_modifyitems(config, items):
+    order_and_group(items)
     slurm_items = [item for item in items if "slurm" in item.keywords]
     if not slurm_items:
         return
@@ -72,6 +100,24 @@ def compose_cfg():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+# the evaluation of the shared tiny run (tiny_run), also what test_reliability repeats to check bit-identity
+TINY_EVAL = ["optimizee.dim=4", "eval.num_steps=10", "eval.num_functions=32", "eval.val_functions=16",
+             "eval.lr_grid=[0.01,0.1,1.0]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny `l2l train` (TINY_TRAIN) and an `l2l eval` of its best.pt (TINY_EVAL), as subprocesses, shared by
+    every test that only reads such a run: (root, train, evaluate) with the runs in root/train and root/eval."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    train = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={root / 'train'}")
+    assert train.returncode == 0, train.stdout + train.stderr
+    evaluate = run_cli("eval", *TINY_EVAL, f"checkpoint={root / 'train' / 'checkpoints' / 'best.pt'}",
+                       f"hydra.run.dir={root / 'eval'}")
+    assert evaluate.returncode == 0, evaluate.stdout + evaluate.stderr
+    return root, train, evaluate
 
 
 def run_cli(*args, cwd=None, env=None, timeout=300):

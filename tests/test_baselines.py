@@ -326,7 +326,7 @@ def test_unknown_and_learned_names_are_refused_in_one_line():
 def test_baseline_builds_the_registered_class():
     """``Baseline(cfg, lr)`` (the pre-plugin spelling, still used by benchmarks/) builds what build_baseline does."""
     for name in BASELINES:
-        rule = Baseline(baseline_config(name), 0.1)
+        rule = build_baseline(baseline_config(name), 0.1)
         assert type(rule) is OPTIMIZERS.get(name).build and rule.name == name and rule.lr == 0.1
         assert type(copy.deepcopy(rule)) is type(rule)
     with pytest.raises(TypeError, match="abstract"):  # a rule without its step

@@ -22,17 +22,10 @@ EVALUATED = ["lstm", *DEFAULT_BASELINES]
 EVAL_STEPS = 10
 
 
-@pytest.fixture(scope="module")
-def trained_and_evaluated(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    train = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={root / 'train'}")
-    assert train.returncode == 0, train.stdout + train.stderr
-    ckpt = root / "train" / "checkpoints" / "best.pt"
-    evaluate = run_cli("eval", "optimizee.dim=4", "eval.num_steps=10", "eval.num_functions=32",
-                       "eval.val_functions=16", "eval.lr_grid=[0.01,0.1,1.0]", f"checkpoint={ckpt}",
-                       f"hydra.run.dir={root / 'eval'}")
-    assert evaluate.returncode == 0, evaluate.stdout + evaluate.stderr
-    return root, train, evaluate
+@pytest.fixture
+def trained_and_evaluated(tiny_run):
+    """The session's shared tiny train and eval runs (conftest.tiny_run)."""
+    return tiny_run
 
 
 def test_train_writes_checkpoints_logs_and_records(trained_and_evaluated):

@@ -23,11 +23,12 @@ def _model(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_run):
+    """root/single: the session's tiny run (TINY_TRAIN, read only); root/population: POPULATION with the same seed."""
     root = tmp_path_factory.mktemp("population")
-    for name, args in (("single", TINY_TRAIN), ("population", POPULATION)):
-        result = run_cli("train", *args, f"hydra.run.dir={root / name}")
-        assert result.returncode == 0, result.stdout + result.stderr
+    (root / "single").symlink_to(tiny_run[0] / "train")
+    result = run_cli("train", *POPULATION, f"hydra.run.dir={root / 'population'}")
+    assert result.returncode == 0, result.stdout + result.stderr
     return root
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_TRAIN, run_cli
+from conftest import ROOT, TINY_EVAL, TINY_TRAIN, run_cli
 from test_meta import _setup
 
 from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -18,7 +18,8 @@ from l2l_cli.evaluation.comparison import curve_stats
 from l2l_cli.meta.stopping import DivergenceError
 from l2l_cli.meta.trainer import MetaTrainer
 
-LONG = [*TINY_TRAIN, "train.iterations=400", "train.val_every=100", "train.checkpoint_every=5"]
+# long enough that a signal sent once the first checkpoint (iteration 5) exists arrives mid-run
+LONG = [*TINY_TRAIN, "train.iterations=150", "train.val_every=50", "train.checkpoint_every=5"]
 
 
 def _start_train(run_dir: Path, *extra, new_session=False):
@@ -57,7 +58,7 @@ def test_signal_writes_last_checkpoint_and_resume_matches_uninterrupted(tmp_path
     assert proc.returncode == 128 + sig, stderr
     assert "last checkpoint written to" in stderr and "Traceback" not in stderr
     stopped_at = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"]
-    assert 5 <= stopped_at < 400
+    assert 5 <= stopped_at < 150
     resumed = run_cli("train", *LONG, "resume=true", f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {tmp_path / 'checkpoints' / 'last.pt'} at iteration {stopped_at}" in " ".join(
@@ -79,7 +80,7 @@ def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly_and_resumes_exac
     assert proc.returncode == 128 + signal.SIGINT, stderr
     assert "last checkpoint written to" in stderr and "Traceback" not in stderr and "WorkerError" not in stderr
     stopped_at = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"]
-    assert 5 <= stopped_at < 400
+    assert 5 <= stopped_at < 150
     resumed = run_cli("train", *LONG, *workers, "resume=true", f"hydra.run.dir={tmp_path / 'run'}")
     assert resumed.returncode == 0, resumed.stderr
     final, reference = _final_model(tmp_path / "run"), _final_model(tmp_path / "straight")
@@ -208,22 +209,18 @@ def test_diverging_baseline_is_reported_in_eval(tmp_path):
     assert "16/16" in result.stdout
 
 
-def test_same_seed_gives_bit_identical_checkpoints_and_results(tmp_path):
-    outputs = []
-    for name in ("a", "b"):
-        train = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={tmp_path / name}")
-        assert train.returncode == 0, train.stderr
-        ckpt = tmp_path / name / "checkpoints" / "best.pt"
-        evaluate = run_cli("eval", "optimizee.dim=4", "eval.num_steps=10", "eval.num_functions=16",
-                           "eval.val_functions=8", "eval.lr_grid=[0.1]",
-                           f"checkpoint={tmp_path / 'a' / 'checkpoints' / 'best.pt'}",
-                           f"hydra.run.dir={tmp_path / name / 'eval'}")
-        assert evaluate.returncode == 0, evaluate.stderr
-        outputs.append((ckpt.read_bytes(), (tmp_path / name / "checkpoints" / "last.pt").read_bytes(),
-                        (tmp_path / name / "eval" / "results.json").read_bytes()))
-    assert outputs[0] == outputs[1]
+def test_same_seed_gives_bit_identical_checkpoints_and_results(tmp_path, tiny_run):
+    """A second run of the session's tiny train and eval (conftest.tiny_run), same command line: the same bytes."""
+    root, _, _ = tiny_run
+    train = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={tmp_path / 'train'}")
+    assert train.returncode == 0, train.stderr
+    evaluate = run_cli("eval", *TINY_EVAL, f"checkpoint={root / 'train' / 'checkpoints' / 'best.pt'}",
+                       f"hydra.run.dir={tmp_path / 'eval'}")
+    assert evaluate.returncode == 0, evaluate.stderr
+    for name in ("train/checkpoints/best.pt", "train/checkpoints/last.pt", "eval/results.json"):
+        assert (tmp_path / name).read_bytes() == (root / name).read_bytes(), name
     import json
 
-    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    record = json.loads((tmp_path / "train" / "run.json").read_text())
     assert record["seeds"] == {"seed": 0, "data_seed": 0}
     assert record["environment"]["packages"]["torch"] and "git_commit" in record["environment"]

@@ -191,6 +191,6 @@ def test_seed_group_statistics():
     group = SeedGroup("x", {}, runs=[(s, r, -0.5) for s, r in enumerate([0.8, 1.2, 0.9, 0.7, 0.9])])
     assert group.mean == pytest.approx(0.9) and group.std == pytest.approx(math.sqrt(0.035))
     low, high = group.interval
-    assert high - group.mean == pytest.approx(2.776 * math.sqrt(0.035 / 5), rel=1e-4)  # t(0.975, 4), 4 digits
+    assert high - group.mean == pytest.approx(2.7764 * math.sqrt(0.035 / 5), rel=1e-4)  # t(0.975, 4), 5 digits
     assert group.wins == 4 and group.log10_gap == -0.5
     assert t975(30) == pytest.approx(2.042, abs=0.005) and t975(60) == pytest.approx(2.000, abs=0.005)

@@ -1,6 +1,7 @@
-"""Name -> (config dataclass, builder) for the optimizee families and the optimizers.
+"""Name -> (config dataclass, builder) for every role that is a config group: optimizee families, optimizers
+(learned and baselines), unroll schedules and meta-gradient estimators.
 
-Each family or optimizer module registers itself when imported; a registry imports every module of its package
+Each module registers itself when imported; a registry imports every module of its package
 the first time it is asked, so adding one is a new module (plus its YAML under conf/) and nothing else.
 """
 
@@ -81,7 +82,7 @@ class Registry:
         return [e.name for e in self.entries() if e.learned]
 
     def baselines(self) -> List[str]:
-        """Hand-designed optimizers, in the order tables show them (registration order)."""
+        """Hand-designed optimizers, in registration order (tables follow eval.baselines, not this)."""
         self._discover()
         return [e.name for e in self._entries.values() if not e.learned]
 

@@ -8,14 +8,14 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from scipy.stats import t as student_t
-
 from l2l_cli.reporting.matrix import task_cell
 from l2l_cli.reporting.run_records import RunRecord, metrics_of
 
 
 def t975(df: int) -> float:
     """Student's t 97.5% quantile with ``df`` degrees of freedom: the 95% interval of a mean over few seeds."""
+    from scipy.stats import t as student_t  # lazy: scipy.stats takes ~0.8 s to import, and every run loads this module
+
     return float(student_t.ppf(0.975, df))
 
 

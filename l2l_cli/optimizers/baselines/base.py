@@ -59,18 +59,9 @@ class BaselineConfig:
 
 class Baseline(ABC):
     """One hand-designed optimizer at one learning rate: ``init_state(theta) -> state`` and ``step(grad, state, t)
-    -> (update, state)`` with theta_{t+1} = theta_t + update, on (B, P) tensors.
-
-    ``Baseline(cfg, lr)`` builds the class registered under ``cfg.name`` (as ``build_baseline`` does).
+    -> (update, state)`` with theta_{t+1} = theta_t + update, on (B, P) tensors. ``build_baseline(cfg, lr)``
+    builds the one registered under ``cfg.name``.
     """
-
-    def __new__(cls, cfg: BaselineConfig = None, lr: float = None):
-        if cls is not Baseline:
-            return super().__new__(cls)
-        build = _entry(cfg.name).build
-        if isinstance(build, type) and issubclass(build, Baseline):
-            return super().__new__(build)  # type.__call__ then runs build.__init__(cfg, lr)
-        return build(cfg, lr)
 
     def __init__(self, cfg: BaselineConfig, lr: float):
         self.cfg = cfg
