@@ -62,7 +62,8 @@ def register_schemas() -> None:
 def config_groups_help() -> str:
     """The group list of `l2l <command> --help` (Hydra's own would list the schema/* groups too)."""
 
-    lines = [f"{group}: {', '.join(registry.names())}" for group, registry in REGISTRIES.items()]
+    lines = [f"{group}: {', '.join(registry.names())}" + (" (train only)" if group == "estimator" else "")
+             for group, registry in REGISTRIES.items()]
     lines.append(f"baselines (eval.baselines): {', '.join(sorted(OPTIMIZERS.baselines()))}")
     for group, note in (("experiment", ""), ("debug", " (train only)"),
                         ("hparams_search", " (train only)")):

@@ -51,8 +51,9 @@ def check_run_dir(command: str, args: list[str]) -> None:
 
 def _print_usage(stream) -> None:
     print(USAGE, file=stream)
+    width = max(len(name) for name in COMMANDS) + 2  # the longest name keeps a gap before its help
     for name, (_, help_text) in COMMANDS.items():
-        print(f"  {name:<8}{help_text}", file=stream)
+        print(f"  {name:<{width}}{help_text}", file=stream)
     print("Run `l2l <command> --help` for a command's config groups and keys.", file=stream)
 
 
