@@ -8,10 +8,9 @@ CONSTRAINTS := requirements/constraints.txt
 
 install: $(VENV)/.installed
 
-# --no-compile: bytecode is compiled on first import, for the modules used only (halves the install time)
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
 train: install  ## meta-train on quadratics with the shipped defaults, then evaluate against tuned baselines
