@@ -8,9 +8,12 @@ CONSTRAINTS := requirements/constraints.txt
 
 install: $(VENV)/.installed
 
+# Bytecode is compiled by compileall on every core instead of by pip on one (an environment may forbid writing it at
+# import time: PYTHONDONTWRITEBYTECODE); files a package ships that are not Python 3 are skipped, as pip skips them.
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
+	-$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1
 	touch $@
 
 train: install  ## meta-train on quadratics with the shipped defaults, then evaluate against tuned baselines
