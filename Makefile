@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
-	-$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1
+	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
 	touch $@
 
 train: install  ## meta-train on quadratics with the shipped defaults, then evaluate against tuned baselines

@@ -85,6 +85,9 @@ def _interrupted_sweep(tmp_path, interrupt, *args):
         state = subprocess.run(["squeue", "--noheader", "--format=%t", f"--jobs={job}"], capture_output=True,
                                text=True).stdout.strip()
         if state == "PD":
+            # slurmd refuses a launch whose credential dates from the same second as the revocation of the job's
+            # previous one ("Job credential revoked"): let that second pass first
+            time.sleep(2)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
             break
         time.sleep(0.2)
