@@ -1,9 +1,11 @@
 """Every config option composes and instantiates; bad values fail with the key named."""
 
+import json
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from l2l_cli.cli.config import to_objects, upgrade_recorded
+from l2l_cli.cli.config import continue_recorded, to_objects, upgrade_recorded
 from l2l_cli.core.schemas import ConfigError
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizers.learned.lstm import LSTMConfig
@@ -107,3 +109,12 @@ def test_a_run_recorded_before_the_estimator_group_resumes_with_its_estimator():
     tbptt = upgrade_recorded({"train": {"bptt": "autograd", "second_order": True, "es": {"sigma": 0.01}}})
     assert tbptt["estimator"] == {"name": "tbptt", "bptt": "autograd", "second_order": True}
     assert upgrade_recorded({"train": {}, "estimator": {"name": "es"}})["estimator"] == {"name": "es"}
+
+
+@pytest.mark.parametrize("config", ["junk", {"train": [1, 2], "optimizee": {"name": "quadratic"}}, [1],
+                                    {"optimizee": "quadratic"}])
+def test_a_recorded_config_that_is_not_one_resumes_with_this_command_line(compose_cfg, tmp_path, config, caplog):
+    (tmp_path / "run.json").write_text(json.dumps({"config": config}))
+    cfg = compose_cfg("train", ["debug=tiny"])
+    assert continue_recorded(cfg, tmp_path, ["resume=true"]) is cfg
+    assert "has no readable run.json" in caplog.text

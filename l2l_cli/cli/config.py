@@ -118,10 +118,14 @@ def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
 
     log = logging.getLogger("l2l.train")
     try:
-        recorded = upgrade_recorded(json.loads((run_dir / "run.json").read_text())["config"])
-    except (OSError, ValueError, KeyError):
+        recorded = json.loads((run_dir / "run.json").read_text())["config"]
+        sections = [recorded] + [recorded.get(key, {}) for key in ("optimizee", "optimizer", "train", "estimator")]
+        if not all(isinstance(section, dict) for section in sections):
+            raise ValueError("not the config l2l records")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("resume: %s has no readable run.json; continuing with this command's config", run_dir)
         return cfg
+    recorded = upgrade_recorded(recorded)
     for group in ("optimizee", "optimizer"):
         was, now = recorded.get(group, {}).get("name"), cfg[group].name
         if was != now:
