@@ -29,7 +29,8 @@ def _setup(tmp_path: Path, iterations=6, estimator=None, **loop) -> TrainSetup:
                                val_functions=32, evaluate=False, **loop)
     return TrainSetup(family=QuadraticFamily(QuadraticConfig(dim=6)), optimizer=LSTMConfig(hidden_size=8),
                       schedule=TruncatedScheduleConfig(num_steps=20, unroll=5), loop=loop_cfg, batch_size=16,
-                      seed=3, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path, estimator=estimator)
+                      seed=3, data_seed=0, device=torch.device("cpu"), out_dir=tmp_path,
+                      **({"estimator": estimator} if estimator is not None else {}))
 
 
 def _meta_grads(net, objective):

@@ -3,13 +3,14 @@ the run's compile and worker decisions made."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from l2l_cli.core.schemas import TrainLoopConfig
+from l2l_cli.meta.estimators.tbptt import TBPTTConfig
 from l2l_cli.optimizees.base import Family
 
 
@@ -24,7 +25,7 @@ class TrainSetup:
     data_seed: int
     device: torch.device
     out_dir: Path
-    estimator: Optional[object] = None  # the estimator's config dataclass (``meta.estimators``); None: tbptt
+    estimator: object = field(default_factory=TBPTTConfig)  # the estimator's config (``meta.estimators``)
     optimizee: Optional[object] = None  # the optimizee config dataclass, recorded in checkpoints
     compile: bool = False
     member: int = 0  # index in a population of independent meta-trainings (0: the run's seed itself)

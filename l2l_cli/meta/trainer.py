@@ -17,7 +17,6 @@ from l2l_cli.core.registry import ESTIMATORS, SCHEDULES
 from l2l_cli.core.schemas import TrainLoopConfig
 from l2l_cli.meta.averaging import WeightAverage
 from l2l_cli.meta.distributed import DistributedRun, Rank, share
-from l2l_cli.meta.estimators.tbptt import TBPTTConfig
 from l2l_cli.meta.meta_updates import RunStats, meta_train_run
 from l2l_cli.meta.schedules.curriculum import Curriculum
 from l2l_cli.meta.setup import TrainSetup
@@ -72,8 +71,7 @@ class MetaTrainer:
         self.net = build_learned(setup.optimizer).to(setup.device)
         bind_to_family(self.net, setup.family)
         compiled = maybe_compile(self.net, setup.compile)  # only for estimators that compile (policy.plan_training)
-        estimator = setup.estimator or TBPTTConfig()
-        self.estimator = ESTIMATORS.get(estimator.name).build(estimator, self.net, compiled)
+        self.estimator = ESTIMATORS.get(setup.estimator.name).build(setup.estimator, self.net, compiled)
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
