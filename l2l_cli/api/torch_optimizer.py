@@ -9,7 +9,8 @@ of a coordinate depends on that coordinate's gradients alone, like the paper's L
 kept per parameter tensor, created lazily, saved with ``state_dict()`` and cut or joined as parameters come and go.
 Within a step, the parameters of a group that have gradients (and share device, dtype and step count) go through the
 learned optimizer in one call; each group's ``lr`` multiplies the learned update (1.0: as meta-trained), so learning
-rate schedulers work as with any torch optimizer.
+rate schedulers work as with any torch optimizer. A complex parameter is optimized as its real and imaginary parts, two
+coordinates per element (``torch.view_as_real``, as torch.optim.Adam does).
 """
 
 from __future__ import annotations
@@ -46,8 +47,20 @@ def unflatten_state(template: Any, leaves: List[torch.Tensor]) -> Any:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 parameters get a float64 learned optimizer; float32, float16 and bfloat16 ones a float32 one."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """float64 (and complex128) parameters get a float64 learned optimizer; float32, float16, bfloat16 and the other
+    complex ones a float32 one."""
+    return torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+
+
+def real_view(t: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as real coordinates (``torch.view_as_real``: real and imaginary parts two coordinates each,
+    as torch.optim.Adam treats them), a view, so updating it updates ``t``; a real tensor as it is."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def coordinates(p: torch.Tensor) -> int:
+    """The learned optimizer's coordinates for a parameter: two per complex element."""
+    return p.numel() * (2 if p.is_complex() else 1)
 
 
 @dataclass
@@ -98,7 +111,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _fresh_state(self, p: torch.Tensor) -> List[torch.Tensor]:
         net = self._net_for(p.device, compute_dtype(p.dtype))
-        theta = torch.zeros(1, p.numel(), device=p.device, dtype=compute_dtype(p.dtype))
+        theta = torch.zeros(1, coordinates(p), device=p.device, dtype=compute_dtype(p.dtype))
         return flatten_state(net.init_state(theta))
 
     # -- per-parameter state <-> slabs ---------------------------------------------------------------------------
@@ -131,8 +144,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for (device, dtype, step), group in buckets.items():
             leaves = [self._param_leaves(p, device, dtype) for p in group]
             joined = [torch.cat(parts, dim=-1) for parts in zip(*leaves, strict=True)]
-            slabs.append(_Slab(tuple(group), [p.numel() for p in group], unflatten_state(self._template, joined),
-                               step))
+            slabs.append(_Slab(tuple(group), [coordinates(p) for p in group],
+                               unflatten_state(self._template, joined), step))
         self._slabs[index] = (key, slabs)
         return slabs
 
@@ -159,14 +172,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
             for slab in self._slabs_for(index, params):
                 dtype = compute_dtype(slab.params[0].dtype)
                 net = self._net_for(slab.params[0].device, dtype)
-                grad = torch.cat([p.grad.reshape(-1).to(dtype) for p in slab.params]).unsqueeze(0)
+                grad = torch.cat([real_view(p.grad).reshape(-1).to(dtype) for p in slab.params]).unsqueeze(0)
                 update, slab.state = net.step(grad, slab.state, slab.step)
                 slab.step += 1
                 update = update.reshape(-1)
                 if group["lr"] != 1.0:
                     update = update * group["lr"]
                 for p, piece in zip(slab.params, update.split(slab.sizes), strict=True):
-                    p.add_(piece.view_as(p).to(p.dtype))
+                    real = real_view(p)
+                    real.add_(piece.view_as(real).to(real.dtype))
         return loss
 
     def state_dict(self) -> Dict[str, Any]:
@@ -189,10 +203,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for index, leaves in saved.items():
             p = params[int(index)]
             if len(leaves) != len(template) or any(
-                    leaf.shape[:-1] != t.shape[:-1] or leaf.shape[-1] != p.numel()
+                    leaf.shape[:-1] != t.shape[:-1] or leaf.shape[-1] != coordinates(p)
                     for leaf, t in zip(leaves, template, strict=False)):
                 raise ValueError(f"load_state_dict: the state of parameter {index} does not fit a parameter of "
-                                 f"{p.numel()} elements for {ours['name']}")
+                                 f"{coordinates(p)} real coordinates for {ours['name']}")
             # torch casts state to the parameter's dtype; the learned optimizer's own dtype is kept instead
             self.state[p]["learned_state"] = [leaf.to(device=p.device, dtype=compute_dtype(p.dtype))
                                               for leaf in leaves]

@@ -26,6 +26,7 @@ from l2l_cli.core.schemas import (
     TrainLoopConfig,
     check_choice,
 )
+from l2l_cli.core.user_files import UserFileError, fail, read_json, require
 
 
 def config_dir() -> str:
@@ -109,30 +110,51 @@ def upgrade_recorded(config: dict) -> dict:
     return config
 
 
+def _recorded_config(path: Path) -> dict:
+    """run.json's config, its sections (those ``continue_recorded`` and ``upgrade_recorded`` read) objects; else one
+    ``UserFileError`` line naming the file."""
+    config = read_json(path).get("config")
+    require(isinstance(config, dict), path, "its 'config' is not an object")
+    for key in ("optimizee", "optimizer", "train", "estimator"):
+        require(isinstance(config.get(key, {}), dict), path, f"its config.{key} is not an object")
+    for group in ("optimizee", "optimizer"):
+        name = config.get(group, {}).get("name", "")
+        require(isinstance(name, str) and name.isprintable(), path, f"its config.{group}.name is not a name")
+    require(isinstance(config.get("train", {}).get("es", {}), dict), path, "its config.train.es is not an object")
+    return config
+
+
+def _recorded_architecture(recorded: dict, path: Path) -> dict:
+    """The architecture of the recorded learned optimizer (nothing for a baseline); one line when the recorded
+    optimizer config is not one this l2l builds."""
+    name = recorded.get("optimizer", {}).get("name")
+    if name not in OPTIMIZERS.names() or not OPTIMIZERS.get(name).learned:
+        return {}
+    try:
+        return OPTIMIZERS.get(name).config(**recorded["optimizer"]).architecture()
+    except Exception as exc:  # noqa: BLE001 - any recorded value may make the config's checks raise
+        fail(path, f"its config.optimizer is not one this l2l reads ({type(exc).__name__}: "
+                   f"{next(iter(str(exc).splitlines()), '')})")
+
+
 def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
     """The config a resumed run continues with: the one recorded in ``run_dir``/run.json, with the values given on
     this command line on top (listed in one warning line). Another optimizee family or learned-optimizer
     architecture than the recorded one fails with one line."""
-    import json
     import logging
 
     log = logging.getLogger("l2l.train")
     try:
-        recorded = json.loads((run_dir / "run.json").read_text())["config"]
-        sections = [recorded] + [recorded.get(key, {}) for key in ("optimizee", "optimizer", "train", "estimator")]
-        if not all(isinstance(section, dict) for section in sections):
-            raise ValueError("not the config l2l records")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        log.warning("resume: %s has no readable run.json; continuing with this command's config", run_dir)
+        recorded = upgrade_recorded(_recorded_config(run_dir / "run.json"))
+        architecture = _recorded_architecture(recorded, run_dir / "run.json")
+    except UserFileError as exc:
+        log.warning("resume: %s has no readable run.json (%s); continuing with this command's config", run_dir, exc)
         return cfg
-    recorded = upgrade_recorded(recorded)
     for group in ("optimizee", "optimizer"):
         was, now = recorded.get(group, {}).get("name"), cfg[group].name
         if was != now:
             raise ConfigError(f"resume: the run in {run_dir} meta-trained {group}={was}; a resumed run cannot switch "
                               f"to {group}={now} (start a new run instead)")
-    learned = OPTIMIZERS.get(recorded["optimizer"]["name"])
-    architecture = learned.config(**recorded["optimizer"]).architecture() if learned.learned else {}
     merged = OmegaConf.create(recorded)
     changed = []
     for key in command_line_keys(overrides):

@@ -14,7 +14,7 @@ from l2l_cli.cli.config import to_objects
 from l2l_cli.cli.console import fmt, generalization_table, progress, results_table, show
 from l2l_cli.cli.hydra_task import hydra_task
 from l2l_cli.cli.job import job_threads, output_dir, record_run
-from l2l_cli.cli.run_dir_lock import RunDirLock
+from l2l_cli.cli.run_dir_lock import RunDirLock, claim
 from l2l_cli.core.checkpoints import check_architecture
 from l2l_cli.core.environment import configure_torch, environment_record, release_freed_memory, resolve_device
 from l2l_cli.core.registry import OPTIMIZEES, OPTIMIZERS
@@ -26,7 +26,7 @@ from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config
 from l2l_cli.optimizers.learned.compiled import maybe_compile, should_compile
-from l2l_cli.optimizers.learned.loading import load_learned_optimizer
+from l2l_cli.optimizers.learned.loading import check_chosen, load_learned_optimizer, require_fields
 from l2l_cli.reporting.writers import (
     plot_curves,
     stats_curves,
@@ -50,6 +50,8 @@ def load_learned(conf: EvalConfig, device, explicit_keys: set[str]):
                           "last.pt from l2l train)")
     net, payload = load_learned_optimizer(conf.checkpoint, device)
     path = conf.checkpoint
+    require_fields(payload, path)
+    check_chosen(path, payload, conf.optimizer.name if "name" in explicit_keys else None)
     saved = payload["optimizer"]
     not_checked = set(saved) - set(net.config.architecture())  # e.g. the LSTM's output scale
     wanted = {k: getattr(conf.optimizer, k) for k in explicit_keys
@@ -104,6 +106,7 @@ def load_compared(conf: EvalConfig, device, studied: str) -> dict:
         if name == studied:
             raise ConfigError(f"eval.compare.{name}: the studied optimizer's name; give the compared one another")
         net, payload = load_learned_optimizer(path, device)
+        require_fields(payload, path)
         compared[name] = (net.eval(), {"checkpoint": str(path), "iteration": payload["iteration"],
                                        "best_val": payload["best_val"], "optimizer": payload["optimizer"],
                                        "optimizee": payload.get("optimizee")})
@@ -182,8 +185,10 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
     also = also or {}
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
-    val_problem = held_out_problems(family, conf.eval.val_functions, num_steps, conf.data_seed, "validation", device)
-    test_problem = held_out_problems(family, conf.eval.num_functions, num_steps, conf.data_seed, "test", device)
+    val_problem = held_out_problems(family, conf.eval.val_functions, num_steps, conf.data_seed, "validation", device,
+                                    key="eval.val_functions")
+    test_problem = held_out_problems(family, conf.eval.num_functions, num_steps, conf.data_seed, "test", device,
+                                     key="eval.num_functions")
     baselines = {name: baseline_config(name) for name in conf.eval.baselines}
     if learned is None:  # a baseline studied: its own config (maybe a fixed lr) first, then the others
         baselines = {conf.optimizer.name: conf.optimizer,
@@ -286,6 +291,8 @@ def _explicit_optimizer_keys() -> set[str]:
         key = override.split("=", 1)[0].lstrip("+~")
         if key.startswith("optimizer."):
             keys.add(key.split(".", 1)[1])
+        elif key == "optimizer":  # optimizer=<name>: the checkpoint must hold that one (check_chosen)
+            keys.add("name")
     return keys
 
 
@@ -295,6 +302,7 @@ def run(cfg: DictConfig) -> float:
     configure_torch(conf.threads)
     out_dir = output_dir()
     with RunDirLock(out_dir, "eval"):
+        claim(out_dir, "eval", continuing=False)  # also when a config file, not the command line, named the dir
         record = record_run(cfg, out_dir)
         torch.manual_seed(conf.seed)
         return evaluate(conf, out_dir, config_record=record["config"], explicit_keys=_explicit_optimizer_keys())

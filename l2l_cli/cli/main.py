@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
-from l2l_cli.cli.run_dir_lock import RunDirLock
+from l2l_cli.cli.run_dir_lock import RunDirLock, check_writable, claim, earlier_run
 
 COMMANDS = {
     "train": ("l2l_cli.cli.train", "meta-train a learned optimizer (then evaluate it)"),
@@ -38,15 +39,73 @@ def rank_overrides(args: list[str]) -> list[str]:
                                                                       "hydra.output_subdir=null"]
 
 
+def _value(args: list[str], key: str) -> str | None:
+    return next((arg.split("=", 1)[1] for arg in args if arg.lstrip("+").split("=", 1)[0] == key), None)
+
+
+def continues(run_dir: Path, args: list[str]) -> bool:
+    """This train command continues the run in ``run_dir``: resume=true (with that dir), resume=<it or a file in
+    it>, or SLURM starting a requeued job again."""
+    resume = _value(args, "resume")
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        return True
+    if resume is None or resume.lower() in ("false", "null", "none", ""):
+        return False
+    if resume.lower() == "true":
+        return True
+    target = Path(resume).expanduser().absolute()
+    return target == run_dir.absolute() or run_dir.absolute() in target.parents
+
+
 def check_run_dir(command: str, args: list[str]) -> None:
-    """A run dir given on the command line that a live run holds: fail before Hydra writes its files into it."""
+    """Before Hydra writes its files (.hydra/, the log): the run dir (or the sweep dir of -m) can be written, holds
+    no other run's results unless this is that run's continuation, and no live run holds it."""
     if "-m" in args or "--multirun" in args:
+        sweep = _value(args, "hydra.sweep.dir")
+        if sweep is not None:
+            check_writable(sweep, "hydra.sweep.dir")
+            taken = [p for p in Path(sweep).glob("*") if p.is_dir() and earlier_run(p)]
+            if taken or Path(sweep, "summary.json").exists():
+                claim(taken[0] if taken else sweep, command, continuing=False, key="hydra.sweep.dir")
         return
-    for arg in args:
-        if arg.startswith("hydra.run.dir="):
-            lock = RunDirLock(arg.split("=", 1)[1], command)
-            if lock.path.exists():
-                lock.acquire().release()  # raises RunDirBusy while its holder lives
+    given = _value(args, "hydra.run.dir")
+    run_dir = Path(given) if given is not None else Path("outputs") / command
+    check_writable(run_dir, "hydra.run.dir")
+    if given is None:
+        return
+    lock = RunDirLock(run_dir, command)
+    if lock.path.exists():
+        lock.acquire().release()  # raises RunDirBusy while its holder lives
+    claim(run_dir, command, continuing=command == "train" and continues(run_dir, args))
+
+
+class QuietPipe:
+    """stdout that ends quietly when its reader has gone (`l2l pretrained | head`): the first write to a closed pipe
+    sends the rest of the output to /dev/null instead of raising BrokenPipeError, in our code, rich or logging."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _closed(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # flushing what is buffered now goes nowhere, silently
+        os.close(devnull)
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _print_usage(stream) -> None:
@@ -58,6 +117,8 @@ def _print_usage(stream) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if not isinstance(sys.stdout, QuietPipe) and hasattr(sys.stdout, "fileno"):
+        sys.stdout = QuietPipe(sys.stdout)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print_usage(sys.stdout if argv else sys.stderr)

@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     out = args.out or (args.dirs[0] / "plot" if len(args.dirs) == 1 else
                        Path("outputs") / "plot" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{unique_suffix()}")
+    holding = [d for d in args.dirs if out.resolve() in (d.resolve(), *d.resolve().parents)]
+    if holding:
+        print(f"l2l: error: plot: --out {out} holds the dir it would read, {holding[0]} (its files would mix with the "
+              "runs'); choose another --out (default: DIR/plot)", file=sys.stderr)
+        sys.exit(2)
     records = [r for r in collect_runs(args.dirs) if out.resolve() not in (r.path, *r.path.parents)]
     if not records:
         print(f"l2l: error: plot: no runs (metrics.json, results.json or error.json) under "

@@ -1,7 +1,8 @@
 """`l2l pretrained`: the learned optimizers shipped with l2l and the figures recorded when they were made.
 
     l2l pretrained                      # the table
-    l2l pretrained add NAME RUN_DIR     # (maintainers) ship the best.pt of a finished `l2l train` run as NAME
+    l2l pretrained add NAME RUN_DIR     # ship the best.pt of a finished `l2l train` run as NAME
+    l2l pretrained add NAME RUN_DIR --replace   # replace the optimizer added earlier as NAME (never a shipped one)
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from l2l_cli import pretrained
 from l2l_cli.api import pretrained as shipping
 from l2l_cli.cli.console import fmt, make_table, show
-from l2l_cli.core.checkpoints import CheckpointError
+from l2l_cli.core.checks import ConfigError
+from l2l_cli.core.user_files import UserFileError
 from l2l_cli.evaluation.comparison import ratio
 
 
@@ -48,12 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     add = sub.add_parser("add", help="ship the best.pt of a finished `l2l train` run (with its eval/) as NAME")
     add.add_argument("name")
     add.add_argument("run_dir", type=Path)
+    add.add_argument("--replace", action="store_true", help="replace the optimizer added earlier as NAME")
     args = parser.parse_args(argv)
     if args.action == "add":
         try:
-            info = shipping.package(args.name, args.run_dir)
-        except (CheckpointError, OSError, KeyError) as exc:
-            print(f"l2l: error: pretrained add: {exc}", file=sys.stderr)
+            info = shipping.package(args.name, args.run_dir, replace=args.replace)
+        except (ConfigError, UserFileError, OSError) as exc:
+            message = str(exc)
+            print(f"l2l: error: {message if message.startswith('pretrained add') else 'pretrained add: ' + message}",
+                  file=sys.stderr)
             sys.exit(2)
         check = info["check"]
         print(f"wrote {pretrained.HERE / args.name}.pt and .json; check on {check['num_functions']} test functions: "

@@ -17,10 +17,11 @@ from l2l_cli.cli.console import fmt, progress
 from l2l_cli.cli.evaluate import evaluate
 from l2l_cli.cli.hydra_task import hydra_task
 from l2l_cli.cli.job import job_threads, output_dir, record_run, write_metrics
-from l2l_cli.cli.run_dir_lock import RunDirLock
+from l2l_cli.cli.run_dir_lock import RunDirLock, claim
+from l2l_cli.core.checkpoints import load_checkpoint
 from l2l_cli.core.environment import configure_torch, resolve_device
 from l2l_cli.core.registry import OPTIMIZERS
-from l2l_cli.core.run_layout import run_dir_of
+from l2l_cli.core.run_layout import FIRST_MEMBER_LAST, run_dir_of
 from l2l_cli.core.schemas import ConfigError, EvalConfig, TrainConfig
 from l2l_cli.core.signals import GracefulStop
 from l2l_cli.meta.distributed import Rank, from_environment, join_group, shared_value
@@ -29,6 +30,7 @@ from l2l_cli.meta.policy import plan_training
 from l2l_cli.meta.population import find_resume
 from l2l_cli.meta.stopping import StopRequested
 from l2l_cli.meta.trainer import improvement, not_improved_message
+from l2l_cli.meta.trainer_checkpoints import check_iterations_left
 from l2l_cli.optimizees import build_family
 from l2l_cli.reporting.writers import TensorBoardWriter
 
@@ -102,10 +104,17 @@ def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool,
         cfg = continue_recorded(cfg, source if source.is_dir() else run_dir_of(source), overrides)
         conf = to_objects(cfg)
         conf.resume = str(source)
+        if writes:  # before run.json records the smaller count
+            last = source if source.is_file() else next(
+                (p for p in (source / "checkpoints" / "last.pt", source / FIRST_MEMBER_LAST) if p.is_file()), None)
+            if last is not None:
+                check_iterations_left(int(load_checkpoint(last)["iteration"]), conf.train.iterations, last)
     if source is None and requeued() and (out_dir / "checkpoints" / "last.pt").is_file():
         source = out_dir  # this SLURM job was requeued (time limit, preemption, scontrol requeue): continue it
         log.info("requeued job (restart %s): resuming %s", os.environ.get("SLURM_RESTART_COUNT"), out_dir)
         conf.resume = str(source)
+    if writes:  # also when a config file, not the command line, named the dir
+        claim(out_dir, "train", continuing=source is not None and (source == out_dir or out_dir in source.parents))
     conf.threads = job_threads(conf.threads)
     configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
     if writes:

@@ -3,6 +3,7 @@ functions, per-step statistics that keep non-finite runs visible instead of aver
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -11,6 +12,8 @@ import torch
 
 from l2l_cli.evaluation.rollout import final_params, run, selection_score
 from l2l_cli.optimizers.baselines import BaselineConfig, build_baseline
+
+log = logging.getLogger("l2l.eval")
 
 
 @dataclass
@@ -111,11 +114,16 @@ def ratio(value: float, reference: float) -> float:
 
 
 def best_baseline(stats: Dict[str, CurveStats], learned) -> Optional[str]:
-    """The baseline with the lowest final mean loss; one with diverged runs ranks last. ``learned``: the name, or
-    names, of the learned optimizers among ``stats``."""
+    """The baseline with the lowest final mean loss among those none of whose runs diverged; None (and a warning)
+    when every baseline diverged: no baseline is then starred or compared with. ``learned``: the name, or names, of
+    the learned optimizers among ``stats``."""
     learned = {learned} if isinstance(learned, str) or learned is None else set(learned)
-    candidates = {n: (s.final_mean if s.nonfinite == 0 else float("inf")) for n, s in stats.items()
-                  if n not in learned}
+    baselines = [n for n in stats if n not in learned]
+    candidates = {n: stats[n].final_mean for n in baselines
+                  if stats[n].nonfinite == 0 and math.isfinite(stats[n].final_mean)}
+    if baselines and not candidates:
+        log.warning("every baseline (%s) diverged on some test function: none is the best baseline and no ratio is "
+                    "given; look at eval.lr_grid", ", ".join(baselines))
     return min(candidates, key=candidates.get) if candidates else None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from l2l_cli.core.user_files import UserFileError, finite_number, read_json, require
 from l2l_cli.evaluation.comparison import TuningResult
 
 log = logging.getLogger("l2l.eval")
@@ -33,15 +34,20 @@ class TuningCache:
         return self.directory / f"{name}-{self.keys[name][:24]}.json"
 
     def get(self, name: str) -> TuningResult | None:
+        """The cached tuning of ``name``, or None (tune it): when there is none, or (with a warning naming the file)
+        when the entry is not one ``put`` writes; the next ``put`` replaces it."""
+        path = self._path(name)
+        if not os.path.lexists(path):
+            return None
         try:
-            data = json.loads(self._path(name).read_text())
-        except (OSError, ValueError):
+            data = read_json(path)
+            require(data.get("key") == self.keys[name], path, "its 'key' is not this task's")
+            result = _entry(data, name, path)
+        except UserFileError as exc:
+            log.warning("tuning cache: %s; tuning %s again", exc, name)
             return None
-        if data.get("key") != self.keys[name]:
-            return None
-        log.info("%s: learning rate %s from the tuning cache %s", name, data["lr"], self._path(name))
-        scores = {float(k): (math.inf if v is None else float(v)) for k, v in data["scores"].items()}
-        return TuningResult(name, float(data["lr"]), scores, grid=[float(g) for g in data["grid"]])
+        log.info("%s: learning rate %s from the tuning cache %s", name, result.lr, path)
+        return result
 
     def put(self, name: str, result: TuningResult) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -51,3 +57,29 @@ class TuningCache:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle)
         os.replace(tmp, self._path(name))
+
+
+def _entry(data: dict, name: str, path: Path) -> TuningResult:
+    """A cache entry's tuning: ``lr`` a positive finite number, ``grid`` a list of them, ``scores`` an object of
+    learning rate -> validation score (null: diverged); else one line naming the file."""
+    lr, grid, scores = data.get("lr"), data.get("grid"), data.get("scores")
+    require(_rate(lr), path, "its 'lr' is not a positive number")
+    require(isinstance(grid, list) and all(_rate(g) for g in grid), path, "its 'grid' is not a list of positive "
+            "numbers")
+    require(isinstance(scores, dict) and all(_rate(_float(k)) and (v is None or finite_number(v))
+                                             for k, v in scores.items()), path,
+            "its 'scores' is not an object of learning rate -> finite number or null")
+    return TuningResult(name, float(lr), {_float(k): (math.inf if v is None else float(v)) for k, v in scores.items()},
+                        grid=[float(g) for g in grid])
+
+
+def _rate(value) -> bool:
+    return finite_number(value) and value > 0
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+

@@ -13,7 +13,6 @@ Layout of a run with train.population > 1 (a population of 1 keeps the plain sin
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from l2l_cli.core.checkpoints import copy_checkpoint, load_checkpoint
 from l2l_cli.core.environment import release_freed_memory
 from l2l_cli.core.run_layout import FIRST_MEMBER_LAST, member_dir, member_tb_dir, population_run_dir
 from l2l_cli.core.schemas import ConfigError
+from l2l_cli.core.user_files import UserFileError, lookup, read_json
 from l2l_cli.meta.distributed import Rank
 from l2l_cli.meta.setup import TrainSetup
 from l2l_cli.meta.trainer import MetaTrainer
@@ -68,10 +68,11 @@ def find_resume(resume, out_dir: Path, explicit_dir: bool, command: str, family:
         if run_dir == out_dir or last is None:
             continue
         try:
-            config = json.loads(record.read_text()).get("config", {})
-        except (OSError, ValueError):
+            config = read_json(record)
+        except UserFileError as exc:  # not a run this resume can continue; the others still are
+            log.warning("resume: true: %s; skipped", exc)
             continue
-        if config.get("optimizee", {}).get("name") == family and "train" in config:
+        if lookup(config, "config.optimizee.name", str) == family and lookup(config, "config.train", dict) is not None:
             candidates.append((last.stat().st_mtime, run_dir))
     if not candidates:
         raise ConfigError(f"resume: true, but no earlier `l2l {command}` run of optimizee={family} with a "

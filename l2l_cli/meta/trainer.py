@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from l2l_cli.core.checkpoints import load_checkpoint
+from l2l_cli.core.memory import FLOAT_BYTES, check_fits
 from l2l_cli.core.random_streams import generator, stream_seed
 from l2l_cli.core.registry import ESTIMATORS, SCHEDULES
 from l2l_cli.core.schemas import TrainLoopConfig
@@ -23,6 +24,7 @@ from l2l_cli.meta.setup import TrainSetup
 from l2l_cli.meta.stopping import NonFiniteGuard, StopRequested, StopSignal
 from l2l_cli.meta.trainer_checkpoints import TrainerCheckpoints, restore_weights
 from l2l_cli.meta.validation import Validator
+from l2l_cli.optimizees.base import problem_bytes
 from l2l_cli.optimizees.rescaled import training_family
 from l2l_cli.optimizers.learned import build_learned
 from l2l_cli.optimizers.learned.base import bind_to_family
@@ -61,6 +63,28 @@ def meta_lr_at(loop: TrainLoopConfig, iteration: int) -> float:
     return loop.meta_lr * (loop.meta_lr_final + (1 - loop.meta_lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def state_floats_per_coordinate(net, num_params: int) -> int:
+    """The learned optimizer's state per optimizee coordinate, from its state for one function on the meta device
+    (shapes only: nothing is allocated, whatever the size)."""
+    try:
+        state = net.init_state(torch.zeros(1, num_params, device="meta"))
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return 0  # a rule whose state cannot be built on the meta device: the bound counts no state
+    tensors = torch.utils._pytree.tree_leaves(state)
+    return sum(t.numel() for t in tensors if isinstance(t, torch.Tensor)) // max(num_params, 1)
+
+
+def check_training_fits(setup: TrainSetup, net, differentiates: bool) -> None:
+    """Before the first sample: a batch of functions, and the learned optimizer's state for every step of an unroll
+    that backpropagates, fit in this machine's memory (one line naming the keys otherwise)."""
+    family, batch = setup.family, setup.batch_size
+    unroll = getattr(setup.schedule, "unroll", 1) if differentiates else 1
+    state = batch * family.num_params * state_floats_per_coordinate(net, family.num_params) * (unroll + 1)
+    need = problem_bytes(family, batch, setup.schedule.num_steps) + state * FLOAT_BYTES
+    check_fits(need, f"meta-training {batch} functions of {family.num_params} parameters with {net.name}'s state "
+               f"over unrolls of {unroll} steps", "optimizee size / optimizee.batch_size / schedule.unroll")
+
+
 class MetaTrainer:
     """``rank``: this process's place in a distributed run (``meta.distributed``), or None for a single process."""
 
@@ -72,6 +96,7 @@ class MetaTrainer:
         bind_to_family(self.net, setup.family)
         compiled = maybe_compile(self.net, setup.compile)  # only for estimators that compile (policy.plan_training)
         self.estimator = ESTIMATORS.get(setup.estimator.name).build(setup.estimator, self.net, compiled)
+        check_training_fits(setup, self.net, self.estimator.differentiates)
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)

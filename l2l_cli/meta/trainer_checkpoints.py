@@ -8,7 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from l2l_cli.core.checkpoints import CheckpointError, check_architecture, copy_checkpoint, save_checkpoint
+from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.files import remember_checkpoint
+
+# what restore reads without a default (load_checkpoint checked the types of those present)
+RESUMED = ("optimizer", "model", "meta_optimizer", "rng", "iteration", "best_val", "best_iteration")
 
 
 class TrainerCheckpoints:
@@ -55,14 +59,24 @@ class TrainerCheckpoints:
         return path
 
     def restore(self, payload: dict, path) -> None:
+        """A training checkpoint (last.pt) into the trainer; one line naming ``path`` when it is not one of this
+        run's (load_checkpoint checked the fields' types already)."""
         t = self.trainer
+        missing = [key for key in RESUMED if key not in payload]
+        if missing:
+            raise CheckpointError(f"checkpoint {path}: not a training checkpoint (no {missing[0]!r}); resume from a "
+                                  "last.pt written by l2l train")
         check_architecture(path, payload["optimizer"], t.s.optimizer.architecture())
         if int(payload.get("member", 0)) != t.s.member:
             raise CheckpointError(f"checkpoint {path}: it is population member {payload.get('member', 0)}'s, "
                                   f"not member {t.s.member}'s")
-        restore_weights(t, payload)
-        t.meta_opt.load_state_dict(payload["meta_optimizer"])
-        t.gen.set_state(payload["rng"])
+        try:  # shapes and sizes only this run knows: the network's, the meta-optimizer's groups, the generator's
+            restore_weights(t, payload)
+            t.meta_opt.load_state_dict(payload["meta_optimizer"])
+            t.gen.set_state(payload["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise CheckpointError(f"checkpoint {path}: its training state does not fit this run ({line})") from None
         t.iteration = int(payload["iteration"])
         t.best_val = float(payload["best_val"])
         t.best_iteration = int(payload["best_iteration"])
@@ -83,6 +97,14 @@ class TrainerCheckpoints:
                 copy_checkpoint(source, target)
         else:
             self.trainer.best_val, self.trainer.best_iteration = math.inf, -1
+
+
+def check_iterations_left(done: int, iterations: int, path) -> None:
+    """A resumed run asked to stop before where it is would end at once, its progress reading "130/40"."""
+    if done > iterations:
+        raise ConfigError(f"train.iterations={iterations}: below the {done} iterations the resumed checkpoint {path} "
+                          f"has done; give train.iterations >= {done} (or evaluate that checkpoint with "
+                          "`l2l eval checkpoint=...`)")
 
 
 def restore_weights(trainer, payload: dict) -> None:

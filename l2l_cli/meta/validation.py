@@ -23,7 +23,7 @@ class Validator:
         """``net``'s selection score over runs of ``steps`` steps (in eval mode; shared out over the ranks)."""
         if steps not in self.problems:
             self.problems[steps] = held_out_problems(self.family, self.num_functions, steps, self.data_seed,
-                                                     "validation", self.device)
+                                                     "validation", self.device, key="train.val_functions")
         problem = self.problems[steps]
         net.eval()
         try:

@@ -6,10 +6,12 @@ from typing import Any, Protocol
 
 import torch
 
+from l2l_cli.core.memory import FLOAT_BYTES, check_fits
 from l2l_cli.core.random_streams import generator
+from l2l_cli.core.user_files import UserFileError
 
 
-class DataError(ValueError):
+class DataError(UserFileError):
     """Data an optimizee family needs is missing or malformed; the message names the files it expected."""
 
 
@@ -21,6 +23,10 @@ class Family(Protocol):
 
     Optional: ``tensors``, a list of (name, shape) naming theta's columns in order (``conv1.weight``, ...), which
     parameter-group rules match; without it theta is one tensor called 'theta'.
+
+    Optional: ``problem_floats(num_steps)``, the floats one sampled function holds (a quadratic's W, y and theta_0):
+    what ``problem_bytes`` checks against the machine's memory before a batch is sampled; without it, a few per
+    parameter.
 
     Optional: ``pictures(problem, results) -> {column: images (n, 3, H, W) in [0, 1]}`` for a family whose
     parameters are images (``results``: optimizer name -> final theta); evaluation then writes an image grid.
@@ -110,6 +116,22 @@ def loss_and_grad(family: Family, problem: Any, theta: torch.Tensor, step: int, 
     return losses.detach(), grad
 
 
-def held_out_problems(family: Family, n: int, num_steps: int, data_seed: int, split: str, device="cpu"):
-    """The fixed validation or test problems: their own seed stream, and their own data pool where there is one."""
+def problem_bytes(family: Family, n: int, num_steps: int) -> int:
+    """A lower bound of the memory ``n`` sampled functions hold (``Family.problem_floats``)."""
+    floats = getattr(family, "problem_floats", None)
+    per_function = floats(num_steps) if callable(floats) else 2 * family.num_params
+    return n * int(per_function) * FLOAT_BYTES
+
+
+def check_problems_fit(family: Family, n: int, num_steps: int, key: str) -> None:
+    """One line naming the keys when ``n`` functions of this family cannot fit in the memory available."""
+    check_fits(problem_bytes(family, n, num_steps), f"{n} functions of {family.num_params} parameters",
+               f"optimizee size / {key}")
+
+
+def held_out_problems(family: Family, n: int, num_steps: int, data_seed: int, split: str, device="cpu",
+                      key: str = "the number of functions"):
+    """The fixed validation or test problems: their own seed stream, and their own data pool where there is one.
+    ``key``: the config key that set ``n``, named when they cannot fit in memory."""
+    check_problems_fit(family, n, num_steps, key)
     return family.sample(n, num_steps, generator(data_seed, split), device, split=split)

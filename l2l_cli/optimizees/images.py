@@ -8,9 +8,12 @@ builds nothing but numpy arrays, lists, dicts, strings and numbers: a pickle nam
 
 from __future__ import annotations
 
+import codecs
 import functools
-import importlib
+import io
+import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from l2l_cli.core.schemas import check, check_choice
+from l2l_cli.core.user_files import MiB, decode, product, read_bytes, require
 from l2l_cli.optimizees.base import DataError
 from l2l_cli.optimizees.digits import Pools, load_digits, split_pools
 
@@ -28,13 +32,79 @@ CIFAR_TEST = "test_batch"
 CIFAR_SHAPE = (3, 32, 32)
 CIFAR_CLASSES = 10
 
+CIFAR_LIMIT = 256 * MiB  # bytes of one batch file (a real one: 31 MB)
+
+
+def _text(value) -> str:
+    """A name Python 2's pickles (CIFAR's) store as bytes."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+class _Dtype:
+    """What numpy.dtype unpickles to: a plain scalar type ('u1', '<f4', ...) whose pickled state must be the one
+    numpy writes for it. numpy's own dtype.__setstate__ is never given the file's state: malformed states crash it
+    (a 6-tuple segfaults numpy 2). Slots and no ``__dict__``: BUILD can only go through ``__setstate__``."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, spec, align=False, copy=False):
+        spec = _text(spec)
+        if not (isinstance(spec, str) and re.fullmatch(r"[<>|=]?[a-zA-Z]\d{0,2}", spec)):
+            raise pickle.UnpicklingError(f"it builds a dtype {spec!r}; only plain scalar types are accepted")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or tuple(_text(v) for v in state) != self.dtype.__reduce__()[2]:
+            raise pickle.UnpicklingError(f"its dtype {self.dtype.str} has a state numpy does not write")
+
+
+class _Array:
+    """What numpy's array constructor unpickles to: an empty shell that BUILD fills from the file's bytes, with
+    the shape, dtype and byte count checked here (never by numpy's __setstate__); ``array`` once filled."""
+
+    __slots__ = ("array",)
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+            raise pickle.UnpicklingError("its array state is not (1, shape, dtype, fortran, bytes)")
+        _, shape, dtype, fortran, raw = state
+        if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(dtype, _Dtype) and isinstance(fortran, bool) and isinstance(raw, bytes)):
+            raise pickle.UnpicklingError("its array state is not (1, shape, dtype, fortran, bytes)")
+        if len(raw) != product(shape) * dtype.dtype.itemsize:
+            raise pickle.UnpicklingError(f"an array of shape {shape} and dtype {dtype.dtype.str} holds "
+                                         f"{len(raw)} bytes")
+        self.array = np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+class _NdarrayName:
+    """What the name numpy.ndarray unpickles to: an argument of ``_reconstruct`` only (called itself, numpy.ndarray
+    would allocate whatever shape the file asks for)."""
+
+    __slots__ = ()
+
+
+class _Reconstruct:
+    """numpy's protocol-2 array constructor as numpy's own pickles call it, ``_reconstruct(ndarray, (0,), b'b')``:
+    an empty ``_Array`` for BUILD to fill."""
+
+    __slots__ = ()
+
+    def __call__(self, subtype, shape, typecode):
+        if subtype is not NDARRAY or shape != (0,) or _text(typecode) != "b":
+            raise pickle.UnpicklingError("it builds an array other than numpy's pickles do")
+        return _Array()
+
+
+NDARRAY, RECONSTRUCT = _NdarrayName(), _Reconstruct()
 # the globals a pickled numpy array needs (numpy 1 and 2 spell the module differently), and the codec call with which
-# Python 3 writes bytes at protocol 2 (torch's weights_only loader allows it for the same reason); nothing else
-SAFE_GLOBALS = {("_codecs", "encode"): ("_codecs", "encode"),
-                ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
-                 ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
-                 ("numpy", "ndarray"): ("numpy", "ndarray"),
-                 ("numpy", "dtype"): ("numpy", "dtype")}
+# Python 3 writes bytes at protocol 2 (torch's weights_only loader allows it for the same reason); nothing else, and
+# numpy's own constructors only through the checked stand-ins above
+SAFE_GLOBALS = {("_codecs", "encode"): codecs.encode,
+                ("numpy.core.multiarray", "_reconstruct"): RECONSTRUCT,
+                ("numpy._core.multiarray", "_reconstruct"): RECONSTRUCT,
+                ("numpy", "ndarray"): NDARRAY,
+                ("numpy", "dtype"): _Dtype}
 
 
 @dataclass
@@ -65,35 +135,39 @@ class ImageDataConfig:
 
 
 class _ArraysOnly(pickle.Unpickler):
+    def __init__(self, data: bytes, path: Path):
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.path = path
+
     def find_class(self, module: str, name: str):
         target = SAFE_GLOBALS.get((module, name))
         if target is None:
-            raise pickle.UnpicklingError(f"it tries to load {module}.{name}; only numpy arrays, lists and plain "
-                                         "values are accepted")
-        return getattr(importlib.import_module(target[0]), target[1])
+            raise DataError(f"{self.path}: not a CIFAR-10 batch (it tries to load {module}.{name}; only numpy "
+                            "arrays, lists and plain values are accepted)")
+        return target
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch: a pickled dict with 'data' (N, 3072) uint8 and 'labels' (N ints)."""
-    try:
-        with open(path, "rb") as handle:
-            batch = _ArraysOnly(handle, encoding="bytes").load()
-    except FileNotFoundError:
+    """One CIFAR-10 python batch: a pickled dict with 'data' (N, 3072) uint8 and 'labels' (N ints), from a regular
+    file of at most CIFAR_LIMIT bytes; anything the unpickler raises (MemoryError too) is one line."""
+    path = Path(path)
+    if not os.path.lexists(path):
         raise DataError(f"{path}: missing; a cifar-10-batches-py directory holds {', '.join(CIFAR_TRAIN)} and "
-                        f"{CIFAR_TEST}") from None
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise DataError(f"{path}: not a CIFAR-10 batch ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                        ")") from None
-    if not isinstance(batch, dict):
-        raise DataError(f"{path}: not a CIFAR-10 batch (a {type(batch).__name__}, expected a dict)")
-    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+                        f"{CIFAR_TEST}")
+    raw = read_bytes(path, CIFAR_LIMIT, error=DataError)
+    batch = decode(path, lambda: _ArraysOnly(raw, path).load(), "a CIFAR-10 batch",
+                   error=DataError)
+    require(isinstance(batch, dict), path, f"not a CIFAR-10 batch (a {type(batch).__name__}, expected a dict)",
+            error=DataError)
+    batch = {_text(k): v for k, v in batch.items()}
     data, labels = batch.get("data"), batch.get("labels")
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == int(np.prod(CIFAR_SHAPE))):
-        raise DataError(f"{path}: its 'data' must be a uint8 array of shape (N, 3072)")
-    if not (isinstance(labels, list) and len(labels) == len(data)
-            and all(isinstance(c, int) and 0 <= c < CIFAR_CLASSES for c in labels)):
-        raise DataError(f"{path}: its 'labels' must be a list of {len(data)} integers 0..9")
+    data = getattr(data, "array", None) if isinstance(data, _Array) else data
+    require(isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and len(data) >= 1
+            and data.shape[1] == product(CIFAR_SHAPE), path,
+            "its 'data' must be a uint8 array of shape (N, 3072), N >= 1", error=DataError)
+    require(isinstance(labels, list) and len(labels) == len(data)
+            and all(type(c) is int and 0 <= c < CIFAR_CLASSES for c in labels), path,
+            f"its 'labels' must be a list of {len(data)} integers 0..{CIFAR_CLASSES - 1}", error=DataError)
     return data.reshape(-1, *CIFAR_SHAPE), np.asarray(labels, dtype=np.int64)
 
 

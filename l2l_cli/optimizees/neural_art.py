@@ -126,7 +126,7 @@ class NeuralArtFamily:
                                   c.validation_photos, c.test_photos, c.split_seed)
         self.style_name, style_path = resolve_image(cfg.style, "optimizee.style")
         self.style_record = {"style": self.style_name, "style_file": str(style_path),
-                             "style_sha256": file_sha256(style_path)}
+                             "style_sha256": file_sha256(style_path, "optimizee.style")}
         self.style_image = square(read_image(style_path, cfg.size, "optimizee.style"), cfg.size)
         with torch.no_grad():
             features = self.extractor(torch.device("cpu"))(self.style_image.unsqueeze(0))

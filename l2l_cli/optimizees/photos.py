@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from l2l_cli.core.user_files import MiB, decode, regular_file, require, sha256
 from l2l_cli.optimizees.base import DataError
 
 # name -> (package, path inside it). Files these wheels always ship (some skimage.data names are fetched on first
@@ -46,6 +47,7 @@ CONTENT_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "
                   "grace_hopper", "china", "flower")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "validation", "test")
+IMAGE_LIMIT = 256 * MiB  # bytes of one image file, checked before Pillow opens it
 
 
 def builtin_path(name: str) -> Path:
@@ -61,35 +63,36 @@ def builtin_path(name: str) -> Path:
     return path
 
 
-def _open_image(path: Path, min_side: int, key: str, decode: bool):
-    """(height, width) or, with ``decode``, the (3, H, W) tensor; one line naming the file (and the key that points
-    at it) when it is missing, not an image, or smaller than ``min_side`` pixels on a side."""
-    from PIL import Image, UnidentifiedImageError
+def _open_image(path: Path, min_side: int, key: str, pixels: bool):
+    """(height, width) or, with ``pixels``, the (3, H, W) tensor; one line naming the file (and the key that points
+    at it) when it is missing, not a regular file, larger than IMAGE_LIMIT, not an image, or smaller than
+    ``min_side`` pixels on a side. Pillow's decompression-bomb limit stays on."""
+    regular_file(path, IMAGE_LIMIT, key, DataError)  # before Pillow opens it: /dev/zero or a FIFO never ends
 
-    try:
+    def parse():
+        from PIL import Image
+
         with Image.open(path) as image:
             width, height = image.size
-            if min(height, width) < min_side:
-                raise DataError(f"{key}: {path}: {width}x{height} pixels, too small: both sides must be >= "
-                                f"{min_side} (optimizee.size x the smallest scale)")
-            if not decode:
+            # a DataError passes through decode as it is (it names the file already)
+            require(min(height, width) >= min_side, path, f"{width}x{height} pixels, too small: both sides must be "
+                    f">= {min_side} (optimizee.size x the smallest scale)", key, DataError)
+            if not pixels:
                 return height, width
             rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise DataError(f"{key}: {path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{key}: {path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+    return decode(path, parse, "an image", key, DataError)
 
 
 def read_image(path: str | Path, min_side: int, key: str) -> torch.Tensor:
     """(3, H, W) float32 in [0, 1], decoded by Pillow (errors: ``_open_image``)."""
-    return _open_image(Path(path), min_side, key, decode=True)
+    return _open_image(Path(path), min_side, key, pixels=True)
 
 
 def image_size(path: str | Path, min_side: int, key: str) -> Tuple[int, int]:
     """(height, width) from the file's header, without decoding its pixels (errors: ``_open_image``)."""
-    return _open_image(Path(path), min_side, key, decode=False)
+    return _open_image(Path(path), min_side, key, pixels=False)
 
 
 def resolve_image(name_or_path: str, key: str) -> Tuple[str, Path]:
@@ -99,6 +102,7 @@ def resolve_image(name_or_path: str, key: str) -> Tuple[str, Path]:
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise DataError(f"{key}: {name_or_path!r} is neither a file nor a built-in image ({', '.join(BUILTIN)})")
+    regular_file(path, IMAGE_LIMIT, key, DataError)  # a directory, device or FIFO: one line, nothing opened
     return path.name, path
 
 
@@ -111,8 +115,9 @@ def square(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def file_sha256(path: Path, key: str | None = None, limit: int = IMAGE_LIMIT) -> str:
+    """The first 16 hex digits of the file's SHA-256, read in chunks from a regular file of at most ``limit``."""
+    return sha256(path, limit, key, DataError)[:16]
 
 
 @dataclass
@@ -185,6 +190,11 @@ class ContentPools:
         self.source = ContentSource.from_config(content_dir)
         self.size, self.scales, self.counts, self.split_seed = size, tuple(scales), counts, split_seed
         self.photos = split_photos(self.source, validation_photos, test_photos, split_seed)
+        # the held-out photos' headers now, not when their pool is first cut: a bad file among the test photos
+        # would otherwise surface only after meta-training (headers only: a directory may hold thousands)
+        min_side = size * min(self.scales)
+        self._sizes = {k: image_size(self.source.paths[k], min_side, self.source.key)
+                       for split in ("validation", "test") for k in self.photos[split]}
         self._pools: Dict[str, torch.Tensor] = {}
         self.boxes: Dict[str, list] = {}  # per split, each crop's (photo index, top, left, side)
         self._fingerprints: Dict[str, str] = {}
@@ -193,7 +203,8 @@ class ContentPools:
         if split not in self._pools:
             key = self.source.key
             min_side = self.size * min(self.scales)
-            sizes = {k: image_size(self.source.paths[k], min_side, key) for k in self.photos[split]}
+            sizes = {k: self._sizes[k] if k in self._sizes else image_size(self.source.paths[k], min_side, key)
+                     for k in self.photos[split]}
             rng = np.random.default_rng([self.split_seed, SPLITS.index(split)])
             boxes = plan_crops(sizes, self.counts[split], self.size, self.scales, rng)
             crops = cut_crops(lambda k: read_image(self.source.paths[k], min_side, key), boxes, self.size)

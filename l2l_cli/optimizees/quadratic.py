@@ -52,6 +52,9 @@ class QuadraticFamily:
         self.distribution = cfg.distribution
         self.init_std = cfg.init_std
 
+    def problem_floats(self, num_steps: int) -> int:
+        return self.dim * self.dim + 2 * self.dim  # W, y, theta_0
+
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device="cpu", split: str = "train"):
         """The split only names the seed stream the caller chose; W, y are drawn from the same distribution."""
         draw = torch.randn if self.distribution == "gaussian" else torch.rand

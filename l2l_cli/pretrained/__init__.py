@@ -9,12 +9,14 @@ recompute so a change that alters what a shipped optimizer does is caught. `l2l 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from l2l_cli.core.checkpoints import CheckpointError
+from l2l_cli.core.user_files import is_number, lookup, read_json, require
 
 PREFIX = "pretrained:"
+# the optimizers this package ships: `l2l pretrained add` never replaces one (a maintainer re-ships by hand)
+SHIPPED = ("mnist", "quadratic")
 HERE = Path(__file__).resolve().parent
 CHECK_FUNCTIONS = {"quadratic": 256}  # test functions the check runs on: all a family's default evaluation would
 CHECK_FUNCTIONS_DEFAULT = 8  # take seconds to run (the MNIST MLP: 8 functions of 100 steps)
@@ -23,12 +25,38 @@ KEPT = ("optimizer", "optimizee", "schedule", "model", "iteration", "best_val", 
         "data_seed", "history")
 
 
+# the check figures of a record (api.pretrained.check_figures), recomputed by the tests
+INTEGER_CHECKS = ("num_functions", "num_steps", "data_seed")
+NUMBER_CHECKS = ("learned_final_mean", "baseline_lr", "baseline_final_mean")
+
+
 def names(directory: Path = HERE) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.pt") if p.with_suffix(".json").is_file())
 
 
 def record(name: str, directory: Path = HERE) -> dict:
-    return json.loads((directory / f"{name}.json").read_text())
+    """``<name>.json``, checked to hold what `l2l pretrained` and the tests read; else one line naming it."""
+    path, key = directory / f"{name}.json", f"{PREFIX}{name}"
+    info = read_json(path, key, error=CheckpointError)
+
+    def need(ok: bool, message: str) -> None:
+        require(ok, path, message, key, CheckpointError)
+
+    need(all(isinstance(info.get(k), str) for k in ("family", "architecture", "command")),
+         "its family, architecture and command are not strings")
+    need(info.get("commit") is None or isinstance(info["commit"], str), "its commit is not a string or null")
+    evaluation, check = info.get("evaluation"), info.get("check")
+    optimizers = lookup(evaluation, "optimizers", dict, {})
+    need(all(isinstance(v, dict) and is_number(v.get("final_mean")) and (v.get("lr") is None or is_number(v["lr"]))
+             for v in optimizers.values()), "its evaluation.optimizers do not each hold a final_mean and lr")
+    need(info["architecture"] in optimizers and lookup(evaluation, "best_baseline", str) in optimizers,
+         "its evaluation.optimizers lack its architecture or best_baseline")
+    need(all(lookup(evaluation, k, int) is not None for k in ("num_test_functions", "num_steps")),
+         "its evaluation.num_test_functions and num_steps are not integers")
+    need(isinstance(check, dict) and all(lookup(check, k, int) is not None for k in INTEGER_CHECKS)
+         and all(is_number(check.get(k)) for k in NUMBER_CHECKS) and isinstance(check.get("baseline"), str),
+         f"its check does not hold {', '.join(INTEGER_CHECKS + NUMBER_CHECKS)} and baseline")
+    return info
 
 
 def resolve(spec: str | Path, directory: Path = HERE) -> Path:
@@ -43,4 +71,4 @@ def resolve(spec: str | Path, directory: Path = HERE) -> Path:
     return directory / f"{name}.pt"
 
 
-__all__ = ["HERE", "KEPT", "PREFIX", "names", "record", "resolve"]
+__all__ = ["HERE", "KEPT", "PREFIX", "SHIPPED", "names", "record", "resolve"]
