@@ -237,4 +237,7 @@ def load_torch(path: str | Path, limit: int, key: str | None = None, error: type
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - MemoryError included: hostile bytes may make the unpickler raise anything
         pickled = "weights_only" in str(exc) or "Unsupported global" in str(exc)
-        fail(path, f"unreadable ({PICKLED if pickled else _reason(exc)})", key, error)
+        # torch's zip reader explains its own internals at length; the reader needs to hear the file is damaged
+        damaged = "PytorchStreamReader" in str(exc)
+        reason = PICKLED if pickled else "a damaged or truncated zip archive" if damaged else _reason(exc)
+        fail(path, f"unreadable ({reason})", key, error)

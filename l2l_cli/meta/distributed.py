@@ -104,6 +104,13 @@ def join_group(rank: Rank, device: torch.device, timeout_s: float) -> torch.devi
     return device
 
 
+def leave_together() -> None:
+    """After a run every rank finished: wait for all before any tears its group down. A rank that destroyed its
+    group while another was still in its last collective aborted now and then ("terminate called without an active
+    exception": 5 of 65 torchrun runs of 2 ranks on a loaded machine)."""
+    collective(dist.barrier)
+
+
 def close_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -21,6 +21,7 @@ from l2l_cli.meta.distributed import (
     close_group,
     init_group,
     join_group,
+    leave_together,
     report_failure,
 )
 from l2l_cli.meta.population import PopulationResult, train_population
@@ -88,7 +89,9 @@ def _train_as_rank(setup: TrainSetup, population: int, resume, rank: Rank, callb
     """train_population in a joined group: a failure is left in the store for the other ranks; the group is left
     at the end either way."""
     try:
-        return train_population(setup, population, resume, rank=rank, **callbacks)
+        result = train_population(setup, population, resume, rank=rank, **callbacks)
+        leave_together()
+        return result
     except StopRequested:
         raise
     except BaseException as exc:
@@ -129,5 +132,6 @@ def _follow(rank: Rank, stopper, setup: TrainSetup, population: int, resume) -> 
     """A local rank > 0: the same population, quietly; a stop the ranks agreed on ends it normally."""
     try:
         train_population(setup, population, resume, rank=rank, should_stop=stopper.stop)
+        leave_together()
     except StopRequested:
         pass
