@@ -17,6 +17,7 @@ from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config, build_baseline
 from l2l_cli.optimizers.learned.loading import rebuild_learned
 from l2l_cli.pretrained import CHECK_FUNCTIONS, CHECK_FUNCTIONS_DEFAULT, HERE, KEPT, SHIPPED
+from l2l_cli.reporting.run_records import results_problem
 from l2l_cli.reporting.writers import write_json
 
 
@@ -50,9 +51,8 @@ def _results(path: Path) -> dict:
     def need(ok: bool, message: str) -> None:
         require(ok, path, message, error=CheckpointError)
 
-    need(isinstance(optimizers, dict) and all(isinstance(v, dict) and is_number(v.get("final_mean"))
-                                              and is_number(v.get("final_median")) for v in optimizers.values()),
-         "its optimizers do not each hold a final_mean and final_median")
+    problem = results_problem(results)  # the figures every reader of an eval's results.json uses
+    need(problem is None, problem or "")
     need(isinstance(rates, dict) and all(isinstance(v, dict) for v in rates.values()),
          "its learning_rates is not an object of objects")
     need(isinstance(best, str) and best in optimizers and isinstance(rates.get(best), dict)

@@ -26,7 +26,7 @@ from l2l_cli.core.schemas import (
     TrainLoopConfig,
     check_choice,
 )
-from l2l_cli.core.user_files import UserFileError, fail, read_json, require
+from l2l_cli.core.user_files import UserFileError, exception_line, fail, read_json, require
 
 
 def config_dir() -> str:
@@ -133,8 +133,7 @@ def _recorded_architecture(recorded: dict, path: Path) -> dict:
     try:
         return OPTIMIZERS.get(name).config(**recorded["optimizer"]).architecture()
     except Exception as exc:  # noqa: BLE001 - any recorded value may make the config's checks raise
-        fail(path, f"its config.optimizer is not one this l2l reads ({type(exc).__name__}: "
-                   f"{next(iter(str(exc).splitlines()), '')})")
+        fail(path, f"its config.optimizer is not one this l2l reads ({exception_line(exc)})")
 
 
 def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:

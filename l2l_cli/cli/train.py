@@ -21,13 +21,13 @@ from l2l_cli.cli.run_dir_lock import RunDirLock, claim
 from l2l_cli.core.checkpoints import load_checkpoint
 from l2l_cli.core.environment import configure_torch, resolve_device
 from l2l_cli.core.registry import OPTIMIZERS
-from l2l_cli.core.run_layout import FIRST_MEMBER_LAST, run_dir_of
+from l2l_cli.core.run_layout import run_dir_of
 from l2l_cli.core.schemas import ConfigError, EvalConfig, TrainConfig
 from l2l_cli.core.signals import GracefulStop
 from l2l_cli.meta.distributed import Rank, from_environment, join_group, shared_value
 from l2l_cli.meta.launch import TrainingResult, run_training
 from l2l_cli.meta.policy import plan_training
-from l2l_cli.meta.population import find_resume
+from l2l_cli.meta.population import find_resume, last_checkpoint_of
 from l2l_cli.meta.stopping import StopRequested
 from l2l_cli.meta.trainer import improvement, not_improved_message
 from l2l_cli.meta.trainer_checkpoints import check_iterations_left
@@ -105,8 +105,7 @@ def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool,
         conf = to_objects(cfg)
         conf.resume = str(source)
         if writes:  # before run.json records the smaller count
-            last = source if source.is_file() else next(
-                (p for p in (source / "checkpoints" / "last.pt", source / FIRST_MEMBER_LAST) if p.is_file()), None)
+            last = source if source.is_file() else last_checkpoint_of(source)
             if last is not None:
                 check_iterations_left(int(load_checkpoint(last)["iteration"]), conf.train.iterations, last)
     if source is None and requeued() and (out_dir / "checkpoints" / "last.pt").is_file():

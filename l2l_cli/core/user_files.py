@@ -45,7 +45,8 @@ def require(ok: bool, path: str | Path, message: str, key: str | None = None, er
         fail(path, message, key, error)
 
 
-def _reason(exc: BaseException) -> str:
+def exception_line(exc: BaseException) -> str:
+    """An exception on one line: its type and the first non-empty line of its message."""
     text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -59,7 +60,7 @@ def regular_file(path: str | Path, limit: int, key: str | None = None, error: ty
     except FileNotFoundError:
         fail(path, "no such file", key, error)
     except OSError as exc:
-        fail(path, f"cannot read it ({exc.strerror or _reason(exc)})", key, error)
+        fail(path, f"cannot read it ({exc.strerror or exception_line(exc)})", key, error)
     if stat.S_ISDIR(info.st_mode):
         fail(path, "is a directory, expected a file", key, error)
     if not stat.S_ISREG(info.st_mode):
@@ -85,7 +86,7 @@ def read_bytes(path: str | Path, limit: int, key: str | None = None, error: type
         with open(path, "rb") as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
-        fail(path, f"cannot read it ({exc.strerror or _reason(exc)})", key, error)
+        fail(path, f"cannot read it ({exc.strerror or exception_line(exc)})", key, error)
     require(len(data) <= limit, path, f"more than the {human(limit)} this reader accepts", key, error)
     return data
 
@@ -98,7 +99,7 @@ def read_json(path: str | Path, key: str | None = None, expect: type = dict, lim
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        fail(path, f"not valid JSON ({_reason(exc)})", key, error)
+        fail(path, f"not valid JSON ({exception_line(exc)})", key, error)
     names = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
              bool: "true/false", type(None): "null"}
     require(isinstance(value, expect), path, f"holds {names.get(type(value), type(value).__name__)} of JSON, "
@@ -114,7 +115,7 @@ def open_stream(path: str | Path, limit: int, key: str | None = None, error: typ
     try:
         return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     except OSError as exc:
-        fail(path, f"cannot read it ({exc.strerror or _reason(exc)})", key, error)
+        fail(path, f"cannot read it ({exc.strerror or exception_line(exc)})", key, error)
 
 
 def read_exactly(stream: BinaryIO, size: int, path: str | Path, what: str, key: str | None = None,
@@ -127,7 +128,7 @@ def read_exactly(stream: BinaryIO, size: int, path: str | Path, what: str, key: 
             parts.append(part)
             got += len(part)
     except (OSError, EOFError, zlib.error) as exc:
-        fail(path, f"corrupt while reading {what} ({_reason(exc)})", key, error)
+        fail(path, f"corrupt while reading {what} ({exception_line(exc)})", key, error)
     require(got == size, path, f"ends after {got} of the {size} bytes of {what}", key, error)
     return b"".join(parts)
 
@@ -137,7 +138,7 @@ def at_end(stream: BinaryIO, path: str | Path, key: str | None = None, error: ty
     try:
         extra = stream.read(1)
     except (OSError, EOFError, zlib.error) as exc:
-        fail(path, f"corrupt after its data ({_reason(exc)})", key, error)
+        fail(path, f"corrupt after its data ({exception_line(exc)})", key, error)
     require(not extra, path, "holds more bytes than its header promises", key, error)
 
 
@@ -156,7 +157,7 @@ def decode(path: str | Path, parse: Callable[[], Any], what: str, key: str | Non
     except (Exception, MemoryError) as exc:  # noqa: BLE001 - a parser of hostile bytes may raise anything
         if isinstance(exc, error):
             raise
-        fail(path, f"not {what} ({_reason(exc)})", key, error)
+        fail(path, f"not {what} ({exception_line(exc)})", key, error)
 
 
 def sha256(path: str | Path, limit: int, key: str | None = None, error: type = UserFileError) -> str:
@@ -171,7 +172,7 @@ def sha256(path: str | Path, limit: int, key: str | None = None, error: type = U
                 digest.update(chunk)
                 seen += len(chunk)
     except OSError as exc:
-        fail(path, f"cannot read it ({exc.strerror or _reason(exc)})", key, error)
+        fail(path, f"cannot read it ({exc.strerror or exception_line(exc)})", key, error)
     require(seen <= limit, path, f"more than the {human(limit)} this reader accepts", key, error)
     return digest.hexdigest()
 
@@ -231,7 +232,7 @@ def load_torch(path: str | Path, limit: int, key: str | None = None, error: type
         with open(path, "rb") as handle:
             magic = handle.read(len(ZIP_MAGIC))
     except OSError as exc:
-        fail(path, f"cannot read it ({exc.strerror or _reason(exc)})", key, error)
+        fail(path, f"cannot read it ({exc.strerror or exception_line(exc)})", key, error)
     require(magic == ZIP_MAGIC, path, "unreadable (not the zip archive torch.save writes)", key, error)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -239,5 +240,5 @@ def load_torch(path: str | Path, limit: int, key: str | None = None, error: type
         pickled = "weights_only" in str(exc) or "Unsupported global" in str(exc)
         # torch's zip reader explains its own internals at length; the reader needs to hear the file is damaged
         damaged = "PytorchStreamReader" in str(exc)
-        reason = PICKLED if pickled else "a damaged or truncated zip archive" if damaged else _reason(exc)
+        reason = PICKLED if pickled else "a damaged or truncated zip archive" if damaged else exception_line(exc)
         fail(path, f"unreadable ({reason})", key, error)

@@ -9,12 +9,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from l2l_cli.core.files import write_text
 from l2l_cli.core.user_files import UserFileError, finite_number, read_json, require
 from l2l_cli.evaluation.comparison import TuningResult
 
@@ -50,13 +50,9 @@ class TuningCache:
         return result
 
     def put(self, name: str, result: TuningResult) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"key": self.keys[name], "lr": result.lr, "grid": result.grid,
                    "scores": {str(k): (v if math.isfinite(v) else None) for k, v in result.scores.items()}}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}-", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
-        os.replace(tmp, self._path(name))
+        write_text(self._path(name), json.dumps(payload))
 
 
 def _entry(data: dict, name: str, path: Path) -> TuningResult:

@@ -36,7 +36,8 @@ def best_member(best_scores: list) -> int:
     return min(finite)[1] if finite else 0
 
 
-def _last_of(run_dir: Path) -> Path | None:
+def last_checkpoint_of(run_dir: Path) -> Path | None:
+    """The last.pt a resume of ``run_dir`` starts from (a population's: its first member's), None without one."""
     for last in ("checkpoints/last.pt", FIRST_MEMBER_LAST):
         if (run_dir / last).is_file():
             return run_dir / last
@@ -52,11 +53,11 @@ def find_resume(resume, out_dir: Path, explicit_dir: bool, command: str, family:
         return None
     if resume is not True:
         path = Path(str(resume)).expanduser()
-        if not (path.is_file() or (path.is_dir() and _last_of(path) is not None)):
+        if not (path.is_file() or (path.is_dir() and last_checkpoint_of(path) is not None)):
             raise ConfigError(f"resume: no checkpoint at {path} (a run dir with checkpoints/last.pt, or a .pt file)")
         return path
     if explicit_dir:
-        if _last_of(out_dir) is None:
+        if last_checkpoint_of(out_dir) is None:
             raise ConfigError(f"resume: true with hydra.run.dir={out_dir}, but that run dir has no checkpoints/last.pt"
                               f"; give resume=PATH, or leave hydra.run.dir out to resume the newest {family} run")
         return out_dir
@@ -64,7 +65,7 @@ def find_resume(resume, out_dir: Path, explicit_dir: bool, command: str, family:
     candidates = []
     for record in root.glob("*/run.json"):
         run_dir = record.parent
-        last = _last_of(run_dir)
+        last = last_checkpoint_of(run_dir)
         if run_dir == out_dir or last is None:
             continue
         try:

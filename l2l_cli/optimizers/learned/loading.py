@@ -9,6 +9,7 @@ import torch
 
 from l2l_cli.core.checkpoints import CheckpointError, check_weights, load_checkpoint
 from l2l_cli.core.registry import OPTIMIZERS
+from l2l_cli.core.user_files import exception_line
 from l2l_cli.optimizers.learned import build_learned
 from l2l_cli.pretrained import resolve
 
@@ -45,10 +46,8 @@ def _attempt(path: str | Path, name: str, step: Callable[[], Any]) -> Any:
     try:
         return step()
     except Exception as exc:  # noqa: BLE001 - MemoryError included: a size no machine holds is a bad file
-        line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        reason = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path}: its {name} config or weights do not fit this l2l ({reason})"
-                              ) from None
+        raise CheckpointError(f"checkpoint {path}: its {name} config or weights do not fit this l2l "
+                              f"({exception_line(exc)})") from None
 
 
 def _shape_mismatch(cfg, weights: dict) -> str | None:
