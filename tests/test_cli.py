@@ -67,8 +67,11 @@ def test_eval_outputs_and_table(trained_and_evaluated):
     for name in ("sgd", "nag", "rmsprop", "adam"):
         lr = results["learning_rates"][name]
         tried = sorted(float(v) for v in lr["validation_scores"])
-        assert lr["tuned"] and len(tried) == 3 + 2 * 2  # the grid, then two refinement rounds of two values each
-        assert {0.01, 0.1, 1.0} <= set(tried) and 0.01 / 10**0.25 - 1e-12 <= lr["lr"] <= 10**0.25 + 1e-12
+        # staged: 0.01 and 1.0 screened on 8 of the 16 functions, the better one and 0.1 on all 16, then two
+        # refinement rounds of two values each
+        assert lr["tuned"] and lr["search"] == "staged" and sorted(map(float, lr["screening_scores"])) == [0.01, 1.0]
+        assert len(tried) == 2 + 2 * 2 and 0.1 in tried and len({0.01, 1.0} & set(tried)) == 1
+        assert 0.01 / 10**0.25 - 1e-12 <= lr["lr"] <= 10**0.25 + 1e-12
         assert lr["validation_scores"][str(lr["lr"])] == min(lr["validation_scores"].values())
     header = (out / "curves.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "step" and "lstm_mean" in header and "adam_q10" in header

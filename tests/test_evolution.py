@@ -121,22 +121,27 @@ def test_antithetic_pairs_cancel_the_zeroth_order_term_exactly(persistent):
         assert result.grads[0].grad_fn is None  # no autograd graph: memory does not grow with the truncation
 
 
+@pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("per_call", [None, 24])
-def test_one_vmapped_step_equals_each_copy_stepped_with_its_own_weights(monkeypatch, per_call):
+def test_one_vmapped_step_equals_each_copy_stepped_with_its_own_weights(monkeypatch, per_call, batched):
     """All copies in one call (or, on the CPU, groups of COORDINATES_PER_CALL coordinates) compute what a loop over
-    the copies, each with its own weights, computes."""
+    the copies, each with its own weights, computes: through the LSTM's own batched step (step_copies) and through
+    vmap, which every other learned optimizer uses."""
     if per_call:
         monkeypatch.setattr(evolution, "COORDINATES_PER_CALL", per_call)
     torch.manual_seed(0)
     net = CoordinatewiseLSTM(LSTMConfig(hidden_size=5)).double()
     stepper = ParticleStep(net)
+    assert stepper.copies is not None
+    if not batched:
+        stepper.copies = None
     copies, coordinates = 7, 6
     flat = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
     weights = flat + 0.1 * torch.randn(copies, flat.numel(), dtype=torch.float64)
     grads = torch.randn(copies, coordinates, dtype=torch.float64)
     calls = []
-    vstep = stepper.vstep
-    stepper.vstep = lambda *a: calls.append(1) or vstep(*a)
+    step = stepper._step
+    stepper._step = lambda *a: calls.append(1) or step(*a)
     state = stepper.init_state(torch.zeros(copies, coordinates, dtype=torch.float64))
     for t in range(3):
         updates, state = stepper(weights, grads * 10.0 ** -t, state, t)

@@ -15,7 +15,7 @@ from l2l_cli.core.checkpoints import CheckpointError, save_checkpoint
 from l2l_cli.core.random_streams import generator
 from l2l_cli.core.registry import OPTIMIZERS
 from l2l_cli.core.schemas import LearnedOptimizerConfig, TrainLoopConfig
-from l2l_cli.evaluation.rollout import function_chunks, run
+from l2l_cli.evaluation.rollout import chunk_functions, function_chunks, run
 from l2l_cli.meta.estimators.tbptt import TBPTTConfig
 from l2l_cli.meta.policy import plan_training
 from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
@@ -116,7 +116,13 @@ def test_evaluation_in_chunks_equals_one_pass(monkeypatch):
     rule = build_baseline(baseline_config("adam"), 0.1)
     whole = run(family, problem, rule, 8)
     monkeypatch.setattr(rollout_module, "EVAL_COORDINATES", 10)  # chunks of 2 functions, and a last of 1
-    assert function_chunks(7, 5) == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    assert chunk_functions(family) == 2 and function_chunks(7, 2) == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    chunked = run(family, problem, rule, 8)
+    torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=0)
+    torch.testing.assert_close(chunked[1], whole[1], rtol=0, atol=0)
+    monkeypatch.setattr(rollout_module, "EVAL_COORDINATES", 2**19)
+    monkeypatch.setattr(family, "functions_per_chunk", 3, raising=False)  # a family's own size, within the bound
+    assert chunk_functions(family) == 3
     chunked = run(family, problem, rule, 8)
     torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=0)
     torch.testing.assert_close(chunked[1], whole[1], rtol=0, atol=0)

@@ -284,7 +284,9 @@ def tuning_cache(directory) -> TuningCache:
 def valid_entry() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cache = tuning_cache(tmp)
-        cache.put("adam", TuningResult("adam", 0.1, {0.01: 2.0, 0.1: 1.0, 1.0: math.inf}, grid=[0.01, 0.1, 1.0]))
+        cache.put("adam", TuningResult("adam", 0.1, {0.01: 2.0, 0.1: 1.0, 1.0: math.inf}, grid=[0.01, 0.1, 1.0],
+                                       search="staged", screen={0.01: 2.5, 1.0: math.inf},
+                                       stopped={1.0: "diverged at step 3"}))
         return json.loads(cache._path("adam").read_text())
 
 
@@ -509,11 +511,13 @@ def test_a_tuning_cache_entry_that_is_not_an_object_is_a_miss(tmp_path, caplog):
             assert cache.get("adam") is None
         assert str(cache._path("adam")) in caplog.text
     entry = valid_entry()
-    for field, value in (("lr", "0.1"), ("scores", [1]), ("grid", None), ("lr", -1), ("scores", {"x": 1.0})):
+    for field, value in (("lr", "0.1"), ("scores", [1]), ("grid", None), ("lr", -1), ("scores", {"x": 1.0}),
+                         ("search", "random"), ("screen", {"0.1": "x"}), ("stopped", {"0.1": 3}), ("stopped", [])):
         cache._path("adam").write_text(json.dumps({**entry, field: value}))
         assert cache.get("adam") is None
     cache._path("adam").write_text(json.dumps(entry))
-    assert cache.get("adam").lr == 0.1
+    found = cache.get("adam")
+    assert found.lr == 0.1 and found.stopped == {1.0: "diverged at step 3"} and found.screen[1.0] == math.inf
 
 
 def test_an_explicit_optimizer_other_than_the_checkpoints_is_one_line(tmp_path, capsys, monkeypatch, compose_cfg):

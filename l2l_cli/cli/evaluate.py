@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -198,7 +199,8 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
     if conf.eval.tuning_cache:
         cache = TuningCache(conf.eval.tuning_cache, {
             "optimizee": asdict(conf.optimizee), "num_steps": num_steps, "val_functions": conf.eval.val_functions,
-            "data_seed": conf.data_seed, "grid": list(grid), "refine": conf.eval.refine_lr, "device": str(device)},
+            "data_seed": conf.data_seed, "grid": list(grid), "refine": conf.eval.refine_lr,
+            "search": conf.eval.lr_search, "device": str(device)},
             baselines)
     with progress() as bar:
         to_tune = [n for n, c in baselines.items() if c.lr is None]
@@ -206,7 +208,11 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
                                                                      "validation functions")
         test_task = []  # added when testing starts, so its clock starts then
 
+        tuning_started = time.perf_counter()
+
         def on_test_start() -> None:
+            log.info("tuning took %.1f s (eval.lr_search=%s)", time.perf_counter() - tuning_started,
+                     conf.eval.lr_search)
             test_task.append(bar.add_task("test", total=len(baselines) + (learned is not None) + len(also),
                                           info=f"{len(test_problem)} test functions"))
 
@@ -215,7 +221,8 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
             learned=None if learned is None else learned[:2], also={n: net for n, (net, _) in also.items()},
             on_tuned=lambda name, r: bar.update(task_id=tune_task, advance=1, info=f"{name}: lr {fmt(r.lr)}"),
             on_test_start=on_test_start,
-            on_tested=lambda name: bar.update(test_task[0], advance=1, info=f"{name} done"), tuning_cache=cache)
+            on_tested=lambda name: bar.update(test_task[0], advance=1, info=f"{name} done"), tuning_cache=cache,
+            search=conf.eval.lr_search)
     for tuning in result.tuning.values():
         if tuning.at_grid_edge:
             log.warning("%s: the best learning rate %s is at the edge of eval.lr_grid; widen the grid",
@@ -264,7 +271,9 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
         **({"compared": also_info} if also_info else {}),
         "best_baseline": result.best_baseline,
         "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": {str(k): v for k, v in
-                                                                                     r.scores.items()}}
+                                                                                     r.scores.items()},
+                               **({"search": r.search, "screening_scores": {str(k): v for k, v in r.screen.items()},
+                                   "stopped": {str(k): v for k, v in r.stopped.items()}} if r.tuned else {})}
                            for n, r in tuning.items()},
         "optimizers": {n: {"final_mean": s.final_mean, "final_median": s.final_median,
                            "final_mean_log10": s.final_mean_log10,

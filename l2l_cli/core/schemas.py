@@ -136,6 +136,9 @@ class TrainLoopConfig:
 DEFAULT_BASELINES = ("sgd", "nag", "rmsprop", "adam")
 
 
+LR_SEARCHES = ("staged", "grid")
+
+
 @dataclass
 class EvalLoopConfig:
     num_functions: int = 1024
@@ -147,6 +150,10 @@ class EvalLoopConfig:
     # rounds of refinement after the grid: try the best value x and / 10^(1/4), then 10^(1/8), ..., keeping the
     # best of all (2: eighth-decade resolution around the optimum for four more runs per baseline; 0 = grid only)
     refine_lr: int = 2
+    # how the grid is searched: staged (screen every other value on a quarter of the validation functions, then the
+    # best and its neighbours on all, then refine; runs that diverge or fall far behind stop early; candidates run
+    # batched) | grid (every value on every function, one at a time: the reference staged is checked against)
+    lr_search: str = "staged"
     # the registered baselines to tune and compare with, in the table's order (`l2l eval --help` lists them)
     baselines: List[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     # a directory where baseline tunings are kept, keyed by everything they depend on (task, validation functions,
@@ -166,6 +173,7 @@ class EvalLoopConfig:
               f"must be >= 1 or null, got {self.num_steps}")
         check(len(self.lr_grid) > 0, "eval.lr_grid", "must not be empty")
         check(self.refine_lr >= 0, "eval.refine_lr", f"must be >= 0 (rounds of refinement), got {self.refine_lr}")
+        check_choice(self.lr_search, "eval.lr_search", LR_SEARCHES)
         for lr in self.lr_grid:
             check(math.isfinite(lr) and lr > 0, "eval.lr_grid", f"every value must be positive, got {lr}")
         for name in self.baselines:

@@ -10,45 +10,12 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from l2l_cli.evaluation.rollout import final_params, run, selection_score
+from l2l_cli.evaluation.lr_search import search_learning_rates
+from l2l_cli.evaluation.rollout import final_params, run
+from l2l_cli.evaluation.tuning import TuningResult, tune_learning_rate
 from l2l_cli.optimizers.baselines import BaselineConfig, build_baseline
 
 log = logging.getLogger("l2l.eval")
-
-
-@dataclass
-class TuningResult:
-    name: str
-    lr: float
-    scores: Dict[float, float]  # lr -> validation selection score (+inf where any run diverged)
-    tuned: bool = True
-
-    grid: List[float] = field(default_factory=list)  # the grid before refinement
-
-    @property
-    def at_grid_edge(self) -> bool:
-        """The best value is at (or refined beyond) an end of a grid of 2+ values: the grid may be too narrow."""
-        return self.tuned and len(self.grid) > 1 and not min(self.grid) < self.lr < max(self.grid)
-
-
-def tune_learning_rate(family, val_problem, cfg: BaselineConfig, grid: List[float], num_steps: int,
-                       refine: int = 0) -> TuningResult:
-    """Pick the learning rate with the lowest selection score on the validation functions (as the learned
-    optimizer's checkpoint is picked): the grid, then ``refine`` rounds that try the best value x and / 10^(1/4),
-    10^(1/8), ..."""
-    scores: Dict[float, float] = {}
-
-    def best_of(lrs) -> float:
-        for lr in lrs:
-            if float(lr) not in scores:
-                scores[float(lr)] = selection_score(family, val_problem, build_baseline(cfg, lr), num_steps)
-        return min(scores, key=lambda lr: (scores[lr], lr))
-
-    best = best_of(grid)
-    for level in range(refine):
-        factor = 10 ** (0.25 / 2**level)
-        best = best_of([best / factor, best * factor])
-    return TuningResult(cfg.name, best, scores, grid=[float(lr) for lr in grid])
 
 
 @dataclass
@@ -147,27 +114,41 @@ def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: 
                   grid: List[float], refine: int, learned: Optional[tuple] = None, also: Optional[dict] = None,
                   on_tuned: Callable[[str, TuningResult], None] = lambda name, result: None,
                   on_test_start: Callable[[], None] = lambda: None,
-                  on_tested: Callable[[str], None] = lambda name: None, tuning_cache=None) -> Evaluation:
+                  on_tested: Callable[[str], None] = lambda name: None, tuning_cache=None,
+                  search: str = "staged") -> Evaluation:
     """Tune each baseline whose lr is null on the validation problems, then run the learned optimizer (``learned``:
     (name, rule)), the other learned optimizers of ``also`` (name -> rule) and every baseline on the same test
     problems. ``baselines``: name -> config, the studied one first when a baseline is studied. ``tuning_cache``:
     anything with ``get(name) -> TuningResult | None`` and ``put(name, result)`` for this task's validation
-    problems, so that optimizers evaluated on the same task share one tuning of each baseline."""
+    problems, so that optimizers evaluated on the same task share one tuning of each baseline. ``search``:
+    "staged" (lr_search.py) or "grid" (every value of ``grid``, then ``refine`` rounds)."""
     rules, tuning = {}, {}
     if learned is not None:
         rules[learned[0]] = learned[1]
     also = dict(also or {})
+    to_tune = {}
     for name, cfg in baselines.items():
-        if cfg.lr is None:
-            tuning[name] = tuning_cache.get(name) if tuning_cache is not None else None
-            if tuning[name] is None:
-                tuning[name] = tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine)
-                if tuning_cache is not None:
-                    tuning_cache.put(name, tuning[name])
-            on_tuned(name, tuning[name])
-        else:
+        if cfg.lr is not None:
             tuning[name] = TuningResult(name, cfg.lr, {}, tuned=False)
-        rules[name] = build_baseline(cfg, tuning[name].lr)
+        elif tuning_cache is not None and (cached := tuning_cache.get(name)) is not None:
+            tuning[name] = cached
+            on_tuned(name, cached)
+        else:
+            to_tune[name] = cfg
+
+    def tuned(name: str, result: TuningResult) -> None:
+        tuning[name] = result
+        if tuning_cache is not None:
+            tuning_cache.put(name, result)
+        on_tuned(name, result)
+
+    if search == "staged" and to_tune:
+        for name, result in search_learning_rates(family, val_problem, to_tune, grid, num_steps, refine).items():
+            tuned(name, result)
+    for name, cfg in to_tune.items():
+        if search != "staged":
+            tuned(name, tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine))
+    rules.update({name: build_baseline(cfg, tuning[name].lr) for name, cfg in baselines.items()})
     studied = next(iter(rules))
     rules = {studied: rules[studied], **also, **{n: r for n, r in rules.items() if n != studied}}
     on_test_start()

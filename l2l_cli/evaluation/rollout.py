@@ -1,8 +1,9 @@
 """Run any optimizer (learned or baseline) on a batch of problems and record the loss at every step.
 
-Many functions go through in chunks of at most ``EVAL_COORDINATES`` coordinates (functions x parameters), each
-chunk from theta_0 to its last step before the next starts, so the memory an evaluation holds at once (the learned
-optimizer's state, the optimizee's activations) stops growing with the number of functions. Functions are
+Many functions go through in chunks (``chunk_functions``), each chunk from theta_0 to its last step before the next
+starts: as many functions as the family computes best at once (its ``functions_per_chunk``, measured), within
+``EVAL_COORDINATES`` coordinates (functions x parameters) so that the memory an evaluation holds at once (the
+learned optimizer's state, the optimizee's activations) stops growing with the number of functions. Functions are
 independent, so a chunk computes what it would inside the whole batch.
 """
 
@@ -15,13 +16,18 @@ import torch
 from l2l_cli.optimizees.base import Family, loss_and_grad
 from l2l_cli.optimizers.learned.base import bind_to_family
 
-EVAL_COORDINATES = 2**17
+EVAL_COORDINATES = 2**19
 
 
-def function_chunks(n: int, num_params: int) -> List[Tuple[int, int]]:
-    """(start, stop) bounds of consecutive functions, each chunk at most EVAL_COORDINATES coordinates (one function
-    at least)."""
-    per = max(1, EVAL_COORDINATES // max(1, num_params))
+def chunk_functions(family: Family) -> int:
+    """How many functions of ``family`` one computation holds: its ``functions_per_chunk`` where it has one (the
+    batch its loss runs fastest per function at), within EVAL_COORDINATES coordinates (one function at least)."""
+    bound = max(1, EVAL_COORDINATES // max(1, family.num_params))
+    return max(1, min(bound, getattr(family, "functions_per_chunk", bound)))
+
+
+def function_chunks(n: int, per: int) -> List[Tuple[int, int]]:
+    """(start, stop) bounds of consecutive functions, ``per`` in each chunk (the last may hold fewer)."""
     return [(start, min(n, start + per)) for start in range(0, n, per)]
 
 
@@ -34,7 +40,7 @@ def rollout(family: Family, problem, rule, num_steps: int) -> torch.Tensor:
 def run(family: Family, problem, rule, num_steps: int, expected: bool = True):
     """(losses (num_steps + 1, B), each function's expected loss at its final parameters (B,), or None when
     ``expected`` is false), chunk by chunk."""
-    bounds = function_chunks(len(problem), family.num_params)
+    bounds = function_chunks(len(problem), chunk_functions(family))
     if len(bounds) == 1:
         return _run(family, problem, rule, num_steps, expected)[:2]
     parts = [_run(family, family.select(problem, start, stop), rule, num_steps, expected)[:2]

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from l2l_cli.core.files import write_text
+from l2l_cli.core.schemas import LR_SEARCHES
 from l2l_cli.core.user_files import UserFileError, finite_number, read_json, require
-from l2l_cli.evaluation.comparison import TuningResult
+from l2l_cli.evaluation.tuning import TuningResult
 
 log = logging.getLogger("l2l.eval")
 
@@ -50,23 +51,37 @@ class TuningCache:
         return result
 
     def put(self, name: str, result: TuningResult) -> None:
-        payload = {"key": self.keys[name], "lr": result.lr, "grid": result.grid,
-                   "scores": {str(k): (v if math.isfinite(v) else None) for k, v in result.scores.items()}}
+        payload = {"key": self.keys[name], "lr": result.lr, "grid": result.grid, "search": result.search,
+                   "scores": _scores_json(result.scores), "screen": _scores_json(result.screen),
+                   "stopped": {str(k): v for k, v in result.stopped.items()}}
         write_text(self._path(name), json.dumps(payload))
 
 
+def _scores_json(scores: dict) -> dict:
+    return {str(k): (v if math.isfinite(v) else None) for k, v in scores.items()}
+
+
 def _entry(data: dict, name: str, path: Path) -> TuningResult:
-    """A cache entry's tuning: ``lr`` a positive finite number, ``grid`` a list of them, ``scores`` an object of
-    learning rate -> validation score (null: diverged); else one line naming the file."""
-    lr, grid, scores = data.get("lr"), data.get("grid"), data.get("scores")
+    """A cache entry's tuning: ``lr`` a positive finite number, ``grid`` a list of them, ``scores`` and ``screen``
+    objects of learning rate -> validation score (null: diverged), ``stopped`` of learning rate -> text; else one
+    line naming the file."""
+    lr, grid, search, stopped = data.get("lr"), data.get("grid"), data.get("search"), data.get("stopped", {})
     require(_rate(lr), path, "its 'lr' is not a positive number")
     require(isinstance(grid, list) and all(_rate(g) for g in grid), path, "its 'grid' is not a list of positive "
             "numbers")
+    require(search in LR_SEARCHES, path, f"its 'search' is not one of {', '.join(LR_SEARCHES)}")
+    require(isinstance(stopped, dict) and all(_rate(_float(k)) and isinstance(v, str) for k, v in stopped.items()),
+            path, "its 'stopped' is not an object of learning rate -> text")
+    return TuningResult(name, float(lr), _scores(data, "scores", path), grid=[float(g) for g in grid], search=search,
+                        screen=_scores(data, "screen", path), stopped={_float(k): v for k, v in stopped.items()})
+
+
+def _scores(data: dict, key: str, path: Path) -> dict:
+    scores = data.get(key, {})
     require(isinstance(scores, dict) and all(_rate(_float(k)) and (v is None or finite_number(v))
                                              for k, v in scores.items()), path,
-            "its 'scores' is not an object of learning rate -> finite number or null")
-    return TuningResult(name, float(lr), {_float(k): (math.inf if v is None else float(v)) for k, v in scores.items()},
-                        grid=[float(g) for g in grid])
+            f"its '{key}' is not an object of learning rate -> finite number or null")
+    return {_float(k): (math.inf if v is None else float(v)) for k, v in scores.items()}
 
 
 def _rate(value) -> bool:

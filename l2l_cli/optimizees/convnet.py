@@ -92,6 +92,10 @@ class ConvNetFamily(MinibatchClassifier):
             self._spans[name] = (offset, offset + math.prod(shape))
             offset += math.prod(shape)
 
+    # functions per evaluation chunk: oneDNN's grouped convolutions cost ~13-16 ms per function-step at 2-4 groups
+    # and ~22-30 ms at 6-8 on 2 cores (docs/performance.md#evaluation-chunks)
+    functions_per_chunk = 4
+
     def expected_chunk(self, n: int) -> int:
         return self.minibatch  # batch norm's statistics over minibatch-sized groups, as in training
 

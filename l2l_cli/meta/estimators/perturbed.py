@@ -87,6 +87,9 @@ class ParticleStep:
             return functional_call(self.module, {**params, **buffers}, (grad, state, t))
 
         self.vstep = vmap(one, in_dims=(0, 0, 0, None), randomness="different")
+        # an optimizer that steps many weight copies itself (the LSTM: one batched matmul per layer) does it faster
+        # than vmap's batching of its module call
+        self.copies = getattr(net, "step_copies", None)
         self.vinit = vmap(net.init_state, randomness="different")
 
     def init_state(self, theta: torch.Tensor):
@@ -96,12 +99,17 @@ class ParticleStep:
         m, p = grad.shape
         group = m if grad.device.type != "cpu" else max(1, COORDINATES_PER_CALL // p)
         if group >= m:
-            update, state = self.vstep(unflatten_rows(weights, self.names, self.shapes), grad.unsqueeze(1), state, t)
-            return update.squeeze(1), state
-        pieces = [self.vstep(unflatten_rows(weights[s], self.names, self.shapes), grad[s].unsqueeze(1),
-                             map_tensors(state, lambda x, s=s: x[s]), t)
+            return self._step(weights, grad, state, t)
+        pieces = [self._step(weights[s], grad[s], map_tensors(state, lambda x, s=s: x[s]), t)
                   for s in (slice(first, first + group) for first in range(0, m, group))]
-        return torch.cat([u for u, _ in pieces]).squeeze(1), _cat([st for _, st in pieces])
+        return torch.cat([u for u, _ in pieces]), _cat([st for _, st in pieces])
+
+    def _step(self, weights: torch.Tensor, grad: torch.Tensor, state, t: int):
+        params = unflatten_rows(weights, self.names, self.shapes)
+        if self.copies is not None:
+            return self.copies({name.removeprefix("net."): value for name, value in params.items()}, grad, state, t)
+        update, state = self.vstep(params, grad.unsqueeze(1), state, t)
+        return update.squeeze(1), state
 
 
 def copies_per_function(pairs: int, persistent: bool) -> int:

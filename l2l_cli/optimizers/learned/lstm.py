@@ -104,6 +104,17 @@ class CoordinatewiseLSTM(LearnedRule):
         return update, [tuple(torch.cat([st[layer][k] for _, st in pieces], 1) for k in (0, 1))
                         for layer in range(len(state))]
 
+    def step_copies(self, weights: dict, grad: torch.Tensor, state: State, t: int = 0) -> Tuple[torch.Tensor, State]:
+        """M copies of this optimizer at once, each with its own weights: ``weights`` {parameter name: (M, *shape)},
+        grad (M, P), state per layer (h, c) of shape (M, H, P) -> (update (M, P), state). What ``step`` of copy i
+        with weights[i] gives, in one batched matmul per layer instead of a vmapped module call."""
+        layers = len(self.weights)
+        update, _, new_state = lstm_step([weights[f"weights.{i}"] for i in range(layers)],
+                                         [weights[f"biases.{i}"] for i in range(layers)], weights["head.weight"],
+                                         weights["head.bias"], grad, state, self.preprocess_kind, self.preprocess_p,
+                                         self.output_scale, self.hidden_size)
+        return update, new_state
+
     def _forward(self, grad: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         update, _, new_state = lstm_step(list(self.weights), list(self.biases), self.head.weight, self.head.bias, grad,
                                          state, self.preprocess_kind, self.preprocess_p, self.output_scale,
@@ -114,42 +125,52 @@ class CoordinatewiseLSTM(LearnedRule):
 def lstm_step(weights: List[torch.Tensor], biases: List[torch.Tensor], head_w, head_b, grad, state: State, kind: str,
               p: float, scale: float, hidden: int):
     """grad (N,) -> (update (N,), per layer what a hand-written backward reads: ([x; h], ifo, g, c_prev, tanh c),
-    the new state). The module's forward and meta/estimators/lstm_bptt.py both step with this."""
-    x = preprocess(grad, kind, p).t()
+    the new state). The module's forward and meta/estimators/lstm_bptt.py both step with this.
+
+    With a leading copy dimension M on everything (weights (M, in + H, 4H), biases (M, 4H), head (M, 1, H) and
+    (M, 1), grad (M, N), state (M, H, N)) it steps M copies, each with its own weights, one batched matmul per layer
+    (``step_copies``: the perturbed copies of es and pes)."""
+    x = preprocess(grad, kind, p).transpose(-1, -2)
     saved, new_state = [], []
     for weight, bias, (h, c) in zip(weights, biases, state, strict=True):
         inp, ifo, g, tanh_c, h, c_new = cell_forward(weight, bias, x, h, c, hidden)
         saved.append((inp, ifo, g, c, tanh_c))
         new_state.append((h, c_new))
         x = h
-    update = torch.addmm(head_b.unsqueeze(1), head_w, x).squeeze(0) * scale
+    update = _affine(head_b.unsqueeze(-1), head_w, x).squeeze(-2) * scale
     return update, saved, new_state
 
 
+def _affine(bias, weight, x):
+    """bias + weight @ x in one kernel: addmm, or baddbmm with a leading copy dimension."""
+    return torch.addmm(bias, weight, x) if weight.dim() == 2 else torch.baddbmm(bias, weight, x)
+
+
 def cell_forward(weight, bias, x, h, c, hidden: int):
-    """One layer, one step, coordinates last: x (in, N), h and c (H, N) -> ([x; h], ifo, g, tanh c', h', c').
+    """One layer, one step, coordinates last: x (in, N), h and c (H, N) -> ([x; h], ifo, g, tanh c', h', c'); with
+    a leading copy dimension on every argument, each copy with its own weights.
 
     ifo = sigmoid of the input, forget and output gates (3H, N), g = tanh of the cell input (H, N): the activations
     a hand-written backward needs. They stay two tensors: one concatenated tensor would be written out and read
     back even where nothing keeps it (docs/performance.md).
     """
     H = hidden
-    inp = torch.cat((x, h), dim=0)
-    bias = bias.unsqueeze(1)
+    inp = torch.cat((x, h), dim=-2)
+    bias = bias.unsqueeze(-1)
     # (4H, N): input and recurrent products in one matmul
     if torch.compiler.is_compiling():
         # the bias goes into the fused activation kernel: addmm (which the compiler makes of matmul + bias) first
         # copies the broadcast bias into its whole output
-        gates = weight.t() @ inp
-        pre_ifo, pre_g = gates[:3 * H] + bias[:3 * H], gates[3 * H:] + bias[3 * H:]
+        gates = weight.transpose(-1, -2) @ inp
+        pre_ifo, pre_g = gates[..., :3 * H, :] + bias[..., :3 * H, :], gates[..., 3 * H:, :] + bias[..., 3 * H:, :]
     else:  # eager: one addmm (one kernel) beats a matmul and two separate adds
-        gates = torch.addmm(bias, weight.t(), inp)
-        pre_ifo, pre_g = gates[:3 * H], gates[3 * H:]
+        gates = _affine(bias, weight.transpose(-1, -2), inp)
+        pre_ifo, pre_g = gates[..., :3 * H, :], gates[..., 3 * H:, :]
     ifo = torch.sigmoid(pre_ifo)
     g = torch.tanh(pre_g)
-    c = ifo[H:2 * H] * c + ifo[:H] * g
+    c = ifo[..., H:2 * H, :] * c + ifo[..., :H, :] * g
     tanh_c = torch.tanh(c)
-    return inp, ifo, g, tanh_c, ifo[2 * H:] * tanh_c, c
+    return inp, ifo, g, tanh_c, ifo[..., 2 * H:, :] * tanh_c, c
 
 
 OPTIMIZERS.register("lstm", LSTMConfig, CoordinatewiseLSTM, learned=True)
