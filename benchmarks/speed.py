@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=names, default="quadratic,mnist,neural_art,convnet,torch_optimizer",
                         help="quadratic, mnist (meta-training, eval step), neural_art, convnet (meta-training, the "
                              "optimizee's share), torch_optimizer (LearnedOptimizer.step)")
-    parser.add_argument("--modes", type=names, default="eager,compiled,default,es,pes",
+    parser.add_argument("--modes", type=names, default="eager,compiled,default,es,pes,es-shared,pes-shared",
                         help=f"of {', '.join(meta_training.modes())}")
     parser.add_argument("--iterations", type=int, default=None,
                         help="timed meta-iterations per block (default 5 quadratic / 1 MNIST, Neural Art, conv net)")

@@ -28,8 +28,19 @@ DEFAULT_ESTIMATOR = "tbptt"
 
 
 def estimator_modes() -> Tuple[str, ...]:
-    """The registered estimators other than truncated BPTT (es, pes, ...): each a mode of the benchmark, eager."""
-    return tuple(name for name in ESTIMATORS.names() if name != DEFAULT_ESTIMATOR)
+    """The registered estimators other than truncated BPTT (es, pes, ...): each a mode of the benchmark, eager; and
+    <name>-shared for those with ``estimator.shared`` (one perturbation per pair for the whole batch)."""
+    names = [name for name in ESTIMATORS.names() if name != DEFAULT_ESTIMATOR]
+    return (*names, *(f"{name}-shared" for name in names if hasattr(ESTIMATORS.get(name).default_config(), "shared")))
+
+
+def estimator_config(mode: str):
+    """The estimator config of a mode: the registered defaults, with shared=true for <name>-shared."""
+    name, _, variant = mode.partition("-")
+    cfg = ESTIMATORS.get(name).default_config()
+    if variant == "shared":
+        cfg.shared = True
+    return cfg
 
 
 def optimizer_for(task: str, optimizer: str | None = None):
@@ -47,7 +58,7 @@ def setup_for(task: str, device, compiled: bool | None, loop: TrainLoopConfig, u
     return plan_training(family=build_family(cfg), optimizee=cfg, optimizer=optimizer_for(task, optimizer),
                          schedule=TruncatedScheduleConfig(unroll=unroll or 20), loop=loop, seed=0, data_seed=0,
                          device=device, out_dir=RESULTS / "tmp", compile=compiled,
-                         estimator=ESTIMATORS.get(estimator).default_config())
+                         estimator=estimator_config(estimator))
 
 
 def default_workers(task: str, device) -> int:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.random_streams import generator
 from l2l_cli.core.registry import ESTIMATORS
 from l2l_cli.core.schemas import TrainLoopConfig
@@ -23,11 +24,14 @@ from l2l_cli.optimizees.base import map_tensors
 from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
 from l2l_cli.optimizers.learned.base import LearnedRule
 from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM, LSTMConfig
+from l2l_cli.optimizers.learned.lstm_gac import GlobalAveragingLSTM, LSTMGACConfig
 
 
 class LinearRule(LearnedRule):
     """update = -(w0 g + w1 tanh g): linear in its weights, so a one-step loss is quadratic in them, and the
     Gaussian-smoothed gradient ES estimates is the exact gradient."""
+
+    coordinatewise = True
 
     def __init__(self, weights):
         super().__init__(SimpleNamespace(name="linear"))
@@ -46,10 +50,10 @@ def _problems(n: int, dim: int = 3, steps: int = 12):
     return family, problem
 
 
-def _es(family, problem, net, pairs, seed, persistent, sigma, num_steps=1, unroll=1):
+def _es(family, problem, net, pairs, seed, persistent, sigma, num_steps=1, unroll=1, shared=False):
     """The run's estimate of the gradient of its whole objective: the sum of its truncations' estimates."""
     run = PerturbedRun(family, problem, net, torch.Generator().manual_seed(seed), sigma=sigma, pairs=pairs,
-                       persistent=persistent)
+                       persistent=persistent, shared=shared)
     return sum(run.unroll(start, unroll).grads[0] for start in range(0, num_steps, unroll))
 
 
@@ -78,7 +82,30 @@ def test_es_converges_to_the_true_gradient_as_pairs_grow():
     assert errors[-1] < 0.05, errors
 
 
-def test_pes_is_unbiased_for_the_whole_run_and_truncated_es_is_not():
+def test_es_with_shared_perturbations_converges_to_the_true_gradient():
+    """estimator.shared: one perturbation per pair for every function; a pair's estimate is then z z^T g with g the
+    batch's mean gradient, so its variance is that of one function with the mean gradient."""
+    n = 4
+    family, problem = _problems(n)
+    net = LinearRule([0.05, 0.02])
+    true = _exact(family, problem, net, 1, 1)
+    variance = true.pow(2).sum() + true.pow(2)
+    for pairs in (64, 4096):
+        estimate = _es(family, problem, net, pairs, seed=pairs, persistent=False, sigma=0.01, shared=True)
+        assert ((estimate - true).abs() <= 4 * (variance / pairs).sqrt()).all(), (pairs, estimate, true)
+    assert float((estimate - true).norm() / true.norm()) < 0.05
+
+
+def test_shared_perturbations_need_a_coordinatewise_optimizer():
+    family, problem = _problems(2)
+    net = GlobalAveragingLSTM(LSTMGACConfig())
+    with pytest.raises(ConfigError, match="estimator.shared: needs a coordinatewise learned optimizer"):
+        PerturbedRun(family, problem, net, torch.Generator(), sigma=0.01, pairs=1, persistent=True, shared=True)
+    assert ParticleStep(net).copies is None  # its averaging is not the plain LSTM's batched step
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_pes_is_unbiased_for_the_whole_run_and_truncated_es_is_not(shared):
     """12 steps in 4 truncations of 3: PES's estimates average to the whole run's gradient; truncated ES's to the
     sum of the truncations' own gradients (what truncated BPTT computes), which differs from it."""
     family, problem = _problems(2)
@@ -90,8 +117,8 @@ def test_pes_is_unbiased_for_the_whole_run_and_truncated_es_is_not():
     def mean_and_error(persistent):
         # a small sigma: the smoothed objective's gradient is then the gradient itself (the run's loss is a
         # polynomial of degree 24 in the weight)
-        runs = torch.stack([_es(family, problem, net, 1000, seed, persistent, sigma=1e-5, num_steps=12, unroll=3)[0]
-                            for seed in range(12)])
+        runs = torch.stack([_es(family, problem, net, 1000, seed, persistent, sigma=1e-5, num_steps=12, unroll=3,
+                                shared=shared)[0] for seed in range(12)])
         return runs.mean(), runs.std() / math.sqrt(len(runs))
 
     pes, pes_error = mean_and_error(persistent=True)
@@ -101,8 +128,9 @@ def test_pes_is_unbiased_for_the_whole_run_and_truncated_es_is_not():
     assert abs(pes - truncated) > 10 * pes_error and abs(es - whole) > 10 * es_error
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
-def test_antithetic_pairs_cancel_the_zeroth_order_term_exactly(persistent):
+def test_antithetic_pairs_cancel_the_zeroth_order_term_exactly(persistent, shared):
     """A weight that changes no update: each pair's copies reach the same (large) losses bit for bit, so its
     estimate is exactly 0, where one-sided ES (eps L / sigma^2) would report noise of the losses' size."""
     family, problem = _problems(3)
@@ -113,7 +141,7 @@ def test_antithetic_pairs_cancel_the_zeroth_order_term_exactly(persistent):
 
     idle = Idle([0.05, 0.0])
     run = PerturbedRun(family, problem, idle, torch.Generator().manual_seed(0), sigma=0.1, pairs=8,
-                       persistent=persistent)
+                       persistent=persistent, shared=shared)
     for start in (0, 2):
         result = run.unroll(start, 2)
         assert result.loss_sum > 1000

@@ -49,6 +49,7 @@ class GlobalAveragingLSTM(CoordinatewiseLSTM):
     coordinates, so it runs unchunked, meta-trains through autograd, and is not ``coordinatewise``."""
 
     coordinatewise = False
+    step_copies = None  # the plain LSTM's batched step would skip the averaging: es / pes copies go through vmap
 
     def __init__(self, cfg: LSTMGACConfig):
         super().__init__(cfg)
