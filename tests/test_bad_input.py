@@ -45,7 +45,7 @@ MALFORMED = [
     (["train", "estimator=es", "estimator.sigma=0"], "estimator.sigma: must be a positive number, got 0.0"),
     (["train", "estimator=pes", "estimator.pairs=0"], "estimator.pairs: must be >= 1, got 0"),
     (["train", "estimator=pes", "estimator.second_order=true"],
-     "estimator.second_order: unknown key, allowed keys under estimator=pes: name, pairs, sigma"),
+     "estimator.second_order: unknown key, allowed keys under estimator=pes: name, pairs, shared, sigma"),
     # keys that moved to the estimator group name their new place
     (["train", "train.estimator=pes"], "train.estimator: no longer a key; use estimator=<name> (a config group: "
      "tbptt, es, pes)"),

@@ -112,7 +112,7 @@ def test_checkpoints_hold_every_part_and_refuse_another_member(tmp_path):
     trainer = tiny_trainer(tmp_path, "pes", ema_decay=0.5)
     trainer.fit()
     payload = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert payload["estimator"] == {"name": "pes", "sigma": 0.01, "pairs": 2}
+    assert payload["estimator"] == {"name": "pes", "sigma": 0.01, "pairs": 2, "shared": False}
     assert payload["curriculum"] == trainer.curriculum.state() and payload["skipped_total"] == 0
     assert "trained_model" in payload and payload["iteration"] == 2 and len(payload["history"]) == 3
     other = tiny_trainer(tmp_path / "other", "pes", ema_decay=0.5)
