@@ -270,10 +270,9 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
         "learned": learned_info,
         **({"compared": also_info} if also_info else {}),
         "best_baseline": result.best_baseline,
-        "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": {str(k): v for k, v in
-                                                                                     r.scores.items()},
-                               **({"search": r.search, "screening_scores": {str(k): v for k, v in r.screen.items()},
-                                   "stopped": {str(k): v for k, v in r.stopped.items()}} if r.tuned else {})}
+        "learning_rates": {n: {"lr": r.lr, "tuned": r.tuned, "validation_scores": _by_rate(r.scores),
+                               **({"search": r.search, "screening_scores": _by_rate(r.screen),
+                                   "stopped": _by_rate(r.stopped)} if r.tuned else {})}
                            for n, r in tuning.items()},
         "optimizers": {n: {"final_mean": s.final_mean, "final_median": s.final_median,
                            "final_mean_log10": s.final_mean_log10,
@@ -290,6 +289,11 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
     log.info("wrote %s (results.json, curves.csv, curves.png%s, tb/)", out_dir,
              ", pictures.png" if pictures is not None else "")
     return results
+
+
+def _by_rate(values: dict) -> dict:
+    """learning rate -> value as JSON keeps it (keys are strings)."""
+    return {str(lr): value for lr, value in values.items()}
 
 
 def _explicit_optimizer_keys() -> set[str]:

@@ -142,12 +142,13 @@ def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: 
             tuning_cache.put(name, result)
         on_tuned(name, result)
 
-    if search == "staged" and to_tune:
-        for name, result in search_learning_rates(family, val_problem, to_tune, grid, num_steps, refine).items():
-            tuned(name, result)
-    for name, cfg in to_tune.items():
-        if search != "staged":
-            tuned(name, tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine))
+    if search == "staged":
+        found = search_learning_rates(family, val_problem, to_tune, grid, num_steps, refine).items() if to_tune else ()
+    else:  # one baseline at a time, each reported as it is tuned
+        found = ((name, tune_learning_rate(family, val_problem, cfg, grid, num_steps, refine))
+                 for name, cfg in to_tune.items())
+    for name, result in found:
+        tuned(name, result)
     rules.update({name: build_baseline(cfg, tuning[name].lr) for name, cfg in baselines.items()})
     studied = next(iter(rules))
     rules = {studied: rules[studied], **also, **{n: r for n, r in rules.items() if n != studied}}

@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from l2l_cli.evaluation.rollout import chunk_functions
-from l2l_cli.evaluation.tuning import TuningResult, refinement_factor
+from l2l_cli.evaluation.tuning import TuningResult, best_rate, refinement_factor
 from l2l_cli.optimizees.base import Family, loss_and_grad
 from l2l_cli.optimizers.baselines import BaselineConfig, build_baseline
 
@@ -53,16 +53,12 @@ def search_learning_rates(family: Family, problem, configs: Dict[str, BaselineCo
     screened = _screen_size(len(problem))
     coarse = grid[::2] + ([grid[-1]] if (len(grid) - 1) % 2 else [])
     screen_problem = family.select(problem, 0, screened) if screened < len(problem) else problem
-    outcomes = score_candidates(family, screen_problem, configs, [Candidate(n, lr) for n in configs for lr in coarse],
-                                num_steps)
-    for cand, outcome in outcomes.items():
-        result = results[cand.baseline]
-        (result.screen if screened < len(problem) else result.scores)[cand.lr] = outcome.score
-        if outcome.stopped:
-            result.stopped[cand.lr] = outcome.stopped
+    _record(results, score_candidates(family, screen_problem, configs,
+                                      [Candidate(n, lr) for n in configs for lr in coarse], num_steps),
+            screen=screened < len(problem))
     stage: List[Candidate] = []
     for name, result in results.items():
-        best = _best(result.screen or result.scores)
+        best = best_rate(result.screen or result.scores)
         i = grid.index(best)
         stage += [Candidate(name, lr) for lr in [best] + grid[max(0, i - 1):i] + grid[i + 1:i + 2]
                   if lr not in result.scores]
@@ -70,10 +66,11 @@ def search_learning_rates(family: Family, problem, configs: Dict[str, BaselineCo
     for level in range(refine):
         factor = refinement_factor(level)
         stage = [Candidate(name, lr) for name, result in results.items()
-                 for lr in (_best(result.scores) / factor, _best(result.scores) * factor) if lr not in result.scores]
+                 for lr in (best_rate(result.scores) / factor, best_rate(result.scores) * factor)
+                 if lr not in result.scores]
         _record(results, score_candidates(family, problem, configs, stage, num_steps))
     for result in results.values():
-        result.lr = _best(result.scores)
+        result.lr = best_rate(result.scores)
     return results
 
 
@@ -81,13 +78,10 @@ def _screen_size(n: int) -> int:
     return min(n, max(SCREEN_FUNCTIONS, math.ceil(n / 4)))
 
 
-def _best(scores: Dict[float, float]) -> float:
-    return min(scores, key=lambda lr: (scores[lr], lr))
-
-
-def _record(results: Dict[str, TuningResult], outcomes: Dict[Candidate, Outcome]) -> None:
+def _record(results: Dict[str, TuningResult], outcomes: Dict[Candidate, Outcome], screen: bool = False) -> None:
+    """Each outcome into its baseline's scores (``screen``: its screening scores) and, when it stopped, why."""
     for cand, outcome in outcomes.items():
-        results[cand.baseline].scores[cand.lr] = outcome.score
+        (results[cand.baseline].screen if screen else results[cand.baseline].scores)[cand.lr] = outcome.score
         if outcome.stopped:
             results[cand.baseline].stopped[cand.lr] = outcome.stopped
 

@@ -40,13 +40,18 @@ def tune_learning_rate(family, val_problem, cfg: BaselineConfig, grid: List[floa
         for lr in lrs:
             if float(lr) not in scores:
                 scores[float(lr)] = selection_score(family, val_problem, build_baseline(cfg, lr), num_steps)
-        return min(scores, key=lambda lr: (scores[lr], lr))
+        return best_rate(scores)
 
     best = best_of(grid)
     for level in range(refine):
         factor = refinement_factor(level)
         best = best_of([best / factor, best * factor])
     return TuningResult(cfg.name, best, scores, grid=[float(lr) for lr in grid])
+
+
+def best_rate(scores: Dict[float, float]) -> float:
+    """The learning rate with the lowest score; the smaller one of a tie (every run diverged: the smallest)."""
+    return min(scores, key=lambda lr: (scores[lr], lr))
 
 
 def refinement_factor(level: int) -> float:
