@@ -19,7 +19,7 @@ from l2l_cli.core.schemas import LearnedOptimizerConfig
 from l2l_cli.optimizees import loss_and_grad
 from l2l_cli.optimizees.mnist import MLPConfig, MLPFamily
 from l2l_cli.optimizers.learned import build_learned
-from l2l_cli.optimizers.learned.base import LearnedRule
+from l2l_cli.optimizers.learned.base import LearnedRule, bind_to_family
 from l2l_cli.optimizers.learned.lstm import LSTMConfig
 
 COORDINATEWISE = [n for n in OPTIMIZERS.learned() if getattr(OPTIMIZERS.get(n).build, "coordinatewise", False)]
@@ -69,6 +69,7 @@ def test_updates_equal_what_l2l_eval_computes(tmp_path, name, device):
     net = trained_like(name)
     path = checkpoint_of(net, tmp_path)
     reference = copy.deepcopy(net).double().eval()
+    bind_to_family(reference, family, problem)  # as the rollout does: the family's tensors, no horizon given
     theta = family.initial_params(problem)
     model = mlp_module(family, theta).to(device)
     opt = LearnedOptimizer(model.parameters(), checkpoint=path)

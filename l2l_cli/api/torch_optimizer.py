@@ -79,12 +79,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ``checkpoint``: a best.pt / last.pt written by `l2l train`, or ``pretrained:<name>`` (`l2l pretrained` lists
     them). ``lr`` multiplies the learned update. Parameters without gradients are skipped, as torch's optimizers do.
     ``compile=True`` runs the learned optimizer's step through torch.compile (its first steps wait for the compiler;
-    docs/performance.md, for what it gains).
+    docs/performance.md, for what it gains). ``total_steps``: how many steps the training will take, for an
+    architecture that uses the fraction of training done (``adam_mlp``; without it, its ``default_horizon``).
     """
 
-    def __init__(self, params, checkpoint, lr: float = 1.0, compile: bool = False):
+    def __init__(self, params, checkpoint, lr: float = 1.0, compile: bool = False, total_steps: int | None = None):
         if not lr >= 0:
             raise ValueError(f"lr: must be >= 0 (it multiplies the learned update), got {lr}")
+        if total_steps is not None and not (isinstance(total_steps, int) and total_steps >= 1):
+            raise ValueError(f"total_steps: must be a whole number >= 1 (the training's length in steps), got "
+                             f"{total_steps!r}")
         net, _ = load_learned_optimizer(checkpoint)
         if not net.coordinatewise:
             usable = [n for n in OPTIMIZERS.learned() if getattr(OPTIMIZERS.get(n).build, "coordinatewise", False)]
@@ -95,6 +99,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr})
         self.checkpoint = str(checkpoint)
         self.compile = compile
+        self.total_steps = total_steps
         self.net = net.eval().requires_grad_(False)
         self._nets: Dict[tuple, torch.nn.Module] = {}
         self._slabs: Dict[int, Tuple[tuple, List[_Slab]]] = {}  # group index -> (its params with grads, slabs)
@@ -173,6 +178,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 dtype = compute_dtype(slab.params[0].dtype)
                 net = self._net_for(slab.params[0].device, dtype)
                 grad = torch.cat([real_view(p.grad).reshape(-1).to(dtype) for p in slab.params]).unsqueeze(0)
+                # per-tensor statistics see this slab's tensors
+                net.bind(tuple((str(k), size) for k, size in enumerate(slab.sizes)), self.total_steps)
                 update, slab.state = net.step(grad, slab.state, slab.step)
                 slab.step += 1
                 update = update.reshape(-1)

@@ -23,7 +23,7 @@ from l2l_cli.core.schemas import ConfigError, EvalConfig
 from l2l_cli.evaluation.comparison import Evaluation, evaluate_task, final_pictures
 from l2l_cli.evaluation.tuning_cache import TuningCache
 from l2l_cli.meta.trainer import improvement
-from l2l_cli.optimizees import build_family
+from l2l_cli.optimizees import build_family, family_config
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config
 from l2l_cli.optimizers.learned.compiled import maybe_compile, should_compile
@@ -82,11 +82,12 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     learned = load_learned(conf, device, explicit_keys) if conf.optimizer.name in OPTIMIZERS.learned() else None
     also = load_compared(conf, device, learned[0] if learned else conf.optimizer.name)
-    if not conf.eval.variants:
+    variants = conf.eval.variants or member_variants(conf.optimizee)
+    if not variants:
         results = evaluate_one(conf, out_dir, device, learned, config_record, also)
         return results["optimizers"][results["studied"]]["final_mean"]
     results = {}
-    for name, variant in conf.eval.variants.items():
+    for name, variant in variants.items():
         log.info("variant %s: %s", name, variant or "the base task")
         variant_conf = apply_variant(conf, name, variant)
         results[name] = evaluate_one(variant_conf, out_dir / name, device, learned, config_record, also)
@@ -114,19 +115,12 @@ def load_compared(conf: EvalConfig, device, studied: str) -> dict:
     return compared
 
 
-def replace_fields(obj, changes: dict, key: str):
-    """A config dataclass with ``changes`` applied: a dict given for a nested dataclass field changes only the
-    fields it names (``optimizee: {data: {labels: [0, 1]}}`` keeps data.root)."""
-    fields = {f.name for f in dataclasses.fields(obj)}
-    new = {}
-    for field_name, value in (changes or {}).items():
-        if field_name not in fields:
-            raise ConfigError(f"{key}.{field_name}: unknown key, allowed keys: {', '.join(sorted(fields))}")
-        current = getattr(obj, field_name)
-        if isinstance(value, dict) and dataclasses.is_dataclass(current):
-            value = replace_fields(current, value, f"{key}.{field_name}")
-        new[field_name] = value
-    return dataclasses.replace(obj, **new)
+def member_variants(optimizee) -> dict:
+    """A mixture's members as variants (each its own family at its longest run); {} for any other family."""
+    members = getattr(optimizee, "member_list", None)
+    if not callable(members):
+        return {}
+    return {m.name: {"optimizee": m.optimizee, "num_steps": m.steps[1]} for m in members()}
 
 
 def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
@@ -136,21 +130,10 @@ def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
     if unknown:
         raise ConfigError(f"eval.variants.{name}: unknown key {sorted(unknown)[0]!r}, allowed keys: optimizee, "
                           "num_steps")
-    changes = dict(variant.get("optimizee") or {})
-    base = conf.optimizee
-    family = changes.pop("name", base.name)
-    if family != base.name:  # another family: its own defaults, then the variant's fields
-        if family not in OPTIMIZEES.names():
-            raise ConfigError(f"eval.variants.{name}.optimizee.name: got {family!r}, allowed values: "
-                              f"{', '.join(OPTIMIZEES.names())}")
-        base = OPTIMIZEES.get(family).default_config()
-    try:
-        optimizee = replace_fields(base, changes, f"eval.variants.{name}.optimizee")
-    except ConfigError as exc:
-        if str(exc).startswith(f"eval.variants.{name}"):
-            raise
-        raise ConfigError(f"eval.variants.{name}: {exc}") from None
     loop = dataclasses.replace(conf.eval, num_steps=variant.get("num_steps", conf.eval.num_steps), variants={})
+    if dataclasses.is_dataclass(variant.get("optimizee")):  # a whole family config (a mixture's member)
+        return dataclasses.replace(conf, optimizee=variant["optimizee"], eval=loop)
+    optimizee = family_config(variant.get("optimizee"), f"eval.variants.{name}.optimizee", base=conf.optimizee)
     return dataclasses.replace(conf, optimizee=optimizee, eval=loop)
 
 

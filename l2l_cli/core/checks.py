@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 MISSING = "???"  # OmegaConf's marker of a mandatory value (its MISSING is this same string)
 
 
@@ -27,3 +29,18 @@ def check_choice(value: str, key: str, allowed: tuple) -> None:
 def as_dataclass(cls, value):
     """A nested config given as a plain dict (from a checkpoint or DictConfig conversion) as its dataclass."""
     return cls(**value) if isinstance(value, dict) else value
+
+
+def replace_fields(obj, changes: dict, key: str):
+    """A config dataclass with ``changes`` applied: a dict given for a nested dataclass field changes only the
+    fields it names (``optimizee: {data: {labels: [0, 1]}}`` keeps data.root)."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+    new = {}
+    for field_name, value in (changes or {}).items():
+        if field_name not in fields:
+            raise ConfigError(f"{key}.{field_name}: unknown key, allowed keys: {', '.join(sorted(fields))}")
+        current = getattr(obj, field_name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = replace_fields(current, value, f"{key}.{field_name}")
+        new[field_name] = value
+    return dataclasses.replace(obj, **new)

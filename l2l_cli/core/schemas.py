@@ -101,6 +101,9 @@ class TrainLoopConfig:
     # iteration; 0 = off)
     ema_decay: float = 0.0
     clip_grad: Optional[float] = 1.0
+    # L2 penalty on the learned optimizer's weight matrices (not its biases or scalars), added to the meta-gradient:
+    # keeps a generalising optimizer's weights small (Metz et al.)
+    weight_decay: float = 0.0
     # processes sharing each batch's functions on the CPU, each with threads / workers torch threads; null (auto):
     # one per thread for runs long enough to repay their start, when each gets enough coordinates; 1: no workers
     workers: Optional[int] = None
@@ -128,6 +131,8 @@ class TrainLoopConfig:
         check(self.random_scale is None or (math.isfinite(self.random_scale) and self.random_scale >= 0),
               "train.random_scale", f"must be >= 0 (0 = off) or null (the learned optimizer's recipe), got "
               f"{self.random_scale}")
+        check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
+              f"must be a number >= 0, got {self.weight_decay}")
         check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",
               f"must be > 0 or null (no clipping), got {self.clip_grad}")
 

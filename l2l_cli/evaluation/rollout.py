@@ -58,7 +58,7 @@ def final_params(family: Family, problem, rule, num_steps: int) -> torch.Tensor:
 
 def _run(family: Family, problem, rule, num_steps: int, expected: bool):
     theta = family.initial_params(problem)
-    bind_to_family(rule, family)
+    bind_to_family(rule, family, problem, num_steps)
     state = rule.init_state(theta)
     losses, grad = loss_and_grad(family, problem, theta, 0)
     record = [losses]

@@ -24,7 +24,7 @@ from l2l_cli.meta.setup import TrainSetup
 from l2l_cli.meta.stopping import NonFiniteGuard, StopRequested, StopSignal
 from l2l_cli.meta.trainer_checkpoints import TrainerCheckpoints, restore_weights
 from l2l_cli.meta.validation import Validator
-from l2l_cli.optimizees.base import problem_bytes
+from l2l_cli.optimizees.base import problem_bytes, run_horizon
 from l2l_cli.optimizees.rescaled import training_family
 from l2l_cli.optimizers.learned import build_learned
 from l2l_cli.optimizers.learned.base import bind_to_family
@@ -63,6 +63,16 @@ def meta_lr_at(loop: TrainLoopConfig, iteration: int) -> float:
     return loop.meta_lr * (loop.meta_lr_final + (1 - loop.meta_lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def meta_optimizer(net, loop) -> torch.optim.Adam:
+    """Adam on the learned optimizer's weights; ``loop.weight_decay`` an L2 penalty on its matrices only."""
+    if loop.weight_decay == 0:
+        return torch.optim.Adam(net.parameters(), lr=loop.meta_lr)
+    matrices = [p for p in net.parameters() if p.dim() >= 2]
+    others = [p for p in net.parameters() if p.dim() < 2]
+    return torch.optim.Adam([{"params": matrices, "weight_decay": loop.weight_decay}, {"params": others}],
+                            lr=loop.meta_lr)
+
+
 def state_floats_per_coordinate(net, num_params: int) -> int:
     """The learned optimizer's state per optimizee coordinate, from its state for one function on the meta device
     (shapes only: nothing is allocated, whatever the size)."""
@@ -97,7 +107,7 @@ class MetaTrainer:
         compiled = maybe_compile(self.net, setup.compile)  # only for estimators that compile (policy.plan_training)
         self.estimator = ESTIMATORS.get(setup.estimator.name).build(setup.estimator, self.net, compiled)
         check_training_fits(setup, self.net, self.estimator.differentiates)
-        self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=setup.loop.meta_lr)
+        self.meta_opt = meta_optimizer(self.net, setup.loop)
         # training functions; a CPU generator so runs reproduce across devices
         self.gen = generator(setup.seed, "train", setup.member)
         self.train_family = training_family(setup.family, random_scale(setup.loop, setup.optimizer))
@@ -127,7 +137,10 @@ class MetaTrainer:
 
     def validate(self) -> float:
         with self.average.swapped_in():
-            return self.validator.score(self.net, self.curriculum.val_horizon)
+            score = self.validator.score(self.net, self.curriculum.val_horizon)
+        for member, value in self.validator.parts.items():  # a mixture's members, each on its own functions
+            self._log(f"val/{member}", value)
+        return score
 
     def train_iteration(self) -> RunStats:
         s = self.s
@@ -135,13 +148,14 @@ class MetaTrainer:
             group["lr"] = meta_lr_at(s.loop, self.iteration)
         horizon = self.curriculum.horizon
         problem = self.train_family.sample(s.batch_size, horizon, self.gen, s.device)
+        horizon = run_horizon(self.train_family, problem, horizon)  # a mixture's member has its own
         lengths = self.schedule.unroll_lengths(horizon, self.gen)
         start, stop = 0, s.batch_size
         if self.rank is not None:  # this rank's share; the meta-gradient all-reduced
             start, stop = share(s.batch_size, self.rank)
             problem = self.train_family.select(problem, start, stop)
         run = self.estimator.start(self.train_family, problem, gen=self.gen, weighting=s.schedule.weighting,
-                                   rows=(start, stop, s.batch_size))
+                                   rows=(start, stop, s.batch_size), horizon=horizon)
         if self.rank is not None:
             run = DistributedRun(run, (stop - start) / s.batch_size)
         return meta_train_run(run, self.net, self.meta_opt, lengths, clip_grad=s.loop.clip_grad)

@@ -4,6 +4,7 @@ A family is one module here: its config dataclass (extending ``schemas.Optimizee
 ``base.Family``, and ``OPTIMIZEES.register(name, Config, Family)``; plus ``conf/optimizee/<name>.yaml``.
 """
 
+from l2l_cli.core.checks import ConfigError, check, replace_fields
 from l2l_cli.core.registry import OPTIMIZEES
 from l2l_cli.optimizees.base import DataError, Family, loss_and_grad
 
@@ -13,4 +14,20 @@ def build_family(cfg) -> Family:
     return OPTIMIZEES.get(cfg.name).build(cfg)
 
 
-__all__ = ["DataError", "Family", "OPTIMIZEES", "build_family", "loss_and_grad"]
+def family_config(changes: dict, key: str, base=None):
+    """A family's config from ``{name: <family>, <its fields>}``: the fields given on top of ``base`` (when the name is
+    base's or absent) or of the named family's defaults; one line naming ``key`` for anything wrong."""
+    changes = dict(changes or {})
+    name = changes.pop("name", base.name if base is not None else None)
+    if base is None or name != base.name:
+        check(name in OPTIMIZEES.names(), f"{key}.name", f"got {name!r}, allowed values: {', '.join(OPTIMIZEES.names())}")
+        base = OPTIMIZEES.get(name).default_config()
+    try:
+        return replace_fields(base, changes, key)
+    except ConfigError as exc:
+        if str(exc).startswith(key):
+            raise
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+__all__ = ["DataError", "Family", "OPTIMIZEES", "build_family", "family_config", "loss_and_grad"]

@@ -66,15 +66,26 @@ class Family(Protocol):
         data."""
 
 
-def parameter_layout(family: Family) -> tuple[tuple[str, int], ...]:
+def parameter_layout(family: Family, problem: Any = None) -> tuple[tuple[str, int], ...]:
     """(name, size) of each named tensor in theta's columns, in order: a family's optional ``tensors`` (name,
-    shape) list, or one tensor called 'theta'. What parameter-group rules (``optimizer=lstm_sep``) match."""
+    shape) list (or, for a family whose batches differ in shape, ``tensors_of(problem)``), or one tensor called
+    'theta'. What parameter-group rules (``optimizer=lstm_sep``) match."""
     import math
 
+    tensors_of = getattr(family, "tensors_of", None)
+    if problem is not None and callable(tensors_of):
+        return tuple((name, math.prod(shape)) for name, shape in tensors_of(problem))
     tensors = getattr(family, "tensors", None)
     if not tensors:
         return (("theta", family.num_params),)
     return tuple((name, math.prod(shape)) for name, shape in tensors)
+
+
+def run_horizon(family: Family, problem: Any, default: int) -> int:
+    """The run length of a batch: a family's own ``horizon_of(problem)`` (a mixture draws one per batch), else
+    ``default`` (the schedule's)."""
+    horizon_of = getattr(family, "horizon_of", None)
+    return (horizon_of(problem) if callable(horizon_of) else None) or default
 
 
 def map_tensors(obj: Any, fn) -> Any:

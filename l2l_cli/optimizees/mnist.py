@@ -85,6 +85,9 @@ class MLPFamily(MinibatchClassifier):
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
             self.shapes.append(((fan_in, fan_out), fan_out))
         self.num_params = sum(a * b + c for (a, b), c in self.shapes)
+        # theta's named tensors, in flat order (a weight is stored (in, out): the transpose of nn.Linear's)
+        self.tensors = [entry for k, ((fan_in, fan_out), bias) in enumerate(self.shapes, start=1)
+                        for entry in ((f"fc{k}.weight", (fan_in, fan_out)), (f"fc{k}.bias", (bias,)))]
 
     def initial_theta(self, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.num_params, generator=gen) * self.init_std

@@ -1,7 +1,9 @@
 """Random scaling (Lv et al. 2017), a meta-training augmentation for any family: each training function f becomes
 f(s * theta') with one scale s = exp(U(-c, c)) per coordinate and function, optimised over theta' from
 theta'_0 = theta_0 / s. The same problems at every scale of their parameters, so an optimizer cannot learn the
-training functions' scale. Validation and evaluation use the family itself, never this."""
+training functions' scale. With a per-tensor range c_t as well (task augmentation as in Metz et al.'s learned
+optimizers), s is multiplied by one exp(U(-c_t, c_t)) per named tensor and function. Validation and evaluation use
+the family itself, never this."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from l2l_cli.optimizees.base import parameter_layout
 
 
 @dataclass
@@ -21,10 +25,11 @@ class RescaledProblems:
 
 
 class RescaledFamily:
-    """``family`` with every sampled function's coordinates rescaled by exp(U(-c, c)) (``train.random_scale``)."""
+    """``family`` with every sampled function's coordinates rescaled by exp(U(-c, c)) (``train.random_scale``),
+    times exp(U(-c_t, c_t)) per named tensor (``per_tensor``)."""
 
-    def __init__(self, family, c: float):
-        self.family, self.c = family, float(c)
+    def __init__(self, family, c: float, per_tensor: float = 0.0):
+        self.family, self.c, self.per_tensor = family, float(c), float(per_tensor)
         self.num_params = family.num_params
         self.stationary = family.stationary
         tensors = getattr(family, "tensors", None)
@@ -33,10 +38,14 @@ class RescaledFamily:
 
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device=None, split: str = "train"):
         problem = self.family.sample(n, num_steps, gen, device, split=split)
-        u = torch.rand(n, self.num_params, generator=gen, dtype=torch.float64)  # the generator is the CPU's
         theta = self.family.initial_params(problem)
-        scale = torch.exp((2 * u - 1) * self.c).to(device=theta.device, dtype=theta.dtype)
-        return RescaledProblems(problem, scale)
+        u = torch.rand(n, theta.shape[1], generator=gen, dtype=torch.float64)  # the generator is the CPU's
+        log_scale = (2 * u - 1) * self.c
+        if self.per_tensor > 0:
+            sizes = torch.tensor([size for _, size in parameter_layout(self.family, problem)])
+            per = (2 * torch.rand(n, len(sizes), generator=gen, dtype=torch.float64) - 1) * self.per_tensor
+            log_scale = log_scale + per.repeat_interleave(sizes, dim=1)
+        return RescaledProblems(problem, torch.exp(log_scale).to(device=theta.device, dtype=theta.dtype))
 
     def initial_params(self, problem: RescaledProblems) -> torch.Tensor:
         return self.family.initial_params(problem.problem) / problem.scale
@@ -62,6 +71,14 @@ class RescaledFamily:
 
     def data_record(self):
         return self.family.data_record()
+
+    def horizon_of(self, problem: RescaledProblems):
+        horizon_of = getattr(self.family, "horizon_of", None)
+        return horizon_of(problem.problem) if callable(horizon_of) else None
+
+    def tensors_of(self, problem: RescaledProblems):
+        """The family's named tensors for this batch (a family whose batches differ in shape has its own)."""
+        return [(name, (size,)) for name, size in parameter_layout(self.family, problem.problem)]
 
 
 def training_family(family, random_scale: float):

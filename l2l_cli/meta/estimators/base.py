@@ -52,7 +52,7 @@ class Estimator(abc.ABC):
 
     @abc.abstractmethod
     def start(self, family, problem, *, gen: torch.Generator, weighting: str,
-              rows: Optional[Tuple[int, int, int]] = None) -> EstimatorRun:
+              rows: Optional[Tuple[int, int, int]] = None, horizon: Optional[int] = None) -> EstimatorRun:
         """Start runs of ``problem``'s functions. ``gen``: the trainer's generator (perturbations come from it);
         ``weighting``: each truncation's objective (schedule.weighting); ``rows``: (first, stop, total) when the
-        batch is a rank's share of ``total`` functions."""
+        batch is a rank's share of ``total`` functions; ``horizon``: the runs' length in steps."""

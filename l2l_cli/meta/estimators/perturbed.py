@@ -39,7 +39,7 @@ from l2l_cli.optimizees.base import Family, loss_and_grad, map_tensors
 from l2l_cli.optimizers.learned.base import LearnedRule, bind_to_family
 
 # coordinates per vmapped call on the CPU: copies go through in groups this size, whose activations stay in cache
-# (as the LSTM's own chunks); on a GPU all copies go at once
+# (as the LSTM's own chunks; an optimizer may set its own ``coordinates_per_call``); on a GPU all copies go at once
 COORDINATES_PER_CALL = 16384
 
 
@@ -97,7 +97,8 @@ class ParticleStep:
 
     def __call__(self, weights: torch.Tensor, grad: torch.Tensor, state, t: int):
         m, p = grad.shape
-        group = m if grad.device.type != "cpu" else max(1, COORDINATES_PER_CALL // p)
+        per_call = getattr(self.module.net, "coordinates_per_call", COORDINATES_PER_CALL)
+        group = m if grad.device.type != "cpu" else max(1, per_call // p)
         if group >= m:
             return self._step(weights, grad, state, t)
         pieces = [self._step(weights[s], grad[s], map_tensors(state, lambda x, s=s: x[s]), t)
@@ -125,7 +126,8 @@ class PerturbedRun(EstimatorRun):
     """
 
     def __init__(self, family: Family, problem, net: LearnedRule, gen: torch.Generator, *, sigma: float,
-                 pairs: int, persistent: bool, weighting: str = "uniform", rows=None, shared: bool = False):
+                 pairs: int, persistent: bool, weighting: str = "uniform", rows=None, shared: bool = False,
+                 horizon=None):
         self.family, self.net, self.gen = family, net, gen
         self.sigma, self.pairs, self.persistent, self.weighting = sigma, pairs, persistent, weighting
         # shared: one perturbation per pair for every function of the batch, so a replica's weights step all its
@@ -139,7 +141,7 @@ class PerturbedRun(EstimatorRun):
         self.replicas = copies_per_function(pairs, persistent)  # copy r * n + b is function b
         self.problem = family.repeat(problem, self.replicas)
         self.params = list(net.parameters())
-        bind_to_family(net, family)
+        bind_to_family(net, family, problem, horizon)
         self.stepper = ParticleStep(net)
         with torch.no_grad():
             self.theta = family.initial_params(self.problem)
@@ -232,6 +234,7 @@ class PerturbationEstimator(Estimator):
     compiles = False
     persistent = False
 
-    def start(self, family, problem, *, gen, weighting, rows=None) -> PerturbedRun:
+    def start(self, family, problem, *, gen, weighting, rows=None, horizon=None) -> PerturbedRun:
         return PerturbedRun(family, problem, self.net, gen, sigma=self.config.sigma, pairs=self.config.pairs,
-                            persistent=self.persistent, weighting=weighting, rows=rows, shared=self.config.shared)
+                            persistent=self.persistent, weighting=weighting, rows=rows, shared=self.config.shared,
+                            horizon=horizon)

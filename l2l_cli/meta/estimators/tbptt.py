@@ -61,12 +61,12 @@ class OptimizeeRun(EstimatorRun):
     """
 
     def __init__(self, family: Family, problem, net: LearnedRule, second_order: bool = False,
-                 weighting: str = "uniform", manual=None):
+                 weighting: str = "uniform", manual=None, horizon=None):
         self.family, self.problem, self.net = family, problem, net
         self.second_order, self.weighting = second_order, weighting
         self.manual = None if second_order else manual
         self.theta = family.initial_params(problem)
-        bind_to_family(net, family)
+        bind_to_family(net, family, problem, horizon)
         self.state = net.init_state(self.theta)
         _, self.grad = loss_and_grad(family, problem, self.theta, 0)
 
@@ -99,8 +99,8 @@ class TruncatedBPTT(Estimator):
             if self.manual is None:
                 log.info("%s has no hand-written BPTT: its meta-gradients come from autograd", net.name)
 
-    def start(self, family, problem, *, gen, weighting, rows=None) -> OptimizeeRun:
-        return OptimizeeRun(family, problem, self.net, self.config.second_order, weighting, self.manual)
+    def start(self, family, problem, *, gen, weighting, rows=None, horizon=None) -> OptimizeeRun:
+        return OptimizeeRun(family, problem, self.net, self.config.second_order, weighting, self.manual, horizon)
 
 
 ESTIMATORS.register("tbptt", TBPTTConfig, TruncatedBPTT)

@@ -52,9 +52,11 @@ class LearnedRule(nn.Module, metaclass=abc.ABCMeta):
     # must then hold the coordinates, functions x parameters flattened, along its last dimension.
     coordinatewise: bool = False
 
-    def bind(self, layout) -> None:
+    def bind(self, layout, horizon: int | None = None) -> None:
         """Meet a family's parameter layout (``optimizees.base.parameter_layout``: (name, size) per named tensor)
-        before its runs start; an architecture that treats tensors differently (parameter groups) reads it here."""
+        and the runs' length in steps (None where unknown) before its runs start; an architecture that treats
+        tensors differently (parameter groups, per-tensor statistics) or uses the fraction of the run done reads
+        them here."""
 
     def binding(self) -> dict | None:
         """What ``bind`` made of the layout, for checkpoints (group -> tensor names); None where nothing."""
@@ -64,7 +66,8 @@ class LearnedRule(nn.Module, metaclass=abc.ABCMeta):
     # for the architecture (``estimators.tbptt.register_fast_path``); every other one meta-trains through autograd.
 
 
-def bind_to_family(rule, family) -> None:
-    """``rule.bind`` to the family's parameter layout where ``rule`` is a learned optimizer (baselines need none)."""
+def bind_to_family(rule, family, problem=None, horizon: int | None = None) -> None:
+    """``rule.bind`` to the parameter layout of ``problem`` (of the family's where it has one layout) and the runs'
+    horizon, where ``rule`` is a learned optimizer (baselines need neither)."""
     if isinstance(rule, LearnedRule):
-        rule.bind(parameter_layout(family))
+        rule.bind(parameter_layout(family, problem), horizon)

@@ -86,7 +86,7 @@ class SeparateLSTMs(LearnedRule):
         self._columns: List[torch.Tensor] = []  # per group: its columns of theta
         self._order = torch.zeros(0, dtype=torch.int64)  # columns of [group 1 | group 2 | ...] back to theta's
 
-    def bind(self, layout) -> None:
+    def bind(self, layout, horizon: int | None = None) -> None:
         layout = tuple((str(n), int(s)) for n, s in layout)
         if layout == self._layout:
             return

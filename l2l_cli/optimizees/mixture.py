@@ -1,0 +1,172 @@
+"""A mixture of registered families for meta-training an optimizer that must serve many tasks (``optimizee=mixture``).
+
+Each meta-iteration draws one member with probability proportional to its ``weight`` and a run length log-uniform in
+its ``steps`` range, then ``batch_size`` functions of that member with their own data; every training function is
+reparameterised f(s * theta') with s = exp(U(-c, c)) per parameter times exp(U(-c_t, c_t)) per named tensor
+(``optimizees.rescaled``), so no scale of a member's parameters can be memorised. Held-out functions (validation,
+evaluation) come from each member itself, never rescaled: validation scores every member on its own functions at its
+longest run, and evaluation without ``eval.variants`` evaluates each member as a variant.
+
+A batch holds one member's functions, so its parameter count and tensors are the member's (``tensors_of``,
+``horizon_of``); ``num_params`` is the largest member's, a bound for memory checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import torch
+
+from l2l_cli.core.checks import ConfigError, check
+from l2l_cli.core.registry import OPTIMIZEES
+from l2l_cli.core.schemas import OptimizeeConfig, Suggested
+from l2l_cli.optimizees import build_family, family_config
+from l2l_cli.optimizees.base import parameter_layout
+from l2l_cli.optimizees.rescaled import RescaledFamily
+
+MEMBER_KEYS = ("optimizee", "weight", "steps")
+
+
+def _default_members() -> Dict[str, Any]:
+    return {
+        "quadratic_10": {"optimizee": {"name": "quadratic", "dim": 10}, "weight": 1.0, "steps": [50, 200]},
+        "quadratic_30": {"optimizee": {"name": "quadratic", "dim": 30}, "weight": 1.0, "steps": [50, 200]},
+        "mlp_sigmoid": {"optimizee": {"name": "mnist", "hidden": 20}, "weight": 1.0, "steps": [50, 200]},
+        "mlp_relu_2x32": {"optimizee": {"name": "mnist", "hidden": 32, "layers": 2, "activation": "relu"},
+                          "weight": 1.0, "steps": [50, 200]},
+        "mlp_tanh_10": {"optimizee": {"name": "mnist", "hidden": 10, "activation": "tanh"}, "weight": 1.0,
+                        "steps": [50, 200]},
+    }
+
+
+@dataclass
+class Member:
+    name: str
+    optimizee: Any  # the member family's config dataclass
+    weight: float
+    steps: List[int]  # [shortest, longest] run length
+
+
+@dataclass
+class MixtureConfig(OptimizeeConfig):
+    """Functions from several registered families (``members``: name -> {optimizee: {name: <family>, <its keys>},
+    weight: relative frequency, steps: [shortest, longest] run length})."""
+
+    name: str = "mixture"
+    batch_size: int = 8  # functions per meta-iteration, all of one member
+    members: Dict[str, Any] = field(default_factory=_default_members)
+    # meta-training's reparameterisation, in nats: per parameter exp(U(-c, c)), per tensor exp(U(-c_t, c_t))
+    # (4.6: factors 0.01 to 100)
+    parameter_scale: float = 1.0
+    tensor_scale: float = 4.6
+    suggested: Suggested = field(default_factory=lambda: Suggested(
+        iterations=2000, val_every=50, val_functions=16, tune_functions=64, test_functions=256, weighting="log"))
+
+    def check_fields(self) -> None:
+        for key in ("parameter_scale", "tensor_scale"):
+            value = getattr(self, key)
+            check(math.isfinite(value) and value >= 0, f"optimizee.{key}", f"must be a number >= 0, got {value}")
+        check(isinstance(self.members, dict) and len(self.members) >= 1, "optimizee.members",
+              "must name at least one member: {name: {optimizee: {name: <family>, ...}, weight: w, steps: [a, b]}}")
+        self.members = {str(k): v if isinstance(v, Member) else parse_member(str(k), v)
+                        for k, v in self.members.items()}
+
+    def member_list(self) -> List[Member]:
+        return list(self.members.values())
+
+
+def parse_member(name: str, spec: Any) -> Member:
+    """One member's spec as a ``Member``: its family's defaults with the fields given; one line naming the key for
+    anything wrong."""
+    key = f"optimizee.members.{name}"
+    check(isinstance(spec, dict), key, f"must be {{optimizee: ..., weight: ..., steps: [a, b]}}, got {spec!r}")
+    unknown = sorted(set(spec) - set(MEMBER_KEYS))
+    check(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown key, allowed keys: {', '.join(MEMBER_KEYS)}")
+    optimizee = family_config(spec.get("optimizee"), f"{key}.optimizee")
+    check(optimizee.name != "mixture", f"{key}.optimizee.name", "a member cannot itself be a mixture")
+    weight = spec.get("weight", 1.0)
+    check(isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0, f"{key}.weight",
+          f"must be a number > 0, got {weight!r}")
+    steps = list(spec.get("steps", [100, 100]))
+    check(len(steps) == 2 and all(isinstance(s, int) and s >= 1 for s in steps) and steps[0] <= steps[1],
+          f"{key}.steps", f"must be [shortest, longest] whole numbers >= 1, shortest first, got {steps!r}")
+    return Member(name, optimizee, float(weight), steps)
+
+
+@dataclass
+class MixtureProblems:
+    member: str
+    problem: Any  # the member's batch, rescaled where the config asks
+    num_steps: int
+
+    def __len__(self) -> int:
+        return len(self.problem)
+
+
+class MixtureFamily:
+    def __init__(self, cfg: MixtureConfig):
+        self.config = cfg
+        self.members = {m.name: m for m in cfg.member_list()}
+        self.families = {m.name: build_family(m.optimizee) for m in cfg.member_list()}
+        self.training = {name: RescaledFamily(f, cfg.parameter_scale, cfg.tensor_scale) if
+                         (cfg.parameter_scale > 0 or cfg.tensor_scale > 0) else f
+                         for name, f in self.families.items()}
+        self.num_params = max(f.num_params for f in self.families.values())
+        self.stationary = all(f.stationary for f in self.families.values())
+        weights = torch.tensor([m.weight for m in self.members.values()], dtype=torch.float64)
+        self.probabilities = weights / weights.sum()
+
+    def member_families(self) -> Dict[str, Any]:
+        """name -> (its family, its longest run): what validation and evaluation score one by one."""
+        return {name: (self.families[name], m.steps[1]) for name, m in self.members.items()}
+
+    def sample(self, n: int, num_steps: int, gen: torch.Generator, device=None, split: str = "train"):
+        """Training: a member by weight, a run length log-uniform in its steps (``num_steps`` is ignored), n of its
+        functions, rescaled. Held-out splits come from the members themselves (``member_families``)."""
+        if split != "train":
+            raise ConfigError(f"optimizee=mixture: {split} functions come from each member separately "
+                              f"({', '.join(self.members)}); evaluate with eval.variants or `l2l train`")
+        k = int(torch.multinomial(self.probabilities, 1, generator=gen))
+        name = list(self.members)[k]
+        lo, hi = self.members[name].steps
+        u = float(torch.rand((), generator=gen, dtype=torch.float64))
+        steps = int(round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))))
+        return MixtureProblems(name, self.training[name].sample(n, steps, gen, device, split=split), steps)
+
+    def _of(self, problem: MixtureProblems):
+        return self.training[problem.member]
+
+    def initial_params(self, problem: MixtureProblems) -> torch.Tensor:
+        return self._of(problem).initial_params(problem.problem)
+
+    def select(self, problem: MixtureProblems, start: int, stop: int) -> MixtureProblems:
+        return type(problem)(problem.member, self._of(problem).select(problem.problem, start, stop), problem.num_steps)
+
+    def repeat(self, problem: MixtureProblems, times: int) -> MixtureProblems:
+        return type(problem)(problem.member, self._of(problem).repeat(problem.problem, times), problem.num_steps)
+
+    def loss(self, problem: MixtureProblems, theta: torch.Tensor, step: int) -> torch.Tensor:
+        return self._of(problem).loss(problem.problem, theta, step)
+
+    def analytic_loss_and_grad(self, problem: MixtureProblems, theta: torch.Tensor, step: int):
+        return self._of(problem).analytic_loss_and_grad(problem.problem, theta, step)
+
+    def expected_loss(self, problem: MixtureProblems, theta: torch.Tensor) -> torch.Tensor:
+        return self._of(problem).expected_loss(problem.problem, theta)
+
+    def tensors_of(self, problem: MixtureProblems):
+        return [(name, (size,)) for name, size in parameter_layout(self._of(problem), problem.problem)]
+
+    def horizon_of(self, problem: MixtureProblems) -> int:
+        """This batch's run length (its member's draw)."""
+        return problem.num_steps
+
+    def data_record(self) -> dict:
+        return {name: f.data_record() for name, f in self.families.items()}
+
+
+OPTIMIZEES.register("mixture", MixtureConfig, MixtureFamily, tiny={"members": {
+    "quadratic_3": {"optimizee": {"name": "quadratic", "dim": 3}, "steps": [3, 6]},
+    "mlp_4": {"optimizee": {"name": "mnist", "hidden": 4, "activation": "relu"}, "steps": [3, 6]}}})

@@ -1,0 +1,213 @@
+"""A per-parameter MLP on top of Adam, built on what later learned optimizers found generalises (Harrison et al. 2022,
+"A closer look at learned optimization": a nominal descent term plus a learned one; Metz et al.'s small_fc_lopt and
+VeLO: features normalised per tensor, momenta at several timescales, the fraction of training done; Celo: a
+bounded, normalised learned direction times a learned step size).
+
+Per coordinate, with Adam's second moment v (decay beta2) and momenta m_k (decays ``momentum_decays``), all
+bias-corrected, and a = m_k / (sqrt(v) + eps) for the ``nominal`` decay:
+
+    update = -exp(log_lr + lr_range * tanh(s)) * (a + correction * tanh(d) * rms_tensor(a))
+
+where (d, s) = MLP(features, time): features are g / (sqrt(v) + eps), every m_k / (sqrt(v) + eps) and
+sqrt(v) / rms_tensor(sqrt(v)), each divided by its root mean square over its tensor (the optimizee's named tensors,
+``bind``); time is the fraction of the run done (t / horizon) and the first steps, as tanh embeddings added to the
+first layer. So:
+- with a zero gradient from the start the update is exactly zero (a = 0 and rms_tensor(a) = 0), and it decays with
+  the momenta once the gradient vanishes;
+- multiplying the loss by c > 0 changes nothing but eps's share (every feature and a are ratios of gradients);
+- |update| <= exp(log_lr_max + lr_range) * (|a| + correction * rms_tensor(a)), with log_lr clamped to
+  [log(min_lr), log(max_lr)] and |a| at most 1 / sqrt(1 - beta2) for beta <= sqrt(beta2).
+The MLP starts at (almost) zero output: the untrained optimizer is Adam with lr ``init_lr``.
+
+Coordinatewise as the drop-in needs: a coordinate's update depends on its own history and its tensor's statistics
+only, so the state is cut per parameter tensor (``LearnedOptimizer`` binds each slab's tensors before stepping).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from l2l_cli.core.registry import OPTIMIZERS
+from l2l_cli.core.schemas import LearnedOptimizerConfig, check, check_at_least_one
+from l2l_cli.optimizers.learned.base import LearnedRule
+
+TINY = 1e-30  # an all-zero tensor's features stay 0 (0 / (0 + TINY)), with finite derivatives
+
+
+@dataclass
+class AdamMLPConfig(LearnedOptimizerConfig):
+    name: str = "adam_mlp"
+    hidden_size: int = 32
+    hidden_layers: int = 1
+    momentum_decays: List[float] = field(default_factory=lambda: [0.5, 0.9, 0.99])
+    nominal: int = 1  # which of momentum_decays gives the nominal Adam direction a
+    beta2: float = 0.999
+    eps: float = 1e-8
+    init_lr: float = 1e-2  # the learned step size exp(log_lr) starts here
+    min_lr: float = 1e-6
+    max_lr: float = 1.0
+    lr_range: float = 2.0  # per coordinate the MLP scales the step by exp(+-lr_range) at most
+    correction: float = 1.0  # the learned direction's size, in units of the tensor's rms of a
+    # runs whose length is not known (a drop-in without total_steps) take the fraction done as t / this, capped at 1
+    default_horizon: int = 200
+
+    def __post_init__(self) -> None:
+        check_at_least_one(self, "optimizer.", ("hidden_size", "default_horizon"))
+        check(self.hidden_layers >= 0, "optimizer.hidden_layers", f"must be >= 0, got {self.hidden_layers}")
+        decays = list(self.momentum_decays)
+        check(len(decays) > 0 and all(0 <= b < 1 for b in decays), "optimizer.momentum_decays",
+              f"must be a non-empty list of numbers in [0, 1), got {decays}")
+        check(0 <= self.nominal < len(decays), "optimizer.nominal",
+              f"must index optimizer.momentum_decays (0..{len(decays) - 1}), got {self.nominal}")
+        check(0 < self.beta2 < 1, "optimizer.beta2", f"must be in (0, 1), got {self.beta2}")
+        check(self.eps > 0, "optimizer.eps", f"must be > 0, got {self.eps}")
+        check(0 < self.min_lr <= self.init_lr <= self.max_lr and math.isfinite(self.max_lr), "optimizer.init_lr",
+              f"must satisfy 0 < min_lr <= init_lr <= max_lr < inf, got {self.min_lr}, {self.init_lr}, "
+              f"{self.max_lr}")
+        for key in ("lr_range", "correction"):
+            value = getattr(self, key)
+            check(math.isfinite(value) and value >= 0, f"optimizer.{key}", f"must be a number >= 0, got {value}")
+
+    def architecture(self) -> dict:
+        return {"name": self.name, "hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,
+                "momentum_decays": [float(b) for b in self.momentum_decays], "nominal": self.nominal,
+                "beta2": self.beta2, "eps": self.eps, "min_lr": self.min_lr, "max_lr": self.max_lr,
+                "lr_range": self.lr_range, "correction": self.correction}
+
+
+TIME_FEATURES = 5
+
+
+def time_features(t: int, horizon: int, like: torch.Tensor) -> torch.Tensor:
+    """The fraction of the run done and the first steps, as a few bounded numbers: [f, tanh(3 (f - c)) for c in
+    (0.25, 0.5, 0.75), tanh(t / 10)] with f = min(t / horizon, 1); a tensor, so a compiled step never recompiles."""
+    f = min(t / max(horizon, 1), 1.0)
+    return like.new_tensor([f, math.tanh(3 * (f - 0.25)), math.tanh(3 * (f - 0.5)), math.tanh(3 * (f - 0.75)),
+                            math.tanh(t / 10)])
+
+
+def tensor_rms(x: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
+    """Each entry's tensor's root mean square, shaped as x (..., columns): the columns hold the tensors of ``sizes``
+    in order, once or several times over (functions side by side, each its own statistics); None: one tensor."""
+    if sizes is None or len(sizes) == 1 and sizes[0] == x.shape[-1]:
+        return _root(x.square().mean(dim=-1, keepdim=True)).expand_as(x)
+    total = sum(sizes)
+    if x.shape[-1] % total:
+        raise RuntimeError(f"adam_mlp was bound to an optimizee with {total} parameters, got {x.shape[-1]} columns")
+    rows = x.reshape(*x.shape[:-1], x.shape[-1] // total, total).square()
+    pieces = [_root(piece.mean(dim=-1, keepdim=True)).expand_as(piece) for piece in rows.split(sizes, dim=-1)]
+    return torch.cat(pieces, dim=-1).reshape(x.shape)
+
+
+def _root(mean_square: torch.Tensor) -> torch.Tensor:
+    """sqrt, exactly 0 at 0 with a finite derivative everywhere (sqrt's is infinite at 0)."""
+    return torch.where(mean_square > 0, mean_square.clamp_min(TINY).sqrt(), torch.zeros_like(mean_square))
+
+
+class AdamMLP(LearnedRule):
+    """State: Adam's second moment v and one momentum per decay, each (functions, parameters)."""
+
+    coordinatewise = True
+
+    def __init__(self, cfg: AdamMLPConfig):
+        super().__init__(cfg)
+        features = len(cfg.momentum_decays) + 2
+        H = cfg.hidden_size
+        widths = [features] + [H] * cfg.hidden_layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.time = nn.Linear(TIME_FEATURES, widths[1], bias=False) if cfg.hidden_layers else None
+        self.head = nn.Linear(widths[-1], 2)
+        with torch.no_grad():  # starts as Adam: (d, s) near zero
+            self.head.weight.mul_(0.01)
+            self.head.bias.zero_()
+        self.log_lr = nn.Parameter(torch.tensor(math.log(cfg.init_lr)))
+        self._sizes: Optional[Tuple[int, ...]] = None
+        self.horizon: Optional[int] = None
+
+    def bind(self, layout, horizon: Optional[int] = None) -> None:
+        self._sizes = tuple(int(s) for _, s in layout)
+        self.horizon = horizon
+
+    def init_state(self, theta: torch.Tensor):
+        zeros = torch.zeros(theta.shape[0], theta[0].numel(), device=theta.device, dtype=theta.dtype)
+        return [zeros] + [zeros.clone() for _ in self.config.momentum_decays]
+
+    # es / pes copies: as many coordinates per call as the features and hidden units of this step keep in memory
+    coordinates_per_call = 2 ** 18
+
+    def step(self, grad: torch.Tensor, state, t: int = 0):
+        rows = grad.reshape(grad.shape[0], -1)
+        update, state = self(rows, state, *self._step_inputs(t, rows))
+        return update.view_as(grad), state
+
+    def step_copies(self, weights: dict, grad: torch.Tensor, state, t: int = 0):
+        """M copies at once, each with its own weights ({parameter name: (M, *shape)}): grad (M, P) and state
+        leaves (M, ..., P) -> (update (M, P), state); one batched matmul per layer for every copy."""
+        rows = grad.reshape(grad.shape[0], -1)
+        shapes = [leaf.shape for leaf in state]
+        update, new = adam_mlp_step(self.config, weights, rows, [leaf.reshape(rows.shape) for leaf in state],
+                                    *self._step_inputs(t, rows))
+        return update.view_as(grad), [leaf.reshape(shape) for leaf, shape in zip(new, shapes, strict=True)]
+
+    def _step_inputs(self, t: int, like: torch.Tensor):
+        """(bias corrections, time features, tensor sizes) of step t: tensors, so a compiled step takes every t."""
+        cfg = self.config
+        corrections = like.new_tensor([1 / (1 - b ** (t + 1)) for b in cfg.momentum_decays]
+                                      + [1 / (1 - cfg.beta2 ** (t + 1))])
+        return corrections, time_features(t, self.horizon or cfg.default_horizon, like), self._sizes
+
+    def forward(self, grad, state, corrections, time, sizes):
+        return adam_mlp_step(self.config, dict(self.named_parameters()), grad, state, corrections, time, sizes)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (rows, columns, in) -> (rows, columns, out); weights (out, in) and bias (out,) shared by every row, or with a
+    leading copy dimension, one set per row (the bias added inside the matmul)."""
+    if weight.dim() == 2:
+        return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t()).view(*x.shape[:-1], -1)
+    return torch.baddbmm(bias.unsqueeze(-2), x, weight.transpose(-1, -2))
+
+
+# coordinates whose hidden units go through the MLP at once: its activations stay in cache (memory traffic, not
+# arithmetic, bounds a layer this narrow)
+MLP_COORDINATES = 8192
+
+
+def _mlp(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """The per-coordinate MLP: features (rows, columns, F) -> (d, s) (rows, columns, 2), in column chunks."""
+    biases = [weights[f"layers.{k}.bias"] for k in range(cfg.hidden_layers)]
+    if biases:  # the time features enter as a bias of the first layer: the same for every coordinate
+        biases[0] = biases[0] + torch.matmul(weights["time.weight"], time)
+    step = max(1, MLP_COORDINATES // x.shape[0])
+    outs = []
+    for chunk in x.split(step, dim=1):
+        for k, bias in enumerate(biases):
+            chunk = torch.relu(_linear(chunk, weights[f"layers.{k}.weight"], bias))
+        outs.append(_linear(chunk, weights["head.weight"], weights["head.bias"]))
+    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, time, sizes):
+    """One step of ``AdamMLP`` with the given weights (each with or without a leading copy dimension matching
+    grad's rows): grad (rows, columns) -> (update, [v, *momenta])."""
+    v = cfg.beta2 * state[0] + (1 - cfg.beta2) * grad * grad
+    scale = (v * corrections[-1]).sqrt()
+    denom = scale + cfg.eps
+    momenta = [b * m + (1 - b) * grad for b, m in zip(cfg.momentum_decays, state[1:], strict=True)]
+    directions = [m * corrections[k] / denom for k, m in enumerate(momenta)]
+    features = [grad / denom, *directions, scale]
+    x = torch.stack([f / (tensor_rms(f, sizes) + TINY) for f in features], dim=-1)
+    out = _mlp(cfg, weights, x, time)
+    nominal = directions[cfg.nominal]
+    log_lr = weights["log_lr"].clamp(math.log(cfg.min_lr), math.log(cfg.max_lr)).reshape(-1, 1)
+    size = torch.exp(log_lr + cfg.lr_range * torch.tanh(out[..., 1]))
+    update = -size * (nominal + cfg.correction * torch.tanh(out[..., 0]) * tensor_rms(nominal, sizes))
+    return update, [v, *momenta]
+
+
+OPTIMIZERS.register("adam_mlp", AdamMLPConfig, AdamMLP, learned=True)
