@@ -33,6 +33,18 @@ def lstm_forward_flops(cfg: LSTMConfig) -> int:
     return flops + 2 * cfg.hidden_size
 
 
+def adam_mlp_forward_flops(cfg) -> int:
+    """Matmul FLOPs of one coordinate's adam_mlp step: features -> hidden layers -> (d, s)."""
+    features = len(cfg.momentum_decays) + 2
+    widths = [features] + [cfg.hidden_size] * cfg.hidden_layers + [2]
+    return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def learned_step_flops(cfg) -> int:
+    """Matmul FLOPs of one coordinate's step of a drop-in learned optimizer (lstm or adam_mlp)."""
+    return adam_mlp_forward_flops(cfg) if cfg.name == "adam_mlp" else lstm_forward_flops(cfg)
+
+
 def mlp_forward_backward_flops(cfg: MLPConfig, num_params_weights: int) -> int:
     """Matmul FLOPs of one optimizee's loss and gradient: forward 2 x minibatch x weights, backward twice that."""
     return 3 * 2 * cfg.minibatch * num_params_weights

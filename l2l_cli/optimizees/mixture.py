@@ -123,8 +123,8 @@ class MixtureFamily:
         return {name: (self.families[name], m.steps[1]) for name, m in self.members.items()}
 
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device=None, split: str = "train"):
-        """Training: a member by weight, a run length log-uniform in its steps (``num_steps`` is ignored), n of its
-        functions, rescaled. Held-out splits come from the members themselves (``member_families``)."""
+        """Training: a member by weight, a run length log-uniform in its steps (``horizon_of``: what meta-training
+        runs instead of ``num_steps``), n of its functions, rescaled. Held-out splits come from the members themselves (``member_families``)."""
         if split != "train":
             raise ConfigError(f"optimizee=mixture: {split} functions come from each member separately "
                               f"({', '.join(self.members)}); evaluate with eval.variants or `l2l train`")
@@ -133,7 +133,9 @@ class MixtureFamily:
         lo, hi = self.members[name].steps
         u = float(torch.rand((), generator=gen, dtype=torch.float64))
         steps = int(round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))))
-        return MixtureProblems(name, self.training[name].sample(n, steps, gen, device, split=split), steps)
+        # data for the longer of the two, so a caller that runs num_steps regardless finds every step's minibatch
+        problem = self.training[name].sample(n, max(steps, num_steps), gen, device, split=split)
+        return MixtureProblems(name, problem, steps)
 
     def _of(self, problem: MixtureProblems):
         return self.training[problem.member]

@@ -42,7 +42,7 @@ TINY = 1e-30  # an all-zero tensor's features stay 0 (0 / (0 + TINY)), with fini
 @dataclass
 class AdamMLPConfig(LearnedOptimizerConfig):
     name: str = "adam_mlp"
-    hidden_size: int = 32
+    hidden_size: int = 16
     hidden_layers: int = 1
     momentum_decays: List[float] = field(default_factory=lambda: [0.5, 0.9, 0.99])
     nominal: int = 1  # which of momentum_decays gives the nominal Adam direction a
@@ -91,17 +91,30 @@ def time_features(t: int, horizon: int, like: torch.Tensor) -> torch.Tensor:
                             math.tanh(t / 10)])
 
 
-def tensor_rms(x: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
-    """Each entry's tensor's root mean square, shaped as x (..., columns): the columns hold the tensors of ``sizes``
-    in order, once or several times over (functions side by side, each its own statistics); None: one tensor."""
-    if sizes is None or len(sizes) == 1 and sizes[0] == x.shape[-1]:
-        return _root(x.square().mean(dim=-1, keepdim=True)).expand_as(x)
+def _blocks(x: torch.Tensor, sizes: Tuple[int, ...]) -> torch.Tensor:
+    """x (..., columns) as (..., copies, total): the layout of ``sizes`` once per copy (functions side by side)."""
     total = sum(sizes)
     if x.shape[-1] % total:
         raise RuntimeError(f"adam_mlp was bound to an optimizee with {total} parameters, got {x.shape[-1]} columns")
-    rows = x.reshape(*x.shape[:-1], x.shape[-1] // total, total).square()
-    pieces = [_root(piece.mean(dim=-1, keepdim=True)).expand_as(piece) for piece in rows.split(sizes, dim=-1)]
-    return torch.cat(pieces, dim=-1).reshape(x.shape)
+    return x.reshape(*x.shape[:-1], x.shape[-1] // total, total)
+
+
+def tensor_rms(x: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
+    """Root mean square of each tensor along the last dimension of x (..., columns): (..., 1) when the columns are
+    one tensor (``sizes`` None or the whole row), else (..., copies, tensors) for the tensors of ``sizes`` in order,
+    once or several times over (functions side by side, each its own statistics). ``per_tensor`` applies it."""
+    if sizes is None or len(sizes) == 1 and sizes[0] == x.shape[-1]:
+        return _root(x.square().mean(dim=-1, keepdim=True))
+    square = _blocks(x, sizes).square()
+    return _root(torch.cat([piece.mean(dim=-1, keepdim=True) for piece in square.split(sizes, dim=-1)], dim=-1))
+
+
+def per_tensor(x: torch.Tensor, factors: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
+    """x (..., columns) times one factor per tensor (``tensor_rms``'s shape), in one pass."""
+    if factors.shape[-1] == 1 and (sizes is None or len(sizes) == 1 and sizes[0] == x.shape[-1]):
+        return x * factors
+    pieces = _blocks(x, sizes).split(sizes, dim=-1)
+    return torch.cat([p * f for p, f in zip(pieces, factors.split(1, dim=-1), strict=True)], dim=-1).reshape(x.shape)
 
 
 def _root(mean_square: torch.Tensor) -> torch.Tensor:
@@ -166,30 +179,33 @@ class AdamMLP(LearnedRule):
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (rows, columns, in) -> (rows, columns, out); weights (out, in) and bias (out,) shared by every row, or with a
-    leading copy dimension, one set per row (the bias added inside the matmul)."""
-    if weight.dim() == 2:
-        return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t()).view(*x.shape[:-1], -1)
-    return torch.baddbmm(bias.unsqueeze(-2), x, weight.transpose(-1, -2))
+    """x (rows, in, columns) -> (rows, out, columns), coordinates along the last dimension (the long dimension of
+    the matmul, where BLAS is fast for so few inputs); weight (out, in) and bias (out,) shared by every row, or
+    with a leading copy dimension, one set per row."""
+    if weight.dim() == 3:
+        return torch.baddbmm(bias.unsqueeze(-1), weight, x)
+    if x.shape[0] == 1:
+        return torch.addmm(bias.unsqueeze(-1), weight, x[0]).unsqueeze(0)
+    return torch.matmul(weight, x) + bias.unsqueeze(-1)
 
 
 # coordinates whose hidden units go through the MLP at once: its activations stay in cache (memory traffic, not
 # arithmetic, bounds a layer this narrow)
-MLP_COORDINATES = 8192
+MLP_COORDINATES = 16384
 
 
 def _mlp(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-    """The per-coordinate MLP: features (rows, columns, F) -> (d, s) (rows, columns, 2), in column chunks."""
+    """The per-coordinate MLP: features (rows, F, columns) -> (d, s) as (rows, 2, columns), in column chunks."""
     biases = [weights[f"layers.{k}.bias"] for k in range(cfg.hidden_layers)]
     if biases:  # the time features enter as a bias of the first layer: the same for every coordinate
         biases[0] = biases[0] + torch.matmul(weights["time.weight"], time)
     step = max(1, MLP_COORDINATES // x.shape[0])
     outs = []
-    for chunk in x.split(step, dim=1):
+    for chunk in x.split(step, dim=-1):
         for k, bias in enumerate(biases):
             chunk = torch.relu(_linear(chunk, weights[f"layers.{k}.weight"], bias))
         outs.append(_linear(chunk, weights["head.weight"], weights["head.bias"]))
-    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
 def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, time, sizes):
@@ -200,13 +216,15 @@ def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, t
     denom = scale + cfg.eps
     momenta = [b * m + (1 - b) * grad for b, m in zip(cfg.momentum_decays, state[1:], strict=True)]
     directions = [m * corrections[k] / denom for k, m in enumerate(momenta)]
-    features = [grad / denom, *directions, scale]
-    x = torch.stack([f / (tensor_rms(f, sizes) + TINY) for f in features], dim=-1)
-    out = _mlp(cfg, weights, x, time)
+    features = torch.stack([grad / denom, *directions, scale], dim=-2)  # (rows, F, columns)
+    rms = tensor_rms(features, sizes)
+    out = _mlp(cfg, weights, per_tensor(features, 1 / (rms + TINY), sizes), time)
     nominal = directions[cfg.nominal]
+    nominal_rms = rms[:, 1 + cfg.nominal]  # the nominal direction is feature 1 + nominal
     log_lr = weights["log_lr"].clamp(math.log(cfg.min_lr), math.log(cfg.max_lr)).reshape(-1, 1)
-    size = torch.exp(log_lr + cfg.lr_range * torch.tanh(out[..., 1]))
-    update = -size * (nominal + cfg.correction * torch.tanh(out[..., 0]) * tensor_rms(nominal, sizes))
+    size = torch.exp(log_lr + cfg.lr_range * torch.tanh(out[..., 1, :]))
+    correction = per_tensor(torch.tanh(out[..., 0, :]), nominal_rms, sizes)  # in units of the tensor's rms of a
+    update = -size * (nominal + cfg.correction * correction)
     return update, [v, *momenta]
 
 

@@ -1,0 +1,216 @@
+"""The generalising learned optimizer (adam_mlp) and what it meta-trains on (optimizee=mixture)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from l2l_cli.core.checks import ConfigError
+from l2l_cli.core.random_streams import generator
+from l2l_cli.core.registry import OPTIMIZEES
+from l2l_cli.core.schemas import TrainLoopConfig
+from l2l_cli.meta.trainer import meta_optimizer
+from l2l_cli.meta.validation import Validator, geometric_mean
+from l2l_cli.optimizees import build_family, loss_and_grad
+from l2l_cli.optimizees.base import parameter_layout
+from l2l_cli.optimizees.mixture import MixtureConfig
+from l2l_cli.optimizers.learned.adam_mlp import AdamMLP, AdamMLPConfig, per_tensor, tensor_rms
+
+LAYOUT = (("w", 12), ("b", 4))
+
+
+def random_net(seed: int = 0, **cfg) -> AdamMLP:
+    """adam_mlp with weights far from its Adam-like start, so every test sees the MLP at work."""
+    torch.manual_seed(seed)
+    net = AdamMLP(AdamMLPConfig(**cfg)).double()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name != "log_lr":
+                p.normal_(0, 1.0)
+        net.log_lr.fill_(math.log(0.05))
+    net.bind(LAYOUT, horizon=40)
+    return net
+
+
+def run(net, grads):
+    state = net.init_state(torch.zeros(grads[0].shape, dtype=torch.float64))
+    updates = []
+    for t, g in enumerate(grads):
+        u, state = net.step(g.double(), state, t)
+        updates.append(u)
+    return updates
+
+
+def test_a_zero_gradient_gives_a_zero_update_and_a_vanished_one_a_vanishing_update():
+    net = random_net()
+    assert all(torch.equal(u, torch.zeros(3, 16, dtype=torch.float64)) for u in run(net, [torch.zeros(3, 16)] * 5))
+    grads = [torch.randn(3, 16, dtype=torch.float64) for _ in range(10)] + [torch.zeros(3, 16)] * 300
+    updates = run(net, grads)
+    assert updates[9].abs().max() > 1e-3
+    # the nominal term's momentum (0.9) decays as 0.9^t / sqrt(0.999^t): 300 steps on, below 1e-12 x the bound
+    assert updates[-1].abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("c", [1e-3, 1e3])
+def test_the_update_does_not_change_when_the_loss_is_rescaled(c):
+    net = random_net(1, eps=1e-14)
+    # every |g| >> eps at both scales: eps is the only part of the update that sees the loss's scale
+    grads = [torch.randn(3, 16, dtype=torch.float64).sign() * (0.5 + torch.rand(3, 16)) for _ in range(8)]
+    for u, v in zip(run(net, grads), run(net, [g * c for g in grads]), strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * float(u.abs().max()))
+
+
+def test_the_update_is_the_nominal_adam_step_within_its_stated_bound():
+    """|update| <= exp(log_lr + lr_range) (|a| + correction * rms_tensor(a)), a = Adam's m_hat / (sqrt(v_hat) + eps)
+    by hand; heavy-tailed gradients, weights far from the start."""
+    net = random_net(2)
+    cfg = net.config
+    grads = [torch.distributions.Cauchy(0.0, 1.0).sample((3, 16)).double() for _ in range(30)]
+    m = torch.zeros(3, 16, dtype=torch.float64)
+    v = torch.zeros_like(m)
+    for t, (g, u) in enumerate(zip(grads, run(net, grads), strict=True)):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        a = (m / (1 - 0.9 ** (t + 1))) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + cfg.eps)
+        bound = math.exp(math.log(0.05) + cfg.lr_range) * (a.abs() + cfg.correction * per_tensor(torch.ones_like(a), tensor_rms(a, (12, 4)), (12, 4)))
+        assert (u.abs() <= bound * (1 + 1e-9)).all()
+
+
+def test_with_its_mlp_silent_it_is_adam():
+    torch.manual_seed(3)
+    net = AdamMLP(AdamMLPConfig(init_lr=0.01)).double()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.log_lr.fill_(math.log(0.01))  # in float64: exactly Adam's 0.01
+    net.bind((("theta", 5),), horizon=20)
+    param = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    adam = torch.optim.Adam([param], lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    theta = param.detach().clone().unsqueeze(0)
+    state = net.init_state(theta)
+    for t in range(20):
+        g = torch.randn(5, dtype=torch.float64)
+        param.grad = g.clone()
+        adam.step()
+        update, state = net.step(g.unsqueeze(0), state, t)
+        theta = theta + update
+    torch.testing.assert_close(theta[0], param.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_statistics_are_per_tensor_and_per_function():
+    """A coordinate's update depends on its own tensor of its own function only: the drop-in cuts the state per
+    parameter tensor, es / pes with shared perturbations step functions side by side in one row."""
+    net = random_net(4)
+    g = torch.randn(3, 16, dtype=torch.float64)
+    whole = run(net, [g])[0]
+    net.bind((("w", 12),), horizon=40)
+    torch.testing.assert_close(run(net, [g[:, :12]])[0], whole[:, :12])
+    net.bind(LAYOUT, horizon=40)
+    side_by_side = run(net, [g.reshape(1, 48)])[0]
+    torch.testing.assert_close(side_by_side.reshape(3, 16), whole)
+    changed = g.clone()
+    changed[:, 12:] *= 100  # the other tensor
+    changed[1:] = torch.randn(2, 16)  # the other functions
+    torch.testing.assert_close(run(net, [changed])[0][0, :12], whole[0, :12])
+
+
+def test_the_fraction_of_the_run_done_reaches_the_step():
+    net = random_net(5)
+    g = [torch.randn(3, 16, dtype=torch.float64)] * 2
+    net.bind(LAYOUT, horizon=10)
+    short = run(net, g)
+    net.bind(LAYOUT, horizon=1000)
+    long = run(net, g)
+    assert not torch.allclose(short[1], long[1])
+
+
+def test_meta_weight_decay_shrinks_matrices_only():
+    net = random_net(6).float()
+    opt = meta_optimizer(net, TrainLoopConfig(weight_decay=0.5, meta_lr=0.1))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in net.named_parameters():
+        moved = not torch.equal(before[name], p.detach())
+        assert moved == (p.dim() >= 2), name
+
+
+# --- the mixture ------------------------------------------------------------------------------------------------
+
+def mixture(**changes):
+    members = {"quad": {"optimizee": {"name": "quadratic", "dim": 3}, "weight": 3.0, "steps": [4, 64]},
+               "mlp": {"optimizee": {"name": "mnist", "hidden": 4, "activation": "relu"}, "weight": 1.0,
+                       "steps": [5, 5]}}
+    return build_family(MixtureConfig(**{"members": members, "batch_size": 2, **changes}))
+
+
+def test_members_are_drawn_by_weight_with_log_uniform_run_lengths():
+    family = mixture()
+    gen = generator(0, "train")
+    draws = [family.sample(2, 100, gen) for _ in range(400)]
+    counts = Counter(d.member for d in draws)
+    assert 250 < counts["quad"] < 350  # 300 expected (weights 3 : 1), sd ~ 8.7
+    quad_steps = sorted(d.num_steps for d in draws if d.member == "quad")
+    assert min(quad_steps) >= 4 and max(quad_steps) <= 64 and {d.num_steps for d in draws if d.member == "mlp"} == {5}
+    assert 12 <= quad_steps[len(quad_steps) // 2] <= 20  # log-uniform: the median near sqrt(4 * 64) = 16
+    mlp = next(d for d in draws if d.member == "mlp")
+    assert family.initial_params(mlp).shape == (2, 784 * 4 + 4 + 4 * 10 + 10)
+    assert [n for n, _ in parameter_layout(family, mlp)] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+
+def test_training_functions_are_the_members_reparameterised_per_tensor():
+    family = mixture(parameter_scale=0.0, tensor_scale=4.6)
+    gen = generator(1, "train")
+    problem = next(p for p in (family.sample(2, 5, gen) for _ in range(50)) if p.member == "mlp")
+    scale = problem.problem.scale
+    start = 0
+    for _, size in parameter_layout(family, problem):
+        block = scale[:, start: start + size]
+        assert torch.allclose(block, block[:, :1].expand_as(block))  # one factor per tensor and function
+        start += size
+    assert scale.max() / scale.min() > 3  # and they differ
+    member = family.families["mlp"]
+    theta = family.initial_params(problem)
+    torch.testing.assert_close(family.loss(problem, theta, 0),
+                               member.loss(problem.problem.problem, theta * scale, 0))
+
+
+def test_held_out_functions_come_from_each_member():
+    family = mixture()
+    with pytest.raises(ConfigError, match="optimizee=mixture: validation functions come from each member"):
+        family.sample(2, 5, generator(0, "validation"), split="validation")
+    validator = Validator(family, 2, 0, torch.device("cpu"))
+    net = random_net().float()
+    score = validator.score(net, 7)
+    assert set(validator.parts) == {"quad", "mlp"}
+    assert score == pytest.approx(geometric_mean(list(validator.parts.values())))
+    assert {steps for _, steps in validator.problems} == {64, 5}  # each member at its longest run
+
+
+@pytest.mark.parametrize("members, key", [
+    ({"a": {"optimizee": {"name": "nope"}}}, "optimizee.members.a.optimizee.name"),
+    ({"a": {"optimizee": {"name": "mixture"}}}, "optimizee.members.a.optimizee.name"),
+    ({"a": {"optimizee": {"name": "quadratic", "dimm": 3}}}, "optimizee.members.a.optimizee.dimm"),
+    ({"a": {"optimizee": {"name": "quadratic"}, "steps": [10, 5]}}, "optimizee.members.a.steps"),
+    ({"a": {"optimizee": {"name": "quadratic"}, "weight": 0}}, "optimizee.members.a.weight"),
+    ({"a": {"optimizee": {"name": "quadratic"}, "wieght": 1}}, "optimizee.members.a.wieght"),
+    ({"a": {"optimizee": {"name": "custom"}}}, "optimizee.members.a.optimizee"),
+    ({}, "optimizee.members"),
+])
+def test_a_bad_member_is_one_line_naming_its_key(members, key):
+    with pytest.raises(ConfigError) as err:
+        MixtureConfig(members=members)
+    assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+def test_the_default_mixture_builds_every_member():
+    family = build_family(OPTIMIZEES.get("mixture").default_config())
+    assert len(family.families) >= 5
+    kinds = {m.optimizee.name for m in family.members.values()}
+    assert {"quadratic", "mnist"} <= kinds and not kinds & {"convnet", "neural_art"}  # held out in kind
+    problem = family.sample(2, 10, generator(0, "train"))
+    losses, grad = loss_and_grad(family, problem, family.initial_params(problem), 0)
+    assert torch.isfinite(losses).all() and torch.isfinite(grad).all()
