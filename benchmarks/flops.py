@@ -37,7 +37,7 @@ def adam_mlp_forward_flops(cfg) -> int:
     """Matmul FLOPs of one coordinate's adam_mlp step: features -> hidden layers -> (d, s)."""
     features = len(cfg.momentum_decays) + 2
     widths = [features] + [cfg.hidden_size] * cfg.hidden_layers + [2]
-    return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
+    return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
 
 
 def learned_step_flops(cfg) -> int:

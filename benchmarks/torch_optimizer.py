@@ -79,7 +79,8 @@ def figures_of(name: str, params: int, measured: list, state_bytes: int, archite
     best, figures = summarise([(learned, peak) for (learned, _, _), peak in measured], flops)
     learned_s, _, adam_s = measured[best][0]
     compiled_best = min(c for (_, c, _), _ in measured)
-    return {"model": name, "architecture": architecture, "parameters": params, "learned_step_seconds": learned_s, "adam_step_seconds": adam_s,
+    return {"model": name, "architecture": architecture, "parameters": params, "learned_step_seconds": learned_s,
+            "adam_step_seconds": adam_s,
             "learned_over_adam": learned_s / adam_s,
             "learned_over_adam_median": statistics.median(a / c for (a, _, c), _ in measured),
             "compiled_step_seconds": compiled_best,
@@ -120,7 +121,8 @@ class TorchOptimizer(Benchmark):
     def line(self, name: str, s: dict) -> str:
         peak = (f", peak {s['peak_bytes_per_parameter']:.0f} bytes/parameter" if "peak_bytes_per_parameter" in s
                 else "")
-        return (f"LearnedOptimizer.step ({s.get('architecture', 'lstm')}), {s['model']} ({s['parameters']:,} parameters): "
+        return (f"LearnedOptimizer.step ({s.get('architecture', 'lstm')}), {s['model']} "
+                f"({s['parameters']:,} parameters): "
                 f"{s['learned_step_seconds'] * 1e3:.2f} ms vs Adam.step {s['adam_step_seconds'] * 1e3:.3f} ms = "
                 f"{s['learned_over_adam']:.0f}x ({s['learned_over_adam_median']:.0f}x); arithmetic bound "
                 f"{s['bound_seconds'] * 1e3:.2f} ms, so {100 * s['fraction_of_matmul']:.1f}% "

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 
 import pytest
 import torch
+from conftest import run_cli
 
+from l2l_cli.api import pretrained as shipping
+from l2l_cli.core.checkpoints import load_checkpoint
 from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.random_streams import generator
 from l2l_cli.core.registry import OPTIMIZEES
@@ -75,7 +79,8 @@ def test_the_update_is_the_nominal_adam_step_within_its_stated_bound():
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
         a = (m / (1 - 0.9 ** (t + 1))) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + cfg.eps)
-        bound = math.exp(math.log(0.05) + cfg.lr_range) * (a.abs() + cfg.correction * per_tensor(torch.ones_like(a), tensor_rms(a, (12, 4)), (12, 4)))
+        rms = per_tensor(torch.ones_like(a), tensor_rms(a, (12, 4)), (12, 4))  # each coordinate's tensor's rms
+        bound = math.exp(math.log(0.05) + cfg.lr_range) * (a.abs() + cfg.correction * rms)
         assert (u.abs() <= bound * (1 + 1e-9)).all()
 
 
@@ -141,9 +146,9 @@ def test_meta_weight_decay_shrinks_matrices_only():
 # --- the mixture ------------------------------------------------------------------------------------------------
 
 def mixture(**changes):
-    members = {"quad": {"optimizee": {"name": "quadratic", "dim": 3}, "weight": 3.0, "steps": [4, 64]},
-               "mlp": {"optimizee": {"name": "mnist", "hidden": 4, "activation": "relu"}, "weight": 1.0,
-                       "steps": [5, 5]}}
+    members = [{"name": "quad", "optimizee": {"name": "quadratic", "dim": 3}, "weight": 3.0, "steps": [4, 64]},
+               {"name": "mlp", "optimizee": {"name": "mnist", "hidden": 4, "activation": "relu"}, "weight": 1.0,
+                "steps": [5, 5]}]
     return build_family(MixtureConfig(**{"members": members, "batch_size": 2, **changes}))
 
 
@@ -191,14 +196,16 @@ def test_held_out_functions_come_from_each_member():
 
 
 @pytest.mark.parametrize("members, key", [
-    ({"a": {"optimizee": {"name": "nope"}}}, "optimizee.members.a.optimizee.name"),
-    ({"a": {"optimizee": {"name": "mixture"}}}, "optimizee.members.a.optimizee.name"),
-    ({"a": {"optimizee": {"name": "quadratic", "dimm": 3}}}, "optimizee.members.a.optimizee.dimm"),
-    ({"a": {"optimizee": {"name": "quadratic"}, "steps": [10, 5]}}, "optimizee.members.a.steps"),
-    ({"a": {"optimizee": {"name": "quadratic"}, "weight": 0}}, "optimizee.members.a.weight"),
-    ({"a": {"optimizee": {"name": "quadratic"}, "wieght": 1}}, "optimizee.members.a.wieght"),
-    ({"a": {"optimizee": {"name": "custom"}}}, "optimizee.members.a.optimizee"),
-    ({}, "optimizee.members"),
+    ([{"name": "a", "optimizee": {"name": "nope"}}], "optimizee.members.a.optimizee.name"),
+    ([{"name": "a", "optimizee": {"name": "mixture"}}], "optimizee.members.a.optimizee.name"),
+    ([{"name": "a", "optimizee": {"name": "quadratic", "dimm": 3}}], "optimizee.members.a.optimizee.dimm"),
+    ([{"name": "a", "optimizee": {"name": "quadratic"}, "steps": [10, 5]}], "optimizee.members.a.steps"),
+    ([{"name": "a", "optimizee": {"name": "quadratic"}, "weight": 0}], "optimizee.members.a.weight"),
+    ([{"name": "a", "optimizee": {"name": "quadratic"}, "wieght": 1}], "optimizee.members.a.wieght"),
+    ([{"name": "a", "optimizee": {"name": "custom"}}], "optimizee.members.a.optimizee"),
+    ([{"optimizee": {"name": "quadratic"}}], "optimizee.members.0.name"),
+    ([{"name": "a", "optimizee": {"name": "quadratic"}}] * 2, "optimizee.members"),
+    ([], "optimizee.members"),
 ])
 def test_a_bad_member_is_one_line_naming_its_key(members, key):
     with pytest.raises(ConfigError) as err:
@@ -214,3 +221,34 @@ def test_the_default_mixture_builds_every_member():
     problem = family.sample(2, 10, generator(0, "train"))
     losses, grad = loss_and_grad(family, problem, family.initial_params(problem), 0)
     assert torch.isfinite(losses).all() and torch.isfinite(grad).all()
+
+
+def test_a_checkpoint_records_the_mixture_it_rebuilds():
+    from dataclasses import asdict
+
+    cfg = MixtureConfig()
+    assert MixtureConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+
+
+@pytest.mark.slow
+def test_a_mixture_run_is_evaluated_per_member_and_shipped(tmp_path):
+    """`l2l train optimizee=mixture` evaluates every member as a variant; `pretrained add` keeps every variant's
+    table, the first as its headline, and a check on it that recomputes."""
+    run_dir = tmp_path / "run"
+    members = ("[{name: quad, optimizee: {name: quadratic, dim: 3}, steps: [4, 8]}, "
+               "{name: mlp, optimizee: {name: mnist, hidden: 4}, steps: [4, 6]}]")
+    train = run_cli("train", "debug=tiny", "optimizee=mixture", "optimizer=adam_mlp", "estimator=pes",
+                    f"optimizee.members={members}", "eval.num_functions=8", "eval.val_functions=4",
+                    "eval.lr_grid=[0.1]", f"hydra.run.dir={run_dir}")
+    assert train.returncode == 0, train.stderr[-2000:]
+    study = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert list(study["variants"]) == ["quad", "mlp"]
+    assert {v["num_steps"] for v in study["variants"].values()} == {8, 6}  # each member at its longest run
+    info = shipping.package("tiny_general", run_dir, directory=tmp_path)
+    assert list(info["variants"]) == ["quad", "mlp"] and info["evaluation"] == info["variants"]["quad"]
+    shipped = load_checkpoint(tmp_path / "tiny_general.pt")
+    check = info["check"]
+    assert check["task"]["optimizee"]["name"] == "quadratic" and check["num_steps"] == 8
+    again = shipping.check_figures(shipped, check["baseline"], check["baseline_lr"], check["num_functions"],
+                                   check["task"])
+    assert again == check

@@ -31,7 +31,8 @@ def test_recorded_figures_still_hold(name):
     info = pretrained.record(name)
     check = info["check"]
     payload = load_checkpoint(pretrained.resolve(f"pretrained:{name}"))
-    now = shipping.check_figures(payload, check["baseline"], check["baseline_lr"], check["num_functions"])
+    now = shipping.check_figures(payload, check["baseline"], check["baseline_lr"], check["num_functions"],
+                                 check.get("task"))
     assert now["num_steps"] == check["num_steps"] == info["evaluation"]["num_steps"]
     for key in ("learned_final_mean", "baseline_final_mean"):
         assert math.isclose(now[key], check[key], rel_tol=0.02), (key, now[key], check[key])

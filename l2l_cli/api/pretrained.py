@@ -21,18 +21,22 @@ from l2l_cli.reporting.run_records import results_problem
 from l2l_cli.reporting.writers import write_json
 
 
-def check_figures(payload: dict, baseline: str, baseline_lr: float, num_functions: int) -> dict:
+def check_figures(payload: dict, baseline: str, baseline_lr: float, num_functions: int, task: dict | None = None
+                  ) -> dict:
     """Mean final loss of the checkpoint's learned optimizer and of ``baseline`` at ``baseline_lr`` on the first
-    ``num_functions`` test functions of the family and horizon it was trained on (eager, this process's threads)."""
-    saved = dict(payload["optimizee"])
+    ``num_functions`` test functions of the family and horizon it was trained on, or of ``task`` ({optimizee: its
+    config, num_steps}: an evaluated variant, for an optimizer trained on a mixture) (eager, this process's
+    threads)."""
+    saved = dict(task["optimizee"] if task else payload["optimizee"])
     family = build_family(OPTIMIZEES.get(saved["name"]).config(**saved))
-    steps = int(payload["schedule"]["num_steps"])
+    steps = int(task["num_steps"] if task else payload["schedule"]["num_steps"])
     problem = held_out_problems(family, num_functions, steps, int(payload["data_seed"]), "test")
     net = rebuild_learned(payload, "pretrained").eval()
     rule = build_baseline(baseline_config(baseline), baseline_lr)
     learned_losses, _ = run(family, problem, net, steps, expected=False)
     baseline_losses, _ = run(family, problem, rule, steps, expected=False)
-    return {"num_functions": num_functions, "num_steps": steps, "data_seed": int(payload["data_seed"]),
+    return {**({"task": task} if task else {}), "num_functions": num_functions, "num_steps": steps,
+            "data_seed": int(payload["data_seed"]),
             "learned_final_mean": float(learned_losses[-1].double().mean()), "baseline": baseline,
             "baseline_lr": baseline_lr, "baseline_final_mean": float(baseline_losses[-1].double().mean())}
 
@@ -61,6 +65,16 @@ def _results(path: Path) -> dict:
     need(all(lookup(results, k, int) is not None for k in ("num_test_functions", "num_steps")),
          "its num_test_functions and num_steps are not integers")
     return results
+
+
+def evaluation_record(results: dict) -> dict:
+    """What a shipped optimizer's record keeps of one evaluated task."""
+    return {"num_test_functions": results["num_test_functions"], "num_steps": results["num_steps"],
+            "best_baseline": results["best_baseline"],
+            "optimizers": {n: {"lr": results["learning_rates"].get(n, {}).get("lr"), "final_mean": s["final_mean"],
+                               "final_median": s["final_median"],
+                               **({"final_mean_log10": s["final_mean_log10"]} if "final_mean_log10" in s else {})}
+                           for n, s in results["optimizers"].items()}}
 
 
 def check_name(name: str, directory: Path, replace: bool) -> None:
@@ -96,7 +110,17 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
     results_path = run_dir / "eval" / "results.json"
     if not results_path.is_file():
         raise CheckpointError(f"{results_path}: no such file; package a run trained with train.evaluate=true")
-    results = _results(results_path)
+    study = read_json(results_path, error=CheckpointError)
+    variants, task = {}, None
+    if isinstance(study.get("variants"), dict) and study["variants"]:
+        # a generalisation study (a mixture's run): every variant's table; the first is the headline and the check's
+        variants = {v: _results(run_dir / "eval" / v / "results.json") for v in study["variants"]}
+        first = next(iter(variants))
+        results_path, results = run_dir / "eval" / first / "results.json", variants[first]
+        task = {"optimizee": results.get("optimizee"), "num_steps": results["num_steps"]}
+        require(isinstance(task["optimizee"], dict), results_path, "has no optimizee config", error=CheckpointError)
+    else:
+        results = _results(results_path)
     require(payload["optimizer"]["name"] in results["optimizers"], results_path, "has no figures of the "
             f"checkpoint's {payload['optimizer']['name']} optimizer", error=CheckpointError)
     run_record = read_json(run_dir / "run.json", error=CheckpointError)
@@ -110,6 +134,7 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
     best = results["best_baseline"]
     lr = results["learning_rates"][best]["lr"]
     family = payload["optimizee"]["name"]
+    check_family = task["optimizee"]["name"] if task else family
     kept = {key: payload[key] for key in KEPT if key in payload}
     info = {
         "name": name,
@@ -123,12 +148,9 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
         "trained": {"iterations": metrics.get("iterations"), "checkpoint_iteration": payload["iteration"],
                     **improvement(payload.get("history", []), float(payload["best_val"])),
                     "train_seconds": metrics.get("train_seconds"), "total_seconds": metrics.get("total_seconds")},
-        "evaluation": {
-            "num_test_functions": results["num_test_functions"], "num_steps": results["num_steps"],
-            "best_baseline": best,
-            "optimizers": {n: {"lr": results["learning_rates"].get(n, {}).get("lr"), "final_mean": s["final_mean"],
-                               "final_median": s["final_median"]} for n, s in results["optimizers"].items()}},
-        "check": check_figures(kept, best, lr, CHECK_FUNCTIONS.get(family, CHECK_FUNCTIONS_DEFAULT)),
+        "evaluation": evaluation_record(results),
+        **({"variants": {v: evaluation_record(r) for v, r in variants.items()}} if variants else {}),
+        "check": check_figures(kept, best, lr, CHECK_FUNCTIONS.get(check_family, CHECK_FUNCTIONS_DEFAULT), task),
         "config": run_record["config"],
     }
 

@@ -81,12 +81,12 @@ def _group_object(group: str, node: DictConfig, schemas: dict):
 
 def to_objects(cfg: DictConfig):
     """Turn a composed config into its dataclass (running every range and cross-field check)."""
-    root_cls = TrainConfig if "train" in cfg else EvalConfig
+    root_cls = EvalConfig if "checkpoint" in cfg else TrainConfig  # eval's key (train keys may come with an experiment)
     plain = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
              for key in cfg if key != "hydra"}
     plain.update({g: _group_object(g, cfg[g], schemas) for g, schemas in group_schemas().items() if g in cfg})
     for key, cls in (("train", TrainLoopConfig), ("eval", EvalLoopConfig)):
-        if key in plain:
+        if isinstance(plain.get(key), dict):  # (eval's train: None unless an experiment sets a recipe)
             plain[key] = cls(**plain[key])
     return root_cls(**plain)
 

@@ -12,13 +12,13 @@ import torch
 from omegaconf import DictConfig
 
 from l2l_cli.cli.config import to_objects
-from l2l_cli.cli.console import fmt, generalization_table, progress, results_table, show
+from l2l_cli.cli.console import fmt, generalization_table, matrix_table, progress, results_table, show
 from l2l_cli.cli.hydra_task import hydra_task
 from l2l_cli.cli.job import job_threads, output_dir, record_run
 from l2l_cli.cli.run_dir_lock import RunDirLock, claim
 from l2l_cli.core.checkpoints import check_architecture
 from l2l_cli.core.environment import configure_torch, environment_record, release_freed_memory, resolve_device
-from l2l_cli.core.registry import OPTIMIZEES, OPTIMIZERS
+from l2l_cli.core.registry import OPTIMIZERS
 from l2l_cli.core.schemas import ConfigError, EvalConfig
 from l2l_cli.evaluation.comparison import Evaluation, evaluate_task, final_pictures
 from l2l_cli.evaluation.tuning_cache import TuningCache
@@ -28,6 +28,7 @@ from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config
 from l2l_cli.optimizers.learned.compiled import maybe_compile, should_compile
 from l2l_cli.optimizers.learned.loading import check_chosen, load_learned_optimizer, require_fields
+from l2l_cli.reporting.matrix import task_cell
 from l2l_cli.reporting.writers import (
     plot_curves,
     stats_curves,
@@ -143,12 +144,20 @@ def write_generalization(out_dir: Path, results: dict, config_record: dict | Non
     rows = {variant: {name: r["optimizers"][name]["final_mean"] for name in optimizers} for variant, r in
             results.items()}
     show(generalization_table(rows, {v: r["num_steps"] for v, r in results.items()}))
+    first = next(iter(results.values()))
+    learned = [first["studied"], *(first.get("compared") or {})] if first["studied"] not in OPTIMIZERS.baselines() \
+        else []
+    matrix = {name: {v: task_cell(r, name) for v, r in results.items()} for name in learned}
+    if matrix:
+        best = {v: min(matrix, key=lambda n: matrix[n][v]["ratio_mean"]) for v in results}
+        show(matrix_table(matrix, best, "the learned optimizers against the best tuned baseline of each variant"))
     write_csv(out_dir / "generalization.csv", ["variant", "num_steps", *optimizers],
               ([variant, str(results[variant]["num_steps"]), *(f"{row[n]:.6g}" for n in optimizers)]
                for variant, row in rows.items()))
     write_generalization_tensorboard(out_dir / "tb", rows, {v: r["num_steps"] for v, r in results.items()})
     write_json(out_dir / "results.json", {
         "generalization": rows,
+        **({"matrix": matrix} if matrix else {}),
         "learning_rates": {v: {n: lr["lr"] for n, lr in r["learning_rates"].items()} for v, r in results.items()},
         "nonfinite": {v: {n: r["optimizers"][n]["nonfinite"] for n in optimizers} for v, r in results.items()},
         "variants": {v: {"optimizee": r["optimizee"], "num_steps": r["num_steps"], "data": r.get("data")}

@@ -224,3 +224,6 @@ class TrainConfig(CommonConfig):
 @dataclass
 class EvalConfig(CommonConfig):
     checkpoint: Optional[str] = None  # required with a learned optimizer: a best.pt or last.pt from l2l train
+    # unused by eval: an experiment file that sets a training recipe (experiment=general) serves eval as well
+    estimator: Any = None
+    train: Any = None

@@ -14,6 +14,7 @@ A batch holds one member's functions, so its parameter count and tensors are the
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -26,19 +27,19 @@ from l2l_cli.optimizees import build_family, family_config
 from l2l_cli.optimizees.base import parameter_layout
 from l2l_cli.optimizees.rescaled import RescaledFamily
 
-MEMBER_KEYS = ("optimizee", "weight", "steps")
+MEMBER_KEYS = ("name", "optimizee", "weight", "steps")
 
 
-def _default_members() -> Dict[str, Any]:
-    return {
-        "quadratic_10": {"optimizee": {"name": "quadratic", "dim": 10}, "weight": 1.0, "steps": [50, 200]},
-        "quadratic_30": {"optimizee": {"name": "quadratic", "dim": 30}, "weight": 1.0, "steps": [50, 200]},
-        "mlp_sigmoid": {"optimizee": {"name": "mnist", "hidden": 20}, "weight": 1.0, "steps": [50, 200]},
-        "mlp_relu_2x32": {"optimizee": {"name": "mnist", "hidden": 32, "layers": 2, "activation": "relu"},
-                          "weight": 1.0, "steps": [50, 200]},
-        "mlp_tanh_10": {"optimizee": {"name": "mnist", "hidden": 10, "activation": "tanh"}, "weight": 1.0,
-                        "steps": [50, 200]},
-    }
+def _default_members() -> List[Any]:
+    return [
+        {"name": "quadratic_10", "optimizee": {"name": "quadratic", "dim": 10}, "steps": [50, 200]},
+        {"name": "quadratic_30", "optimizee": {"name": "quadratic", "dim": 30}, "steps": [50, 200]},
+        {"name": "mlp_sigmoid", "optimizee": {"name": "mnist", "hidden": 20}, "steps": [50, 200]},
+        {"name": "mlp_relu_2x32", "optimizee": {"name": "mnist", "hidden": 32, "layers": 2, "activation": "relu"},
+         "steps": [50, 200]},
+        {"name": "mlp_tanh_10", "optimizee": {"name": "mnist", "hidden": 10, "activation": "tanh"},
+         "steps": [50, 200]},
+    ]
 
 
 @dataclass
@@ -51,12 +52,13 @@ class Member:
 
 @dataclass
 class MixtureConfig(OptimizeeConfig):
-    """Functions from several registered families (``members``: name -> {optimizee: {name: <family>, <its keys>},
-    weight: relative frequency, steps: [shortest, longest] run length})."""
+    """Functions from several registered families (``members``: a list of {name, optimizee: {name: <family>, <its
+    keys>}, weight: relative frequency (default 1), steps: [shortest, longest] run length}; a list, so that a
+    command-line value replaces the members rather than merging into them; a mapping name -> member is read too)."""
 
     name: str = "mixture"
     batch_size: int = 8  # functions per meta-iteration, all of one member
-    members: Dict[str, Any] = field(default_factory=_default_members)
+    members: Any = field(default_factory=_default_members)
     # meta-training's reparameterisation, in nats: per parameter exp(U(-c, c)), per tensor exp(U(-c_t, c_t))
     # (4.6: factors 0.01 to 100)
     parameter_scale: float = 1.0
@@ -68,20 +70,30 @@ class MixtureConfig(OptimizeeConfig):
         for key in ("parameter_scale", "tensor_scale"):
             value = getattr(self, key)
             check(math.isfinite(value) and value >= 0, f"optimizee.{key}", f"must be a number >= 0, got {value}")
-        check(isinstance(self.members, dict) and len(self.members) >= 1, "optimizee.members",
-              "must name at least one member: {name: {optimizee: {name: <family>, ...}, weight: w, steps: [a, b]}}")
-        self.members = {str(k): v if isinstance(v, Member) else parse_member(str(k), v)
-                        for k, v in self.members.items()}
+        members = self.members
+        if isinstance(members, dict):
+            members = [v if isinstance(v, Member) else {"name": k, **(v if isinstance(v, dict) else {"?": v})}
+                       for k, v in members.items()]
+        check(isinstance(members, (list, tuple)) and len(members) >= 1, "optimizee.members",
+              "must list at least one member: [{name: ..., optimizee: {name: <family>, ...}, steps: [a, b]}]")
+        parsed = [m if isinstance(m, Member) else parse_member(k, m) for k, m in enumerate(members)]
+        names = [m.name for m in parsed]
+        check(len(set(names)) == len(names), "optimizee.members", f"two members share a name: {names}")
+        self.members = {m.name: m for m in parsed}
 
     def member_list(self) -> List[Member]:
         return list(self.members.values())
 
 
-def parse_member(name: str, spec: Any) -> Member:
-    """One member's spec as a ``Member``: its family's defaults with the fields given; one line naming the key for
-    anything wrong."""
+def parse_member(index: int, spec: Any) -> Member:
+    """One member's spec as a ``Member``: its family's defaults with the fields given; one line naming the key
+    (``optimizee.members.<name or index>``) for anything wrong."""
+    key = f"optimizee.members.{index}"
+    check(isinstance(spec, dict), key, f"must be {{name: ..., optimizee: ..., steps: [a, b]}}, got {spec!r}")
+    name = spec.get("name")
+    check(isinstance(name, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) is not None, f"{key}.name",
+          f"must be an identifier (letters, digits, _), got {name!r}")
     key = f"optimizee.members.{name}"
-    check(isinstance(spec, dict), key, f"must be {{optimizee: ..., weight: ..., steps: [a, b]}}, got {spec!r}")
     unknown = sorted(set(spec) - set(MEMBER_KEYS))
     check(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown key, allowed keys: {', '.join(MEMBER_KEYS)}")
     optimizee = family_config(spec.get("optimizee"), f"{key}.optimizee")
@@ -124,7 +136,8 @@ class MixtureFamily:
 
     def sample(self, n: int, num_steps: int, gen: torch.Generator, device=None, split: str = "train"):
         """Training: a member by weight, a run length log-uniform in its steps (``horizon_of``: what meta-training
-        runs instead of ``num_steps``), n of its functions, rescaled. Held-out splits come from the members themselves (``member_families``)."""
+        runs instead of ``num_steps``), n of its functions, rescaled. Held-out splits come from the members
+        themselves (``member_families``)."""
         if split != "train":
             raise ConfigError(f"optimizee=mixture: {split} functions come from each member separately "
                               f"({', '.join(self.members)}); evaluate with eval.variants or `l2l train`")
@@ -169,6 +182,6 @@ class MixtureFamily:
         return {name: f.data_record() for name, f in self.families.items()}
 
 
-OPTIMIZEES.register("mixture", MixtureConfig, MixtureFamily, tiny={"members": {
-    "quadratic_3": {"optimizee": {"name": "quadratic", "dim": 3}, "steps": [3, 6]},
-    "mlp_4": {"optimizee": {"name": "mnist", "hidden": 4, "activation": "relu"}, "steps": [3, 6]}}})
+OPTIMIZEES.register("mixture", MixtureConfig, MixtureFamily, tiny={"members": [
+    {"name": "quadratic_3", "optimizee": {"name": "quadratic", "dim": 3}, "steps": [3, 6]},
+    {"name": "mlp_4", "optimizee": {"name": "mnist", "hidden": 4, "activation": "relu"}, "steps": [3, 6]}]})

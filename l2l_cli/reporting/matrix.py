@@ -14,14 +14,15 @@ from l2l_cli.reporting.run_records import _read_json as _read
 FIGURES = (("final_mean", "ratio_mean"), ("final_median", "ratio_median"), ("final_mean_log10", "log10_gap"))
 
 
-def task_cell(results: dict) -> dict:
-    """One task's cell from its results.json: the studied optimizer's figures, each against the best of the tuned
-    baselines on that figure (compared learned optimizers are not baselines)."""
+def task_cell(results: dict, name: str | None = None) -> dict:
+    """One task's cell from its results.json: the studied optimizer's figures (or those of ``name``, a compared
+    one), each against the best of the tuned baselines on that figure (compared learned optimizers are not
+    baselines)."""
     optimizers, studied = results["optimizers"], results["studied"]
     baselines = {n: v for n, v in optimizers.items() if n != studied and n not in (results.get("compared") or {})}
     cell = {"num_steps": results["num_steps"]}
     for figure, key in FIGURES:
-        learned = optimizers[studied][figure]
+        learned = optimizers[name or studied][figure]
         finite = {n: v[figure] for n, v in baselines.items() if math.isfinite(v[figure])}
         best = min(finite, key=finite.get) if finite else None
         reference = finite[best] if best else math.nan

@@ -15,8 +15,9 @@ first layer. So:
 - with a zero gradient from the start the update is exactly zero (a = 0 and rms_tensor(a) = 0), and it decays with
   the momenta once the gradient vanishes;
 - multiplying the loss by c > 0 changes nothing but eps's share (every feature and a are ratios of gradients);
-- |update| <= exp(log_lr_max + lr_range) * (|a| + correction * rms_tensor(a)), with log_lr clamped to
-  [log(min_lr), log(max_lr)] and |a| at most 1 / sqrt(1 - beta2) for beta <= sqrt(beta2).
+- |update| <= exp(log_lr + lr_range) * (|a| + correction * rms_tensor(a)), with log_lr clamped to
+  [log(min_lr), log(max_lr)], and |a| <= 1 / sqrt((1 - beta2) (1 - beta^2 / beta2)) (Cauchy-Schwarz on the
+  moments; about 73 for the nominal 0.9 and 0.999).
 The MLP starts at (almost) zero output: the untrained optimizer is Adam with lr ``init_lr``.
 
 Coordinatewise as the drop-in needs: a coordinate's update depends on its own history and its tensor's statistics
@@ -132,7 +133,7 @@ class AdamMLP(LearnedRule):
         features = len(cfg.momentum_decays) + 2
         H = cfg.hidden_size
         widths = [features] + [H] * cfg.hidden_layers
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=False))
         self.time = nn.Linear(TIME_FEATURES, widths[1], bias=False) if cfg.hidden_layers else None
         self.head = nn.Linear(widths[-1], 2)
         with torch.no_grad():  # starts as Adam: (d, s) near zero
