@@ -39,6 +39,7 @@ def random_net(seed: int = 0, **cfg) -> AdamMLP:
     return net
 
 
+@torch.no_grad()
 def run(net, grads):
     state = net.init_state(torch.zeros(grads[0].shape, dtype=torch.float64))
     updates = []
