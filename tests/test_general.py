@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli
 
 from l2l_cli.api import pretrained as shipping
-from l2l_cli.core.checkpoints import load_checkpoint
+from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint
 from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.random_streams import generator
 from l2l_cli.core.registry import OPTIMIZEES
@@ -205,6 +205,10 @@ def test_held_out_functions_come_from_each_member():
     ([{"name": "a", "optimizee": {"name": "quadratic"}, "wieght": 1}], "optimizee.members.a.wieght"),
     ([{"name": "a", "optimizee": {"name": "custom"}}], "optimizee.members.a.optimizee"),
     ([{"optimizee": {"name": "quadratic"}}], "optimizee.members.0.name"),
+    ([{"name": "a", "optimizee": 7}], "optimizee.members.a.optimizee"),
+    ([{"name": "a", "optimizee": {"name": "quadratic"}, "steps": 5}], "optimizee.members.a.steps"),
+    ([3], "optimizee.members.0"),
+    ({"a": 3}, "optimizee.members.0"),
     ([{"name": "a", "optimizee": {"name": "quadratic"}}] * 2, "optimizee.members"),
     ([], "optimizee.members"),
 ])
@@ -253,3 +257,7 @@ def test_a_mixture_run_is_evaluated_per_member_and_shipped(tmp_path):
     again = shipping.check_figures(shipped, check["baseline"], check["baseline_lr"], check["num_functions"],
                                    check["task"])
     assert again == check
+    study["variants"] = {"../../elsewhere": study["variants"]["quad"]}  # a results.json pointing outside the run
+    (run_dir / "eval" / "results.json").write_text(json.dumps(study))
+    with pytest.raises(CheckpointError, match="its variants are not plain names"):
+        shipping.package("tiny_general", run_dir, directory=tmp_path, replace=True)

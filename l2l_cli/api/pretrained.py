@@ -114,6 +114,8 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
     variants, task = {}, None
     if isinstance(study.get("variants"), dict) and study["variants"]:
         # a generalisation study (a mixture's run): every variant's table; the first is the headline and the check's
+        require(all(NAME.fullmatch(str(v)) for v in study["variants"]), results_path,
+                "its variants are not plain names (a letter, then letters, digits or _)", error=CheckpointError)
         variants = {v: _results(run_dir / "eval" / v / "results.json") for v in study["variants"]}
         first = next(iter(variants))
         results_path, results = run_dir / "eval" / first / "results.json", variants[first]

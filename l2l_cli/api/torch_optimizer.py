@@ -86,7 +86,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, checkpoint, lr: float = 1.0, compile: bool = False, total_steps: int | None = None):
         if not lr >= 0:
             raise ValueError(f"lr: must be >= 0 (it multiplies the learned update), got {lr}")
-        if total_steps is not None and not (isinstance(total_steps, int) and total_steps >= 1):
+        if total_steps is not None and not (isinstance(total_steps, int) and not isinstance(total_steps, bool)
+                                          and total_steps >= 1):
             raise ValueError(f"total_steps: must be a whole number >= 1 (the training's length in steps), got "
                              f"{total_steps!r}")
         net, _ = load_learned_optimizer(checkpoint)

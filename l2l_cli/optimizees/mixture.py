@@ -72,8 +72,7 @@ class MixtureConfig(OptimizeeConfig):
             check(math.isfinite(value) and value >= 0, f"optimizee.{key}", f"must be a number >= 0, got {value}")
         members = self.members
         if isinstance(members, dict):
-            members = [v if isinstance(v, Member) else {"name": k, **(v if isinstance(v, dict) else {"?": v})}
-                       for k, v in members.items()]
+            members = [{"name": k, **v} if isinstance(v, dict) else v for k, v in members.items()]
         check(isinstance(members, (list, tuple)) and len(members) >= 1, "optimizee.members",
               "must list at least one member: [{name: ..., optimizee: {name: <family>, ...}, steps: [a, b]}]")
         parsed = [m if isinstance(m, Member) else parse_member(k, m) for k, m in enumerate(members)]
@@ -96,15 +95,18 @@ def parse_member(index: int, spec: Any) -> Member:
     key = f"optimizee.members.{name}"
     unknown = sorted(set(spec) - set(MEMBER_KEYS))
     check(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown key, allowed keys: {', '.join(MEMBER_KEYS)}")
-    optimizee = family_config(spec.get("optimizee"), f"{key}.optimizee")
+    check(isinstance(spec.get("optimizee"), dict), f"{key}.optimizee",
+          f"must be {{name: <family>, <its keys>}}, got {spec.get('optimizee')!r}")
+    optimizee = family_config(spec["optimizee"], f"{key}.optimizee")
     check(optimizee.name != "mixture", f"{key}.optimizee.name", "a member cannot itself be a mixture")
     weight = spec.get("weight", 1.0)
     check(isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0, f"{key}.weight",
           f"must be a number > 0, got {weight!r}")
-    steps = list(spec.get("steps", [100, 100]))
-    check(len(steps) == 2 and all(isinstance(s, int) and s >= 1 for s in steps) and steps[0] <= steps[1],
+    steps = spec.get("steps", [100, 100])
+    check(isinstance(steps, (list, tuple)) and len(steps) == 2
+          and all(isinstance(s, int) and s >= 1 for s in steps) and steps[0] <= steps[1],
           f"{key}.steps", f"must be [shortest, longest] whole numbers >= 1, shortest first, got {steps!r}")
-    return Member(name, optimizee, float(weight), steps)
+    return Member(name, optimizee, float(weight), list(steps))
 
 
 @dataclass

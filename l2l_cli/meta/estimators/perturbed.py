@@ -90,6 +90,7 @@ class ParticleStep:
         # an optimizer that steps many weight copies itself (the LSTM: one batched matmul per layer) does it faster
         # than vmap's batching of its module call
         self.copies = getattr(net, "step_copies", None)
+        self.per_call = getattr(net, "coordinates_per_call", COORDINATES_PER_CALL)
         self.vinit = vmap(net.init_state, randomness="different")
 
     def init_state(self, theta: torch.Tensor):
@@ -97,8 +98,7 @@ class ParticleStep:
 
     def __call__(self, weights: torch.Tensor, grad: torch.Tensor, state, t: int):
         m, p = grad.shape
-        per_call = getattr(self.module.net, "coordinates_per_call", COORDINATES_PER_CALL)
-        group = m if grad.device.type != "cpu" else max(1, per_call // p)
+        group = m if grad.device.type != "cpu" else max(1, self.per_call // p)
         if group >= m:
             return self._step(weights, grad, state, t)
         pieces = [self._step(weights[s], grad[s], map_tensors(state, lambda x, s=s: x[s]), t)
