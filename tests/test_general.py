@@ -16,7 +16,12 @@ from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.random_streams import generator
 from l2l_cli.core.registry import OPTIMIZEES
 from l2l_cli.core.schemas import TrainLoopConfig
-from l2l_cli.meta.trainer import meta_optimizer
+from l2l_cli.meta.balance import GroupBalance
+from l2l_cli.meta.estimators.pes import PESConfig
+from l2l_cli.meta.schedules.loguniform import LogUniformScheduleConfig
+from l2l_cli.meta.setup import TrainSetup
+from l2l_cli.meta.stopping import StopRequested
+from l2l_cli.meta.trainer import MetaTrainer, meta_optimizer
 from l2l_cli.meta.validation import Validator, geometric_mean
 from l2l_cli.optimizees import build_family, loss_and_grad
 from l2l_cli.optimizees.base import parameter_layout
@@ -261,3 +266,49 @@ def test_a_mixture_run_is_evaluated_per_member_and_shipped(tmp_path):
     (run_dir / "eval" / "results.json").write_text(json.dumps(study))
     with pytest.raises(CheckpointError, match="its variants are not plain names"):
         shipping.package("tiny_general", run_dir, directory=tmp_path, replace=True)
+
+
+# --- balancing the members' meta-gradients (train.balance_members) ---------------------------------------------
+
+def test_each_group_s_meta_gradients_are_scaled_to_unit_rms():
+    balance = GroupBalance(decay=0.9)
+    steep, flat = [], []
+    for k in range(30):
+        norm = 100.0 * (1 + 0.1 * math.sin(k))
+        steep.append(norm * balance.scale("quadratic", norm))
+        flat.append(1e-3 * balance.scale("relu", 1e-3))
+    assert steep[0] == pytest.approx(1.0) and flat == pytest.approx([1.0] * 30)
+    assert all(0.8 < n < 1.2 for n in steep)
+    assert balance.scale(None, 5.0) == 1.0 and balance.scale("relu", math.inf) == 1.0  # ungrouped, non-finite
+    assert balance.moments["relu"][1] == 30  # the non-finite norm changed nothing
+    restored = GroupBalance(decay=0.9)
+    restored.load_state(balance.state())
+    assert restored.scale("quadratic", 50.0) == balance.scale("quadratic", 50.0)
+
+
+def _mixture_setup(out_dir, iterations, **loop):
+    loop_cfg = TrainLoopConfig(iterations=iterations, meta_lr=0.01, val_every=2, checkpoint_every=2, val_functions=4,
+                               evaluate=False, **loop)
+    return TrainSetup(family=mixture(), optimizer=AdamMLPConfig(), estimator=PESConfig(pairs=1),
+                      schedule=LogUniformScheduleConfig(num_steps=8, unroll=4, min_unroll=2), loop=loop_cfg,
+                      batch_size=2, seed=0, data_seed=0, device=torch.device("cpu"), out_dir=out_dir)
+
+
+def test_balanced_meta_training_resumes_to_the_same_weights(tmp_path):
+    straight = MetaTrainer(_mixture_setup(tmp_path / "straight", 6, balance_members=True))
+    straight.fit()
+    assert set(straight.balance.moments) == {"quad", "mlp"}
+    unbalanced = MetaTrainer(_mixture_setup(tmp_path / "unbalanced", 6))
+    unbalanced.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(straight.net.parameters(), unbalanced.net.parameters(),
+                                                       strict=True))
+    first = MetaTrainer(_mixture_setup(tmp_path / "split", 6, balance_members=True))
+    with pytest.raises(StopRequested):
+        first.fit(should_stop=lambda: 15 if first.iteration == 3 else 0)
+    second = MetaTrainer(_mixture_setup(tmp_path / "split", 6, balance_members=True))
+    last = tmp_path / "split" / "checkpoints" / "last.pt"
+    second.restore(load_checkpoint(last), last)
+    second.fit()
+    for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert second.balance.moments == straight.balance.moments

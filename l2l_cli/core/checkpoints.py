@@ -105,6 +105,11 @@ def check_payload(payload: dict, path: str | Path) -> None:
         need(isinstance(payload["curriculum"], dict) and all(
             isinstance(k, str) and (_is_number(v) or isinstance(v, bool)) for k, v in payload["curriculum"].items()),
             "its 'curriculum' is not an object of numbers")
+    if "balance" in payload:
+        need(isinstance(payload["balance"], dict) and all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == 2 and _is_number(v[0]) and v[0] >= 0
+            and _is(v[1], int) and v[1] >= 1 for k, v in payload["balance"].items()),
+            "its 'balance' is not an object of [mean squared norm, count] pairs")
     if "rng" in payload:
         rng = payload["rng"]
         need(isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1

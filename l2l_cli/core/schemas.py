@@ -104,6 +104,9 @@ class TrainLoopConfig:
     # L2 penalty on the learned optimizer's weight matrices (not its biases or scalars), added to the meta-gradient:
     # keeps a generalising optimizer's weights small (Metz et al.)
     weight_decay: float = 0.0
+    # divide each meta-gradient by the running RMS of its group's (a mixture's member's) meta-gradient norms, so
+    # every member steers the learned optimizer by its weight, not by how steep its loss is (meta.balance)
+    balance_members: bool = False
     # processes sharing each batch's functions on the CPU, each with threads / workers torch threads; null (auto):
     # one per thread for runs long enough to repay their start, when each gets enough coordinates; 1: no workers
     workers: Optional[int] = None

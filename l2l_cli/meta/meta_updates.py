@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -19,11 +20,12 @@ class RunStats:
     grad_norm: float  # last meta-gradient norm before clipping
 
 
-def meta_train_run(run, net: LearnedRule, meta_opt: torch.optim.Optimizer, lengths, clip_grad: float | None = None
-                   ) -> RunStats:
+def meta_train_run(run, net: LearnedRule, meta_opt: torch.optim.Optimizer, lengths, clip_grad: float | None = None,
+                   balance: Optional[Callable[[float], float]] = None) -> RunStats:
     """One optimizee run of sum(lengths) steps, cut into truncations of those lengths, with a meta-update after
     each. ``run``: an estimator's run (``estimators.base.EstimatorRun``; ``distributed.DistributedRun`` all-reduces
-    a rank's share)."""
+    a rank's share). ``balance``: the factor for a finite meta-gradient of a given norm, applied before clipping
+    (``balance.GroupBalance``)."""
     loss_total = 0.0
     finite = []
     norm = torch.zeros(())
@@ -34,10 +36,17 @@ def meta_train_run(run, net: LearnedRule, meta_opt: torch.optim.Optimizer, lengt
         result = run.unroll(start, steps)
         for p, g in zip(params, result.grads, strict=True):
             p.grad = g
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+        if balance is None:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
         # one host sync per unroll: a non-finite loss or meta-gradient must never reach the parameters
         finite.append(bool(torch.isfinite(norm + result.loss_sum).item()))
         if finite[-1]:
+            if balance is not None:
+                torch._foreach_mul_([p.grad for p in params if p.grad is not None], balance(float(norm)))
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad)
             meta_opt.step()
         loss_total = loss_total + result.loss_sum
         start += steps

@@ -17,6 +17,7 @@ from l2l_cli.core.random_streams import generator, stream_seed
 from l2l_cli.core.registry import ESTIMATORS, SCHEDULES
 from l2l_cli.core.schemas import TrainLoopConfig
 from l2l_cli.meta.averaging import WeightAverage
+from l2l_cli.meta.balance import GroupBalance
 from l2l_cli.meta.distributed import DistributedRun, Rank, share
 from l2l_cli.meta.meta_updates import RunStats, meta_train_run
 from l2l_cli.meta.schedules.curriculum import Curriculum
@@ -24,7 +25,7 @@ from l2l_cli.meta.setup import TrainSetup
 from l2l_cli.meta.stopping import NonFiniteGuard, StopRequested, StopSignal
 from l2l_cli.meta.trainer_checkpoints import TrainerCheckpoints, restore_weights
 from l2l_cli.meta.validation import Validator
-from l2l_cli.optimizees.base import problem_bytes, run_horizon
+from l2l_cli.optimizees.base import batch_group, problem_bytes, run_horizon
 from l2l_cli.optimizees.rescaled import training_family
 from l2l_cli.optimizers.learned import build_learned
 from l2l_cli.optimizers.learned.base import bind_to_family
@@ -114,6 +115,7 @@ class MetaTrainer:
         self.schedule = SCHEDULES.get(setup.schedule.name).build(setup.schedule)
         self.curriculum = Curriculum.of(self.schedule)
         self.average = WeightAverage(self.net, setup.loop.ema_decay)
+        self.balance = GroupBalance() if setup.loop.balance_members else None
         self.validator = Validator(setup.family, setup.loop.val_functions, setup.data_seed, setup.device, rank)
         self.guard = NonFiniteGuard(setup.loop.max_nonfinite)
         self.checkpoints = TrainerCheckpoints(self, setup.out_dir / "checkpoints", rank is None or rank.writes)
@@ -158,7 +160,11 @@ class MetaTrainer:
                                    rows=(start, stop, s.batch_size), horizon=horizon)
         if self.rank is not None:
             run = DistributedRun(run, (stop - start) / s.batch_size)
-        return meta_train_run(run, self.net, self.meta_opt, lengths, clip_grad=s.loop.clip_grad)
+        balance = None
+        if self.balance is not None:
+            group = batch_group(self.train_family, problem)
+            balance = lambda norm: self.balance.scale(group, norm)  # noqa: E731
+        return meta_train_run(run, self.net, self.meta_opt, lengths, clip_grad=s.loop.clip_grad, balance=balance)
 
     def fit(self, on_iteration: Optional[Callable] = None, should_stop: Callable[[], int] = lambda: 0) -> float:
         """Train until ``loop.iterations`` (or the curriculum's end); returns the best validation loss."""

@@ -47,6 +47,7 @@ class TrainerCheckpoints:
             "member": s.member,
             "data_seed": s.data_seed,
             "curriculum": t.curriculum.state(),
+            **({"balance": t.balance.state()} if t.balance is not None else {}),
         }
 
     def save(self, name: str) -> Path:
@@ -83,6 +84,8 @@ class TrainerCheckpoints:
         t.guard.total = int(payload.get("skipped_total", 0))
         t.history = [tuple(h) for h in payload.get("history", [])]
         t.curriculum.load_state(payload.get("curriculum", {}))
+        if t.balance is not None:
+            t.balance.load_state(payload.get("balance", {}))
         self._carry_over(Path(path).with_name("best.pt"))
 
     def _carry_over(self, source: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 
@@ -86,6 +86,12 @@ def run_horizon(family: Family, problem: Any, default: int) -> int:
     ``default`` (the schedule's)."""
     horizon_of = getattr(family, "horizon_of", None)
     return (horizon_of(problem) if callable(horizon_of) else None) or default
+
+
+def batch_group(family: Family, problem: Any) -> Optional[str]:
+    """Which group of a mixed family a batch is from (``group_of(problem)``: a mixture's member), else None."""
+    group_of = getattr(family, "group_of", None)
+    return group_of(problem) if callable(group_of) else None
 
 
 def map_tensors(obj: Any, fn) -> Any:

@@ -180,6 +180,10 @@ class MixtureFamily:
         """This batch's run length (its member's draw)."""
         return problem.num_steps
 
+    def group_of(self, problem: MixtureProblems) -> str:
+        """The batch's member, the group train.balance_members balances."""
+        return problem.member
+
     def data_record(self) -> dict:
         return {name: f.data_record() for name, f in self.families.items()}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from l2l_cli.optimizees.base import parameter_layout
+from l2l_cli.optimizees.base import batch_group, parameter_layout
 
 
 @dataclass
@@ -75,6 +75,9 @@ class RescaledFamily:
     def horizon_of(self, problem: RescaledProblems):
         horizon_of = getattr(self.family, "horizon_of", None)
         return horizon_of(problem.problem) if callable(horizon_of) else None
+
+    def group_of(self, problem: RescaledProblems):
+        return batch_group(self.family, problem.problem)
 
     def tensors_of(self, problem: RescaledProblems):
         """The family's named tensors for this batch (a family whose batches differ in shape has its own)."""
