@@ -565,3 +565,65 @@ def test_a_complex_parameter_moves_in_both_parts_as_its_real_view_would(tmp_path
     again.load_state_dict(complex_opt.state_dict())  # the state of 2 x 6 coordinates fits the complex parameter
     assert all(torch.equal(a, b) for a, b in zip(again.state[z]["learned_state"],
                                                   real_opt.state_dict()["state"][0]["learned_state"], strict=True))
+
+
+# --- a baseline's cached test curve ----------------------------------------------------------------------------------
+
+def _curve_entry(cache) -> dict:
+    from l2l_cli.evaluation.comparison import CurveStats
+
+    stats = CurveStats(mean=[2.0, 1.0], median=[2.0, 0.5], q10=[1.5, 0.1], q90=[3.0, math.nan], nonfinite=1, runs=4,
+                       final_expected_mean=0.9, mean_log10=[0.3, -0.5])
+    cache.put_test("adam", 0.1, 4, stats)
+    return json.loads(cache._test_path("adam", 0.1, 4)[0].read_text())
+
+
+def test_a_cached_test_curve_is_a_curve_or_a_miss(tmp_path, caplog):
+    cache = tuning_cache(tmp_path)
+    entry = _curve_entry(cache)
+    found = cache.get_test("adam", 0.1, 4)
+    assert found.final_mean == 1.0 and math.isnan(found.q90[1]) and found.nonfinite == 1 and found.runs == 4
+    assert cache.get_test("adam", 0.1, 5) is None and cache.get_test("adam", 0.2, 4) is None  # other functions, lr
+    path = cache._test_path("adam", 0.1, 4)[0]
+    stats = entry["stats"]
+    for bad in ({**entry, "key": "x"}, {**entry, "stats": [1]}, {**entry, "stats": {**stats, "mean": [1.0]}},
+                {**entry, "stats": {**stats, "median": ["x", 1]}}, {**entry, "stats": {**stats, "runs": 5}},
+                {**entry, "stats": {**stats, "nonfinite": 7}}, {**entry, "stats": {**stats, "runs": True}},
+                {**entry, "stats": {**stats, "mean": []}}, {**entry, "stats": {**stats, "median": [], "mean": [],
+                                                                                "q10": [], "q90": [],
+                                                                                "mean_log10": []}}):
+        path.write_text(json.dumps(bad))
+        with caplog.at_level("WARNING", logger="l2l.eval"):
+            assert cache.get_test("adam", 0.1, 4) is None
+        assert str(path) in caplog.text
+    for content in ("[", "7", "\x00" * 10):
+        path.write_text(content)
+        assert cache.get_test("adam", 0.1, 4) is None
+
+
+def test_an_evaluation_tests_each_baseline_once_per_task(tmp_path, monkeypatch):
+    """A second optimizer evaluated on the same task reuses the baselines' test curves (the same problems, so the
+    same numbers) and runs only itself; another number of test functions is another entry."""
+    from l2l_cli.evaluation import comparison
+    from l2l_cli.optimizees import build_family
+    from l2l_cli.optimizees.base import held_out_problems
+    from l2l_cli.optimizees.quadratic import QuadraticConfig
+
+    family = build_family(QuadraticConfig(dim=4))
+    val = held_out_problems(family, 2, 6, 0, "validation")
+    test = held_out_problems(family, 3, 6, 0, "test")
+    baselines = {name: baseline_config(name) for name in ("adam", "sgd")}
+    cache = TuningCache(tmp_path, TASK, baselines)
+    first = comparison.evaluate_task(family, val, test, 6, baselines, [0.01, 0.1], 0, tuning_cache=cache)
+    runs = []
+    real_run = comparison.run
+    monkeypatch.setattr(comparison, "run", lambda *a, **k: runs.append(a[2]) or real_run(*a, **k))
+    rule = build_learned(OPTIMIZERS.get("lstm").default_config()).eval()
+    second = comparison.evaluate_task(family, val, test, 6, baselines, [0.01, 0.1], 0, learned=("lstm", rule),
+                                      tuning_cache=cache)
+    assert runs == [rule]
+    for name in baselines:
+        assert second.stats[name] == first.stats[name]
+    more = held_out_problems(family, 4, 6, 0, "test")
+    comparison.evaluate_task(family, val, more, 6, baselines, [0.01, 0.1], 0, tuning_cache=cache)
+    assert len(runs) == 1 + len(baselines)

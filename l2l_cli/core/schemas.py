@@ -164,9 +164,9 @@ class EvalLoopConfig:
     lr_search: str = "staged"
     # the registered baselines to tune and compare with, in the table's order (`l2l eval --help` lists them)
     baselines: List[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
-    # a directory where baseline tunings are kept, keyed by everything they depend on (task, validation functions,
-    # grid, baseline, device, torch): evaluations of several optimizers on one task then tune each baseline once
-    # (experiment=generalization_matrix); null: tune every time
+    # a directory where baseline tunings and their test curves are kept, keyed by everything they depend on (task,
+    # validation and test functions, grid, baseline, learning rate, device, torch): evaluations of several optimizers
+    # on one task then tune and test each baseline once (experiment=generalization_matrix); null: every time
     tuning_cache: Optional[str] = None
     # name -> {optimizee: {field: value}, num_steps: N}: evaluate one optimizer on several variants of the task
     variants: Dict[str, Any] = field(default_factory=dict)

@@ -62,11 +62,13 @@ def curve_stats(losses: torch.Tensor, final_expected: Optional[torch.Tensor] = N
 LOG10_FLOOR = 1e-30  # a loss of exactly 0 counts as 1e-30 in the mean of log10
 
 
-def compare(family, test_problem, rules: dict, num_steps: int, on_done=None) -> Dict[str, CurveStats]:
-    """Every optimizer on the same test problems (same W, y, theta_0, data)."""
+def compare(family, test_problem, rules: dict, num_steps: int, on_done=None, known=None) -> Dict[str, CurveStats]:
+    """Every optimizer on the same test problems (same W, y, theta_0, data). ``known``: name -> the curve an
+    optimizer already has on these problems (a baseline's from the tuning cache), used instead of running it."""
     results = {}
     for name, rule in rules.items():
-        results[name] = curve_stats(*run(family, test_problem, rule, num_steps))
+        found = known(name) if known else None
+        results[name] = found if found is not None else curve_stats(*run(family, test_problem, rule, num_steps))
         if on_done:
             on_done(name)
     return results
@@ -120,7 +122,8 @@ def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: 
     (name, rule)), the other learned optimizers of ``also`` (name -> rule) and every baseline on the same test
     problems. ``baselines``: name -> config, the studied one first when a baseline is studied. ``tuning_cache``:
     anything with ``get(name) -> TuningResult | None`` and ``put(name, result)`` for this task's validation
-    problems, so that optimizers evaluated on the same task share one tuning of each baseline. ``search``:
+    problems, so that optimizers evaluated on the same task share one tuning of each baseline (and, where it has
+    ``get_test(name, lr, functions)`` / ``put_test``, one test curve of each at its learning rate). ``search``:
     "staged" (lr_search.py) or "grid" (every value of ``grid``, then ``refine`` rounds)."""
     rules, tuning = {}, {}
     if learned is not None:
@@ -153,7 +156,14 @@ def evaluate_task(family, val_problem, test_problem, num_steps: int, baselines: 
     studied = next(iter(rules))
     rules = {studied: rules[studied], **also, **{n: r for n, r in rules.items() if n != studied}}
     on_test_start()
-    stats = compare(family, test_problem, rules, num_steps, on_done=on_tested)
+    tests = tuning_cache if hasattr(tuning_cache, "get_test") else None
+    known = {} if tests is None else {
+        name: found for name in baselines
+        if (found := tests.get_test(name, tuning[name].lr, len(test_problem))) is not None}
+    stats = compare(family, test_problem, rules, num_steps, on_done=on_tested, known=known.get)
+    for name in baselines:
+        if tests is not None and name not in known:
+            tests.put_test(name, tuning[name].lr, len(test_problem), stats[name])
     learned_name = learned[0] if learned is not None else None
     return Evaluation(studied=studied, learned=learned_name, num_steps=num_steps,
                       num_validation_functions=len(val_problem), num_test_functions=len(test_problem),

@@ -1,6 +1,8 @@
-"""Baseline tunings kept on disk (``eval.tuning_cache``), so that evaluations of several optimizers on the same task
-tune each baseline once. A tuning is found only under a key of everything it depends on; plain JSON, written
-atomically, so parallel jobs at worst tune the same baseline twice."""
+"""Baseline tunings and their test curves kept on disk (``eval.tuning_cache``), so that evaluations of several
+optimizers on the same task tune and test each baseline once. An entry is found only under a key of everything it
+depends on (a test curve: the tuning's key, the learning rate and the number of test functions, which with the
+task's data seed fix the test functions); plain JSON, written atomically, so parallel jobs at worst compute the same
+entry twice."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from l2l_cli.core.files import write_text
 from l2l_cli.core.schemas import LR_SEARCHES
 from l2l_cli.core.user_files import UserFileError, finite_number, read_json, require
+from l2l_cli.evaluation.comparison import CurveStats
 from l2l_cli.evaluation.tuning import TuningResult
 
 log = logging.getLogger("l2l.eval")
@@ -55,6 +58,60 @@ class TuningCache:
                    "scores": _scores_json(result.scores), "screen": _scores_json(result.screen),
                    "stopped": {str(k): v for k, v in result.stopped.items()}}
         write_text(self._path(name), json.dumps(payload))
+
+
+    def _test_path(self, name: str, lr: float, functions: int) -> tuple[Path, str]:
+        key = hashlib.sha256(json.dumps([self.keys[name], repr(float(lr)), int(functions)]).encode()).hexdigest()
+        return self.directory / "test" / f"{name}-{key[:24]}.json", key
+
+    def get_test(self, name: str, lr: float, functions: int) -> CurveStats | None:
+        """The test curve of ``name`` at ``lr`` on this task's first ``functions`` test functions, or None (run
+        it): none cached, or (a warning naming the file) an entry that is not one ``put_test`` writes."""
+        path, key = self._test_path(name, lr, functions)
+        if not os.path.lexists(path):
+            return None
+        try:
+            data = read_json(path)
+            require(data.get("key") == key, path, "its 'key' is not this test's")
+            stats = _curve(data.get("stats"), functions, path)
+        except UserFileError as exc:
+            log.warning("tuning cache: %s; testing %s again", exc, name)
+            return None
+        log.info("%s: test curve at lr %s from the tuning cache %s", name, lr, path)
+        return stats
+
+    def put_test(self, name: str, lr: float, functions: int, stats: CurveStats) -> None:
+        path, key = self._test_path(name, lr, functions)
+        fields = {k: ([_finite_or_none(x) for x in v] if isinstance(v, list) else _finite_or_none(v))
+                  for k, v in asdict(stats).items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps({"key": key, "stats": fields}))
+
+
+CURVES = ("mean", "median", "q10", "q90", "mean_log10")
+
+
+def _curve(stats, functions: int, path: Path) -> CurveStats:
+    """A cached test curve: every per-step list of one length >= 1 holding numbers or null (a statistic of no
+    finite run), ``runs`` the test's number of functions and ``nonfinite`` within it; else one line naming the
+    file."""
+    require(isinstance(stats, dict), path, "its 'stats' is not an object")
+    lists = [stats.get(k) for k in CURVES]
+    require(all(isinstance(v, list) and len(v) == len(lists[0]) >= 1
+                and all(x is None or finite_number(x) for x in v) for v in lists), path,
+            f"its {', '.join(CURVES)} are not lists of one length of numbers or null")
+    runs, nonfinite, expected = stats.get("runs"), stats.get("nonfinite"), stats.get("final_expected_mean")
+    require(type(runs) is int and runs == functions and type(nonfinite) is int and 0 <= nonfinite <= runs, path,
+            f"its 'runs' is not {functions} with 'nonfinite' between 0 and it")
+    require(expected is None or finite_number(expected), path, "its 'final_expected_mean' is not a number or null")
+    nan = float("nan")
+    as_floats = {k: [nan if x is None else float(x) for x in v] for k, v in zip(CURVES, lists, strict=True)}
+    return CurveStats(**as_floats, nonfinite=nonfinite, runs=runs,
+                      final_expected_mean=nan if expected is None else float(expected))
+
+
+def _finite_or_none(value):
+    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 def _scores_json(scores: dict) -> dict:
