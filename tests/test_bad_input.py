@@ -59,6 +59,7 @@ MALFORMED = [
     (["train", "train.workers=500"],
      "train.workers: each rank takes a share of optimizee.batch_size=128 functions, so at most 128, got 500"),
     (["train", "train.ema_decay=1"], "train.ema_decay: must be in [0, 1), got 1.0"),
+    (["train", "train.patience=-1"], "train.patience: must be a whole number >= 0 (0: off), got -1"),
     (["train", "eval.refine_lr=-1"], "eval.refine_lr: must be >= 0 (rounds of refinement), got -1"),
     (["train", "optimizee=mnist", "optimizee.data.images_per_function=0"],
      "optimizee.data.images_per_function: must be >= 1 or null, got 0"),

@@ -321,3 +321,24 @@ def test_release_freed_memory_hands_kept_memory_back():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     kept, released = map(int, out.stdout.split())
     assert kept - released > 200, (kept, released)  # MiB
+
+
+def test_patience_stops_after_validations_without_a_new_best(tmp_path):
+    """train.patience: after that many validations in a row with no new best, meta-training stops with last.pt
+    written; resuming it does not start again."""
+    setup = _setup(tmp_path, iterations=30, patience=2)
+    setup = replace(setup, loop=replace(setup.loop, val_every=1, meta_lr=1e-30))  # a meta lr that moves nothing
+    trainer = MetaTrainer(setup)
+    trainer.fit()
+    # iteration 1 is the first best (below inf); 2 and 3 only equal it
+    assert trainer.iteration == 3 and trainer.best_iteration == 1 and trainer.patience_over
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["iteration"] == 3
+    again = MetaTrainer(setup)
+    again.restore(load_checkpoint(last), last)
+    again.fit()
+    assert again.iteration == 3
+    unlimited = MetaTrainer(replace(setup, loop=replace(setup.loop, patience=0, iterations=5),
+                                    out_dir=tmp_path / "unlimited"))
+    unlimited.fit()
+    assert unlimited.iteration == 5 and not unlimited.patience_over

@@ -130,7 +130,8 @@ def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool,
     if not verdict["improved"]:
         log.warning(not_improved_message(verdict, conf.train.meta_lr))
     metrics = {"val_best": best.best_val, "best_iteration": best.best_iteration, **verdict,
-               "iterations": best.iteration, "skipped_updates": sum(t.skipped_total for t in members),
+               "iterations": best.iteration, "stopped_by_patience": best.patience_over,
+               "skipped_updates": sum(t.skipped_total for t in members),
                "validation_history": [list(h) for h in best.history],
                "train_seconds": round(time.monotonic() - started, 1)}
     if len(members) > 1:

@@ -114,6 +114,9 @@ class TrainLoopConfig:
     val_every: int = 50
     val_functions: int = 256
     checkpoint_every: int = 50
+    # stop after this many validations in a row without a new best (0: run every iteration); the checkpoint kept
+    # is still the best one
+    patience: int = 0
     max_nonfinite: int = 10  # consecutive non-finite (skipped) meta-updates before the run stops
     evaluate: bool = True  # run `l2l eval` on best.pt at the end, into <run>/eval
     # c > 0: each training function's coordinates rescaled by exp(U(-c, c)) (Lv et al. 2017: 3); 0: off; null: the
@@ -134,6 +137,8 @@ class TrainLoopConfig:
         check(self.random_scale is None or (math.isfinite(self.random_scale) and self.random_scale >= 0),
               "train.random_scale", f"must be >= 0 (0 = off) or null (the learned optimizer's recipe), got "
               f"{self.random_scale}")
+        check(type(self.patience) is int and self.patience >= 0, "train.patience",
+              f"must be a whole number >= 0 (0: off), got {self.patience!r}")
         check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
               f"must be a number >= 0, got {self.weight_decay}")
         check(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad",

@@ -131,6 +131,13 @@ class MetaTrainer:
     def checkpoint_dir(self):
         return self.checkpoints.directory
 
+    @property
+    def patience_over(self) -> bool:
+        """train.patience validations in a row (after iteration 0) without a new best."""
+        patience = self.s.loop.patience
+        stale = sum(1 for iteration, _ in self.history if iteration > max(self.best_iteration, 0))
+        return patience > 0 and stale >= patience
+
     def save(self, name: str):
         return self.checkpoints.save(name)
 
@@ -174,7 +181,7 @@ class MetaTrainer:
             self.history.append((0, self.validate()))
             self._log("val/final_loss", self.history[-1][1])
             self.curriculum.reference = self.history[-1][1] if self.curriculum.active else math.inf
-        while self.iteration < loop.iterations and not self.curriculum.finished:
+        while self.iteration < loop.iterations and not self.curriculum.finished and not self.patience_over:
             stats = self.train_iteration()
             self.average.update(self.iteration)
             self.iteration += 1
@@ -187,7 +194,13 @@ class MetaTrainer:
             if self.iteration % loop.val_every == 0 or last:
                 self._validation_round()
             stop = stop_signal.poll()  # a signal number, or 0; all ranks stop after the same iteration
-            if self.iteration % loop.checkpoint_every == 0 or last or stop or self.curriculum.finished:
+            patience_over = self.patience_over
+            if patience_over:
+                log.info("no better validation in the last %d: meta-training stops after iteration %d "
+                         "(train.patience); best.pt is iteration %d's", loop.patience, self.iteration,
+                         self.best_iteration)
+            if (self.iteration % loop.checkpoint_every == 0 or last or stop or self.curriculum.finished
+                    or patience_over):
                 self.save("last.pt")
             if on_iteration:
                 on_iteration(self, stats)
