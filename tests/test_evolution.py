@@ -22,6 +22,7 @@ from l2l_cli.meta.policy import plan_training
 from l2l_cli.meta.schedules.truncated import TruncatedScheduleConfig
 from l2l_cli.optimizees.base import map_tensors
 from l2l_cli.optimizees.quadratic import QuadraticConfig, QuadraticFamily
+from l2l_cli.optimizers.learned.adam_mlp import AdamMLP, AdamMLPConfig
 from l2l_cli.optimizers.learned.base import LearnedRule
 from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM, LSTMConfig
 from l2l_cli.optimizers.learned.lstm_gac import GlobalAveragingLSTM, LSTMGACConfig
@@ -149,16 +150,28 @@ def test_antithetic_pairs_cancel_the_zeroth_order_term_exactly(persistent, share
         assert result.grads[0].grad_fn is None  # no autograd graph: memory does not grow with the truncation
 
 
+def _lstm():
+    return CoordinatewiseLSTM(LSTMConfig(hidden_size=5))
+
+
+def _adaptive_adam_mlp():
+    net = AdamMLP(AdamMLPConfig(hidden_size=4, adapt_range=3.0))
+    net.bind((("w", 4), ("b", 2)), horizon=10)
+    return net
+
+
+@pytest.mark.parametrize("make", [_lstm, _adaptive_adam_mlp], ids=["lstm", "adam_mlp"])
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("per_call", [None, 24])
-def test_one_vmapped_step_equals_each_copy_stepped_with_its_own_weights(monkeypatch, per_call, batched):
+def test_one_vmapped_step_equals_each_copy_stepped_with_its_own_weights(monkeypatch, per_call, batched, make):
     """All copies in one call (or, on the CPU, groups of COORDINATES_PER_CALL coordinates) compute what a loop over
-    the copies, each with its own weights, computes: through the LSTM's own batched step (step_copies) and through
-    vmap, which every other learned optimizer uses."""
+    the copies, each with its own weights, computes: through the optimizer's own batched step (step_copies: the
+    LSTM's, adam_mlp's) and through vmap, which every other learned optimizer uses."""
+    torch.manual_seed(0)
+    net = make().double()
     if per_call:
         monkeypatch.setattr(evolution, "COORDINATES_PER_CALL", per_call)
-    torch.manual_seed(0)
-    net = CoordinatewiseLSTM(LSTMConfig(hidden_size=5)).double()
+        monkeypatch.setattr(net, "coordinates_per_call", per_call, raising=False)
     stepper = ParticleStep(net)
     assert stepper.copies is not None
     if not batched:

@@ -54,8 +54,9 @@ def run(net, grads):
     return updates
 
 
-def test_a_zero_gradient_gives_a_zero_update_and_a_vanished_one_a_vanishing_update():
-    net = random_net()
+@pytest.mark.parametrize("adapt", [{}, {"adapt_range": 3.0}], ids=["plain", "adaptive"])
+def test_a_zero_gradient_gives_a_zero_update_and_a_vanished_one_a_vanishing_update(adapt):
+    net = random_net(**adapt)
     assert all(torch.equal(u, torch.zeros(3, 16, dtype=torch.float64)) for u in run(net, [torch.zeros(3, 16)] * 5))
     grads = [torch.randn(3, 16, dtype=torch.float64) for _ in range(10)] + [torch.zeros(3, 16)] * 300
     updates = run(net, grads)
@@ -65,18 +66,20 @@ def test_a_zero_gradient_gives_a_zero_update_and_a_vanished_one_a_vanishing_upda
 
 
 @pytest.mark.parametrize("c", [1e-3, 1e3])
-def test_the_update_does_not_change_when_the_loss_is_rescaled(c):
-    net = random_net(1, eps=1e-14)
+@pytest.mark.parametrize("adapt", [{}, {"adapt_range": 3.0}], ids=["plain", "adaptive"])
+def test_the_update_does_not_change_when_the_loss_is_rescaled(c, adapt):
+    net = random_net(1, eps=1e-14, **adapt)
     # every |g| >> eps at both scales: eps is the only part of the update that sees the loss's scale
     grads = [torch.randn(3, 16, dtype=torch.float64).sign() * (0.5 + torch.rand(3, 16)) for _ in range(8)]
     for u, v in zip(run(net, grads), run(net, [g * c for g in grads]), strict=True):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * float(u.abs().max()))
 
 
-def test_the_update_is_the_nominal_adam_step_within_its_stated_bound():
-    """|update| <= exp(log_lr + lr_range) (|a| + correction * rms_tensor(a)), a = Adam's m_hat / (sqrt(v_hat) + eps)
-    by hand; heavy-tailed gradients, weights far from the start."""
-    net = random_net(2)
+@pytest.mark.parametrize("adapt", [{}, {"adapt_range": 3.0}], ids=["plain", "adaptive"])
+def test_the_update_is_the_nominal_adam_step_within_its_stated_bound(adapt):
+    """|update| <= exp(log_lr + lr_range + adapt_range) (|a| + correction * rms_tensor(a)), a = Adam's m_hat /
+    (sqrt(v_hat) + eps) by hand; heavy-tailed gradients, weights far from the start."""
+    net = random_net(2, **adapt)
     cfg = net.config
     grads = [torch.distributions.Cauchy(0.0, 1.0).sample((3, 16)).double() for _ in range(30)]
     m = torch.zeros(3, 16, dtype=torch.float64)
@@ -86,7 +89,7 @@ def test_the_update_is_the_nominal_adam_step_within_its_stated_bound():
         v = 0.999 * v + 0.001 * g * g
         a = (m / (1 - 0.9 ** (t + 1))) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + cfg.eps)
         rms = per_tensor(torch.ones_like(a), tensor_rms(a, (12, 4)), (12, 4))  # each coordinate's tensor's rms
-        bound = math.exp(math.log(0.05) + cfg.lr_range) * (a.abs() + cfg.correction * rms)
+        bound = math.exp(math.log(0.05) + cfg.lr_range + cfg.adapt_range) * (a.abs() + cfg.correction * rms)
         assert (u.abs() <= bound * (1 + 1e-9)).all()
 
 
@@ -110,10 +113,11 @@ def test_with_its_mlp_silent_it_is_adam():
     torch.testing.assert_close(theta[0], param.detach(), rtol=1e-10, atol=1e-12)
 
 
-def test_statistics_are_per_tensor_and_per_function():
+@pytest.mark.parametrize("adapt", [{}, {"adapt_range": 3.0}], ids=["plain", "adaptive"])
+def test_statistics_are_per_tensor_and_per_function(adapt):
     """A coordinate's update depends on its own tensor of its own function only: the drop-in cuts the state per
     parameter tensor, es / pes with shared perturbations step functions side by side in one row."""
-    net = random_net(4)
+    net = random_net(4, **adapt)
     g = torch.randn(3, 16, dtype=torch.float64)
     whole = run(net, [g])[0]
     net.bind((("w", 12),), horizon=40)
@@ -125,6 +129,28 @@ def test_statistics_are_per_tensor_and_per_function():
     changed[:, 12:] *= 100  # the other tensor
     changed[1:] = torch.randn(2, 16)  # the other functions
     torch.testing.assert_close(run(net, [changed])[0][0, :12], whole[0, :12])
+
+
+def test_the_adaptive_step_grows_while_gradients_agree_and_shrinks_while_they_alternate():
+    """adapt_range: each tensor's h moves by rate * cos(g, m_prev): +rate per step under a steady gradient,
+    -rate under one that flips sign every step, never past +-adapt_range; the update's size follows exp(h)."""
+    net = AdamMLP(AdamMLPConfig(adapt_range=0.5, adapt_rate=0.1)).double()
+    with torch.no_grad():
+        net.head.weight.zero_()  # the MLP silent: Adam with step exp(log_lr + h)
+    net.bind(LAYOUT, horizon=40)
+    steady = torch.randn(2, 16, dtype=torch.float64)
+    state = net.init_state(steady)
+    sizes = []
+    for t in range(8):
+        update, state = net.step(steady, state, t)
+        sizes.append(float(update.detach().abs().mean()))
+    torch.testing.assert_close(state[-1], torch.full_like(steady, 0.5))  # 0.1 x 7 steps after the first, capped
+    assert sizes[5] == pytest.approx(sizes[0] * math.exp(0.5), rel=1e-3)
+    state = net.init_state(steady)
+    for t in range(4):
+        _, state = net.step(steady * (-1) ** t, state, t)
+    # the first step has no momentum yet (cos 0); after it every gradient opposes the momentum before it (cos -1)
+    torch.testing.assert_close(state[-1], torch.full_like(steady, -0.3))
 
 
 def test_the_fraction_of_the_run_done_reaches_the_step():

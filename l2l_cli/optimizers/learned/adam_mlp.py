@@ -54,6 +54,12 @@ class AdamMLPConfig(LearnedOptimizerConfig):
     max_lr: float = 1.0
     lr_range: float = 2.0  # per coordinate the MLP scales the step by exp(+-lr_range) at most
     correction: float = 1.0  # the learned direction's size, in units of the tensor's rms of a
+    # > 0: a per-tensor step-size state h in [-adapt_range, adapt_range] (log units) that grows while a tensor's
+    # gradient agrees with its momentum and shrinks while they disagree (hypergradient descent, Baydin et al. 2018):
+    # h += rate * cos(g, m_prev) per step, with the rate learned (starting at adapt_rate); h is also an MLP input.
+    # 0: off
+    adapt_range: float = 0.0
+    adapt_rate: float = 0.02
     # runs whose length is not known (a drop-in without total_steps) take the fraction done as t / this, capped at 1
     default_horizon: int = 200
 
@@ -67,10 +73,11 @@ class AdamMLPConfig(LearnedOptimizerConfig):
               f"must index optimizer.momentum_decays (0..{len(decays) - 1}), got {self.nominal}")
         check(0 < self.beta2 < 1, "optimizer.beta2", f"must be in (0, 1), got {self.beta2}")
         check(self.eps > 0, "optimizer.eps", f"must be > 0, got {self.eps}")
+        check(math.isfinite(self.adapt_rate), "optimizer.adapt_rate", f"must be a number, got {self.adapt_rate}")
         check(0 < self.min_lr <= self.init_lr <= self.max_lr and math.isfinite(self.max_lr), "optimizer.init_lr",
               f"must satisfy 0 < min_lr <= init_lr <= max_lr < inf, got {self.min_lr}, {self.init_lr}, "
               f"{self.max_lr}")
-        for key in ("lr_range", "correction"):
+        for key in ("lr_range", "correction", "adapt_range"):
             value = getattr(self, key)
             check(math.isfinite(value) and value >= 0, f"optimizer.{key}", f"must be a number >= 0, got {value}")
 
@@ -78,7 +85,8 @@ class AdamMLPConfig(LearnedOptimizerConfig):
         return {"name": self.name, "hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,
                 "momentum_decays": [float(b) for b in self.momentum_decays], "nominal": self.nominal,
                 "beta2": self.beta2, "eps": self.eps, "min_lr": self.min_lr, "max_lr": self.max_lr,
-                "lr_range": self.lr_range, "correction": self.correction}
+                "lr_range": self.lr_range, "correction": self.correction,
+                **({"adapt_range": self.adapt_range} if self.adapt_range else {})}
 
 
 TIME_FEATURES = 5
@@ -100,14 +108,18 @@ def _blocks(x: torch.Tensor, sizes: Tuple[int, ...]) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], x.shape[-1] // total, total)
 
 
-def tensor_rms(x: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
-    """Root mean square of each tensor along the last dimension of x (..., columns): (..., 1) when the columns are
-    one tensor (``sizes`` None or the whole row), else (..., copies, tensors) for the tensors of ``sizes`` in order,
-    once or several times over (functions side by side, each its own statistics). ``per_tensor`` applies it."""
+def tensor_mean(x: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
+    """Mean of each tensor along the last dimension of x (..., columns): (..., 1) when the columns are one tensor
+    (``sizes`` None or the whole row), else (..., copies, tensors) for the tensors of ``sizes`` in order, once or
+    several times over (functions side by side, each its own statistics). ``per_tensor`` applies it."""
     if sizes is None or len(sizes) == 1 and sizes[0] == x.shape[-1]:
-        return _root(x.square().mean(dim=-1, keepdim=True))
-    square = _blocks(x, sizes).square()
-    return _root(torch.cat([piece.mean(dim=-1, keepdim=True) for piece in square.split(sizes, dim=-1)], dim=-1))
+        return x.mean(dim=-1, keepdim=True)
+    return torch.cat([piece.mean(dim=-1, keepdim=True) for piece in _blocks(x, sizes).split(sizes, dim=-1)], dim=-1)
+
+
+def tensor_rms(x: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
+    """Root mean square of each tensor (``tensor_mean``'s shape)."""
+    return _root(tensor_mean(x.square(), sizes))
 
 
 def per_tensor(x: torch.Tensor, factors: torch.Tensor, sizes: Optional[Tuple[int, ...]]) -> torch.Tensor:
@@ -124,13 +136,14 @@ def _root(mean_square: torch.Tensor) -> torch.Tensor:
 
 
 class AdamMLP(LearnedRule):
-    """State: Adam's second moment v and one momentum per decay, each (functions, parameters)."""
+    """State: Adam's second moment v, one momentum per decay and (with ``adapt_range``) the step-size state h, each
+    (functions, parameters)."""
 
     coordinatewise = True
 
     def __init__(self, cfg: AdamMLPConfig):
         super().__init__(cfg)
-        features = len(cfg.momentum_decays) + 2
+        features = len(cfg.momentum_decays) + 2 + (cfg.adapt_range > 0)
         H = cfg.hidden_size
         widths = [features] + [H] * cfg.hidden_layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=False))
@@ -140,6 +153,8 @@ class AdamMLP(LearnedRule):
             self.head.weight.mul_(0.01)
             self.head.bias.zero_()
         self.log_lr = nn.Parameter(torch.tensor(math.log(cfg.init_lr)))
+        if cfg.adapt_range > 0:
+            self.adapt_rate = nn.Parameter(torch.tensor(float(cfg.adapt_rate)))
         self._sizes: Optional[Tuple[int, ...]] = None
         self.horizon: Optional[int] = None
 
@@ -149,7 +164,8 @@ class AdamMLP(LearnedRule):
 
     def init_state(self, theta: torch.Tensor):
         zeros = torch.zeros(theta.shape[0], theta[0].numel(), device=theta.device, dtype=theta.dtype)
-        return [zeros] + [zeros.clone() for _ in self.config.momentum_decays]
+        leaves = 1 + len(self.config.momentum_decays) + (self.config.adapt_range > 0)
+        return [zeros] + [zeros.clone() for _ in range(leaves - 1)]
 
     # es / pes copies: as many coordinates per call as the features and hidden units of this step keep in memory
     coordinates_per_call = 2 ** 18
@@ -212,21 +228,33 @@ def _mlp(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, time: torch.Tensor)
 def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, time, sizes):
     """One step of ``AdamMLP`` with the given weights (each with or without a leading copy dimension matching
     grad's rows): grad (rows, columns) -> (update, [v, *momenta])."""
+    decays = len(cfg.momentum_decays)
     v = cfg.beta2 * state[0] + (1 - cfg.beta2) * grad * grad
     scale = (v * corrections[-1]).sqrt()
     denom = scale + cfg.eps
-    momenta = [b * m + (1 - b) * grad for b, m in zip(cfg.momentum_decays, state[1:], strict=True)]
+    momenta = [b * m + (1 - b) * grad for b, m in zip(cfg.momentum_decays, state[1:1 + decays], strict=True)]
     directions = [m * corrections[k] / denom for k, m in enumerate(momenta)]
     features = torch.stack([grad / denom, *directions, scale], dim=-2)  # (rows, F, columns)
     rms = tensor_rms(features, sizes)
-    out = _mlp(cfg, weights, per_tensor(features, 1 / (rms + TINY), sizes), time)
+    features = per_tensor(features, 1 / (rms + TINY), sizes)
+    adapted = []
+    if cfg.adapt_range > 0:  # h moves by rate * cos(g, m_prev) of each tensor: scale-free, bounded
+        previous = state[1 + cfg.nominal]
+        agreement = tensor_mean(grad * previous, sizes) / (tensor_rms(grad, sizes) * tensor_rms(previous, sizes)
+                                                          + TINY)
+        rate = weights["adapt_rate"].reshape(-1, *([1] * (agreement.dim() - 1)))
+        adapted = [(state[-1] + per_tensor(torch.ones_like(grad), rate * agreement, sizes)).clamp(
+            -cfg.adapt_range, cfg.adapt_range)]
+        features = torch.cat([features, adapted[0].unsqueeze(-2)], dim=-2)
+    out = _mlp(cfg, weights, features, time)
     nominal = directions[cfg.nominal]
     nominal_rms = rms[:, 1 + cfg.nominal]  # the nominal direction is feature 1 + nominal
     log_lr = weights["log_lr"].clamp(math.log(cfg.min_lr), math.log(cfg.max_lr)).reshape(-1, 1)
-    size = torch.exp(log_lr + cfg.lr_range * torch.tanh(out[..., 1, :]))
+    log_size = log_lr + cfg.lr_range * torch.tanh(out[..., 1, :])
+    size = torch.exp(log_size + adapted[0] if adapted else log_size)
     correction = per_tensor(torch.tanh(out[..., 0, :]), nominal_rms, sizes)  # in units of the tensor's rms of a
     update = -size * (nominal + cfg.correction * correction)
-    return update, [v, *momenta]
+    return update, [v, *momenta, *adapted]
 
 
 OPTIMIZERS.register("adam_mlp", AdamMLPConfig, AdamMLP, learned=True)
