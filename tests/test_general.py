@@ -338,3 +338,23 @@ def test_balanced_meta_training_resumes_to_the_same_weights(tmp_path):
     for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert second.balance.moments == straight.balance.moments
+
+
+def test_the_step_size_probe_reads_the_step_an_optimizer_takes(monkeypatch):
+    """examples/step_size_probe.py (the diagnostic of docs/experiments/general.md): Adam at lr 0.01 reads as 0.01 at
+    every step; the adaptive step grows on a quadratic."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("step_size_probe", ROOT / "examples" / "step_size_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    monkeypatch.setattr(probe, "STEPS", 30)
+    monkeypatch.setattr(probe, "FUNCTIONS", 3)
+    monkeypatch.setattr(probe, "SHOWN", (0, 29))
+    quadratic = probe.MEMBERS["quadratic_10"]
+    sizes, final = probe.probe(AdamMLP(AdamMLPConfig()).eval(), quadratic)
+    assert sizes == pytest.approx([0.01, 0.01], rel=0.02) and math.isfinite(final)
+    adaptive, better = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=3.0, adapt_rate=0.05)).eval(), quadratic)
+    assert adaptive[0] == pytest.approx(0.01, rel=0.02) and adaptive[1] > 0.02 and better < final
