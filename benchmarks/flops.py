@@ -35,7 +35,7 @@ def lstm_forward_flops(cfg: LSTMConfig) -> int:
 
 def adam_mlp_forward_flops(cfg) -> int:
     """Matmul FLOPs of one coordinate's adam_mlp step: features -> hidden layers -> (d, s)."""
-    features = len(cfg.momentum_decays) + 2
+    features = len(cfg.momentum_decays) + 2 + (getattr(cfg, "adapt_range", 0) > 0)
     widths = [features] + [cfg.hidden_size] * cfg.hidden_layers + [2]
     return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
 

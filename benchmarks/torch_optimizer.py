@@ -13,14 +13,13 @@ import torch
 from benchmarks.flops import learned_step_flops
 from benchmarks.harness import RESULTS, blocks_of, child_figure, per_call, summarise
 from benchmarks.registry import Benchmark, Result, register
+from l2l_cli.core.registry import OPTIMIZERS
 from l2l_cli.optimizers.learned import build_learned
-from l2l_cli.optimizers.learned.adam_mlp import AdamMLPConfig
-from l2l_cli.optimizers.learned.lstm import LSTMConfig
 
 TASK = "torch_optimizer"  # its name in --tasks
 TORCH_MODELS = {"mlp_784_20_10": (784, 20, 10), "mlp_784_1024_256_10": (784, 1024, 256, 10)}  # 15,910 / 1.07M
-ARCHITECTURES = {"lstm": LSTMConfig, "adam_mlp": AdamMLPConfig}  # default configs: a step costs the same whatever
-# the weights
+# each as `optimizer=<name>` configures it (adam_mlp with its adaptive step): a step costs the same whatever the weights
+ARCHITECTURES = {name: OPTIMIZERS.get(name).default_config for name in ("lstm", "adam_mlp")}
 TOTAL_STEPS = 1000  # the training length adam_mlp is told (the fraction done is one of its features)
 
 

@@ -95,7 +95,7 @@ def test_the_update_is_the_nominal_adam_step_within_its_stated_bound(adapt):
 
 def test_with_its_mlp_silent_it_is_adam():
     torch.manual_seed(3)
-    net = AdamMLP(AdamMLPConfig(init_lr=0.01)).double()
+    net = AdamMLP(AdamMLPConfig(init_lr=0.01, adapt_range=0.0)).double()
     with torch.no_grad():
         net.head.weight.zero_()
         net.log_lr.fill_(math.log(0.01))  # in float64: exactly Adam's 0.01
@@ -354,7 +354,7 @@ def test_the_step_size_probe_reads_the_step_an_optimizer_takes(monkeypatch):
     monkeypatch.setattr(probe, "FUNCTIONS", 3)
     monkeypatch.setattr(probe, "SHOWN", (0, 29))
     quadratic = probe.MEMBERS["quadratic_10"]
-    sizes, final = probe.probe(AdamMLP(AdamMLPConfig()).eval(), quadratic)
+    sizes, final = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=0.0)).eval(), quadratic)
     assert sizes == pytest.approx([0.01, 0.01], rel=0.02) and math.isfinite(final)
     adaptive, better = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=3.0, adapt_rate=0.05)).eval(), quadratic)
     assert adaptive[0] == pytest.approx(0.01, rel=0.02) and adaptive[1] > 0.02 and better < final

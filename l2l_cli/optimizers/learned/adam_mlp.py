@@ -57,9 +57,10 @@ class AdamMLPConfig(LearnedOptimizerConfig):
     # > 0: a per-tensor step-size state h in [-adapt_range, adapt_range] (log units) that grows while a tensor's
     # gradient agrees with its momentum and shrinks while they disagree (hypergradient descent, Baydin et al. 2018):
     # h += rate * cos(g, m_prev) per step, with the rate learned (starting at adapt_rate); h is also an MLP input.
-    # 0: off
+    # 0 (this class's default, what checkpoints written before it existed hold): off, one step size for every problem
+    # (docs/experiments/general.md#diagnostics-one-step-size-for-every-member); optimizer=adam_mlp sets 3
     adapt_range: float = 0.0
-    adapt_rate: float = 0.02
+    adapt_rate: float = 0.05
     # runs whose length is not known (a drop-in without total_steps) take the fraction done as t / this, capped at 1
     default_horizon: int = 200
 
@@ -86,7 +87,7 @@ class AdamMLPConfig(LearnedOptimizerConfig):
                 "momentum_decays": [float(b) for b in self.momentum_decays], "nominal": self.nominal,
                 "beta2": self.beta2, "eps": self.eps, "min_lr": self.min_lr, "max_lr": self.max_lr,
                 "lr_range": self.lr_range, "correction": self.correction,
-                **({"adapt_range": self.adapt_range} if self.adapt_range else {})}
+                "adapt_range": self.adapt_range}
 
 
 TIME_FEATURES = 5
@@ -257,4 +258,4 @@ def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, t
     return update, [v, *momenta, *adapted]
 
 
-OPTIMIZERS.register("adam_mlp", AdamMLPConfig, AdamMLP, learned=True)
+OPTIMIZERS.register("adam_mlp", AdamMLPConfig, AdamMLP, learned=True, adapt_range=3.0)
