@@ -358,3 +358,22 @@ def test_the_step_size_probe_reads_the_step_an_optimizer_takes(monkeypatch):
     assert sizes == pytest.approx([0.01, 0.01], rel=0.02) and math.isfinite(final)
     adaptive, better = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=3.0, adapt_rate=0.05)).eval(), quadratic)
     assert adaptive[0] == pytest.approx(0.01, rel=0.02) and adaptive[1] > 0.02 and better < final
+
+
+def test_a_variant_sets_its_own_function_counts_or_says_which_key_is_wrong():
+    from l2l_cli.cli.evaluate import apply_variant
+    from l2l_cli.core.schemas import EvalConfig
+
+    conf = EvalConfig(optimizee=OPTIMIZEES.get("quadratic").default_config())
+    conf.eval.num_functions, conf.eval.val_functions = 256, 64
+    column = apply_variant(conf, "convnet", {"optimizee": {"name": "convnet"}, "num_steps": 100, "val_functions": 4,
+                                             "num_functions": 32})
+    assert (column.eval.val_functions, column.eval.num_functions, column.eval.num_steps) == (4, 32, 100)
+    assert column.optimizee.name == "convnet"
+    same = apply_variant(conf, "mnist", {"optimizee": {"name": "mnist"}})
+    assert (same.eval.val_functions, same.eval.num_functions) == (64, 256)
+    for variant, message in (({"num_functions": 0}, "eval.variants.v.num_functions: must be a whole number >= 1"),
+                             ({"val_functions": 2.5}, "eval.variants.v.val_functions: must be a whole number >= 1"),
+                             ({"lr": 1}, "eval.variants.v: unknown key 'lr', allowed keys: optimizee, num_steps")):
+        with pytest.raises(ConfigError, match=message):
+            apply_variant(conf, "v", variant)

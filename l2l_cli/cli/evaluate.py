@@ -124,14 +124,24 @@ def member_variants(optimizee) -> dict:
     return {m.name: {"optimizee": m.optimizee, "num_steps": m.steps[1]} for m in members()}
 
 
+VARIANT_KEYS = ("optimizee", "num_steps", "val_functions", "num_functions")
+
+
 def apply_variant(conf: EvalConfig, name: str, variant: dict) -> EvalConfig:
-    """The config of one generalisation variant: optimizee fields and/or num_steps replaced; ``optimizee.name``
-    another family (its defaults, then the variant's fields)."""
-    unknown = set(variant) - {"optimizee", "num_steps"}
+    """The config of one generalisation variant: optimizee fields, num_steps and/or the numbers of validation
+    (tuning) and test functions replaced; ``optimizee.name`` another family (its defaults, then the variant's
+    fields)."""
+    unknown = set(variant) - set(VARIANT_KEYS)
     if unknown:
-        raise ConfigError(f"eval.variants.{name}: unknown key {sorted(unknown)[0]!r}, allowed keys: optimizee, "
-                          "num_steps")
-    loop = dataclasses.replace(conf.eval, num_steps=variant.get("num_steps", conf.eval.num_steps), variants={})
+        raise ConfigError(f"eval.variants.{name}: unknown key {sorted(unknown)[0]!r}, allowed keys: "
+                          f"{', '.join(VARIANT_KEYS)}")
+    counts = {}
+    for key in ("num_steps", "val_functions", "num_functions"):
+        value = variant.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ConfigError(f"eval.variants.{name}.{key}: must be a whole number >= 1, got {value!r}")
+        counts[key] = value if value is not None else getattr(conf.eval, key)
+    loop = dataclasses.replace(conf.eval, **counts, variants={})
     if dataclasses.is_dataclass(variant.get("optimizee")):  # a whole family config (a mixture's member)
         return dataclasses.replace(conf, optimizee=variant["optimizee"], eval=loop)
     optimizee = family_config(variant.get("optimizee"), f"eval.variants.{name}.optimizee", base=conf.optimizee)
