@@ -111,11 +111,12 @@ def _curve(stats, functions: int, path: Path) -> CurveStats:
 
 
 def _finite_or_none(value):
+    """JSON has no inf or nan: a non-finite float is written as null."""
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 def _scores_json(scores: dict) -> dict:
-    return {str(k): (v if math.isfinite(v) else None) for k, v in scores.items()}
+    return {str(k): _finite_or_none(v) for k, v in scores.items()}
 
 
 def _entry(data: dict, name: str, path: Path) -> TuningResult:

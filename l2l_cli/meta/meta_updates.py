@@ -36,10 +36,8 @@ def meta_train_run(run, net: LearnedRule, meta_opt: torch.optim.Optimizer, lengt
         result = run.unroll(start, steps)
         for p, g in zip(params, result.grads, strict=True):
             p.grad = g
-        if balance is None:
-            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        # with balancing, the norm before clipping (what the balance reads); it clips after scaling
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad and balance is None else float("inf"))
         # one host sync per unroll: a non-finite loss or meta-gradient must never reach the parameters
         finite.append(bool(torch.isfinite(norm + result.loss_sum).item()))
         if finite[-1]:
