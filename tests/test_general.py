@@ -153,6 +153,25 @@ def test_the_adaptive_step_grows_while_gradients_agree_and_shrinks_while_they_al
     torch.testing.assert_close(state[-1], torch.full_like(steady, -0.3))
 
 
+@pytest.mark.parametrize("horizon, stretch, moved", [(40, True, 0.3), (200, True, 0.3), (1000, True, 0.06),
+                                                      (2000, True, 0.03), (1000, False, 0.3)])
+def test_beyond_the_training_horizon_the_step_size_state_follows_the_fraction_done(horizon, stretch, moved):
+    """adapt_stretch: a run longer than default_horizon moves h at rate * default_horizon / horizon (so after the
+    same fraction of any run h has moved as far); runs up to default_horizon, as in meta-training, at the rate."""
+    net = AdamMLP(AdamMLPConfig(adapt_range=3.0, adapt_rate=0.1, default_horizon=200,
+                                adapt_stretch=stretch)).double()
+    net.bind(LAYOUT, horizon=horizon)
+    steady = torch.randn(2, 16, dtype=torch.float64)
+    state = net.init_state(steady)
+    for t in range(4):  # cos(g, m_prev) = 1 after the first step: three moves
+        _, state = net.step(steady, state, t)
+    torch.testing.assert_close(state[-1], torch.full_like(steady, moved))
+    weights = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in net.named_parameters()}
+    _, copies = net.step_copies(weights, steady, net.init_state(steady), 0)
+    _, copies = net.step_copies(weights, steady, copies, 1)  # es / pes copies stretch alike
+    torch.testing.assert_close(copies[-1], torch.full_like(steady, moved / 3))
+
+
 def test_the_fraction_of_the_run_done_reaches_the_step():
     net = random_net(5)
     g = [torch.randn(3, 16, dtype=torch.float64)] * 2
@@ -350,14 +369,16 @@ def test_the_step_size_probe_reads_the_step_an_optimizer_takes(monkeypatch):
     spec = importlib.util.spec_from_file_location("step_size_probe", ROOT / "examples" / "step_size_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    monkeypatch.setattr(probe, "STEPS", 30)
     monkeypatch.setattr(probe, "FUNCTIONS", 3)
-    monkeypatch.setattr(probe, "SHOWN", (0, 29))
     quadratic = probe.MEMBERS["quadratic_10"]
-    sizes, final = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=0.0)).eval(), quadratic)
-    assert sizes == pytest.approx([0.01, 0.01], rel=0.02) and math.isfinite(final)
-    adaptive, better = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=3.0, adapt_rate=0.05)).eval(), quadratic)
-    assert adaptive[0] == pytest.approx(0.01, rel=0.02) and adaptive[1] > 0.02 and better < final
+    sizes, final, blown = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=0.0)).eval(), quadratic, 30)
+    assert sizes == pytest.approx([0.01] * 6, rel=0.02) and math.isfinite(final) and blown == 0
+    adaptive, better, _ = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=3.0, adapt_rate=0.05)).eval(), quadratic, 30)
+    assert adaptive[0] == pytest.approx(0.01, rel=0.02) and adaptive[-1] > 0.02 and better < final
+    # past default_horizon the step-size state moves at rate * default_horizon / steps: the step grows more slowly
+    stretched, _, _ = probe.probe(AdamMLP(AdamMLPConfig(adapt_range=3.0, adapt_rate=0.05, default_horizon=10)).eval(),
+                                  quadratic, 30)
+    assert 0.01 < stretched[2] < adaptive[2]
 
 
 def test_a_variant_sets_its_own_function_counts_or_says_which_key_is_wrong():

@@ -21,7 +21,7 @@ SHIPPED = pretrained.names()
 
 
 def test_the_default_families_are_shipped():
-    assert {"quadratic", "mnist"} <= set(SHIPPED)
+    assert {"quadratic", "mnist", "general"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -59,7 +59,8 @@ def test_eval_and_the_listing_take_pretrained_names(tmp_path):
     assert listing.returncode == 0, listing.stderr
     for name in SHIPPED:
         assert f"pretrained:{name}" in listing.stdout
-        assert f"{pretrained.record(name)['evaluation']['optimizers']['lstm']['final_mean']:.4g}" in listing.stdout
+        info = pretrained.record(name)
+        assert f"{info['evaluation']['optimizers'][info['architecture']]['final_mean']:.4g}" in listing.stdout
 
 
 @pytest.mark.slow
@@ -74,7 +75,7 @@ def test_packaging_a_finished_run(tmp_path):
     shipped = load_checkpoint(tmp_path / "tiny.pt")
     assert "meta_optimizer" not in shipped and "rng" not in shipped  # training state stays behind
     assert info["trained"]["iterations"] == 6 and info["seeds"] == {"seed": 0, "data_seed": 0}
-    assert info["command"].startswith("l2l train debug=tiny")
+    assert info["command"].startswith("l2l train debug=tiny") and info["trained"]["resumes"] == []
     again = shipping.check_figures(shipped, info["check"]["baseline"], info["check"]["baseline_lr"],
                                      info["check"]["num_functions"])
     assert again == info["check"]
@@ -92,7 +93,8 @@ def test_the_shipped_names_are_the_shipped_files():
     ("", "a plain identifier is allowed"), ("a" * 65, "a plain identifier is allowed"),
     ("bad name", "a plain identifier is allowed"), ("_x", "a plain identifier is allowed"),
     ("quadratic", "pretrained:quadratic is shipped with l2l and is never replaced"),
-    ("mnist", "pretrained:mnist is shipped with l2l and is never replaced")])
+    ("mnist", "pretrained:mnist is shipped with l2l and is never replaced"),
+    ("general", "pretrained:general is shipped with l2l and is never replaced")])
 def test_pretrained_add_refuses_names_before_reading_anything(name, message, tmp_path, capsys):
     before = sorted((p.name, p.stat().st_mtime_ns) for p in pretrained.HERE.iterdir())
     with pytest.raises(SystemExit) as info:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, TINY_TRAIN, run_cli
 
 from l2l_cli.cli.run_dir_lock import LOCK, RunDirBusy, RunDirLock
@@ -139,6 +140,12 @@ def test_a_resumed_run_continues_its_recorded_config_and_extends_a_finished_run(
     assert config["train"]["meta_lr"] == 0.01 and config["train"]["iterations"] == 9  # recorded, then extended
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["iterations"] == 9 and [h[0] for h in metrics["validation_history"]] == [0, 3, 6, 9]
+    # the run's command survives the resume: run.json and Hydra's overrides.yaml (which reports and `l2l pretrained
+    # add` read) hold the first command with the resume's changes, run.json each resume's own command line
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["command"] == [*TINY_TRAIN, "train.meta_lr=0.01", "train.iterations=9", "train.val_every=9"]
+    assert record["resumes"] == [[*TINY_TRAIN, "resume=true", "train.iterations=9", "train.val_every=9"]]
+    assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == record["command"]
     for args, message in ((["optimizer.hidden_size=40"], "a resumed run keeps its architecture (got 40)"),
                           (["optimizee=mnist"], "meta-trained optimizee=quadratic; a resumed run cannot switch to "
                                                 "optimizee=mnist")):

@@ -149,7 +149,9 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
         "seeds": run_record.get("seeds"),
         "trained": {"iterations": metrics.get("iterations"), "checkpoint_iteration": payload["iteration"],
                     **improvement(payload.get("history", []), float(payload["best_val"])),
-                    "train_seconds": metrics.get("train_seconds"), "total_seconds": metrics.get("total_seconds")},
+                    # a resumed run's seconds are its last command's; each resume's command line is listed
+                    "train_seconds": metrics.get("train_seconds"), "total_seconds": metrics.get("total_seconds"),
+                    "resumes": run_record.get("resumes", [])},
         "evaluation": evaluation_record(results),
         **({"variants": {v: evaluation_record(r) for v, r in variants.items()}} if variants else {}),
         "check": check_figures(kept, best, lr, CHECK_FUNCTIONS.get(check_family, CHECK_FUNCTIONS_DEFAULT), task),

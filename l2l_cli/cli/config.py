@@ -97,6 +97,18 @@ def command_line_keys(cfg_overrides) -> list[str]:
     return [key for key in keys if "." in key and not key.startswith("hydra.")]
 
 
+def resumed_command(recorded: list[str], overrides: list[str]) -> list[str]:
+    """The overrides that rebuild a resumed run's config: the recorded command's, with the keys this command line
+    changed (those ``continue_recorded`` applies: `train.iterations=...`, not `resume=` or group choices) put in
+    place or added."""
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    applied = {key(o): o for o in overrides if key(o) in set(command_line_keys(overrides))}
+    kept = [applied.get(key(o), o) for o in recorded]
+    return kept + [o for k, o in applied.items() if k not in {key(r) for r in recorded}]
+
+
 def upgrade_recorded(config: dict) -> dict:
     """A run.json config from before estimators were a config group (train.estimator, train.es, train.bptt,
     train.second_order) in today's form, so runs recorded then resume."""

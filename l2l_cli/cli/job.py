@@ -16,11 +16,14 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def record_run(cfg: DictConfig, out_dir: Path) -> dict:
-    """Write run.json (resolved config, versions, git commit) next to Hydra's own .hydra/ record."""
+def record_run(cfg: DictConfig, out_dir: Path, command: list[str] | None = None,
+               resumes: list[list[str]] | None = None) -> dict:
+    """Write run.json (resolved config, versions, git commit, the command's overrides, and those of each resume)
+    next to Hydra's own .hydra/ record."""
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"config": OmegaConf.to_container(cfg, resolve=True),
-              "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed}, "environment": environment_record()}
+              "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed}, "environment": environment_record(),
+              **({"command": command} if command is not None else {}), **({"resumes": resumes} if resumes else {})}
     write_json(out_dir / "run.json", record)
     return record
 

@@ -16,7 +16,7 @@ from l2l_cli.core.user_files import is_number, lookup, read_json, require
 
 PREFIX = "pretrained:"
 # the optimizers this package ships: `l2l pretrained add` never replaces one (a maintainer re-ships by hand)
-SHIPPED = ("mnist", "quadratic")
+SHIPPED = ("general", "mnist", "quadratic")
 HERE = Path(__file__).resolve().parent
 CHECK_FUNCTIONS = {"quadratic": 256}  # test functions the check runs on: all a family's default evaluation would
 CHECK_FUNCTIONS_DEFAULT = 8  # take seconds to run (the MNIST MLP: 8 functions of 100 steps)

@@ -61,6 +61,10 @@ class AdamMLPConfig(LearnedOptimizerConfig):
     # (docs/experiments/general.md#diagnostics-one-step-size-for-every-member); optimizer=adam_mlp sets 3
     adapt_range: float = 0.0
     adapt_rate: float = 0.05
+    # runs longer than default_horizon (the longest meta-training run) move h at rate * default_horizon / horizon,
+    # so h follows the fraction of the run done as it did in meta-training instead of drifting for 5-10x as many
+    # steps (docs/experiments/general.md#beyond-the-training-horizon); false: the same rate at every horizon
+    adapt_stretch: bool = True
     # runs whose length is not known (a drop-in without total_steps) take the fraction done as t / this, capped at 1
     default_horizon: int = 200
 
@@ -75,6 +79,8 @@ class AdamMLPConfig(LearnedOptimizerConfig):
         check(0 < self.beta2 < 1, "optimizer.beta2", f"must be in (0, 1), got {self.beta2}")
         check(self.eps > 0, "optimizer.eps", f"must be > 0, got {self.eps}")
         check(math.isfinite(self.adapt_rate), "optimizer.adapt_rate", f"must be a number, got {self.adapt_rate}")
+        check(isinstance(self.adapt_stretch, bool), "optimizer.adapt_stretch",
+              f"must be true or false, got {self.adapt_stretch!r}")
         check(0 < self.min_lr <= self.init_lr <= self.max_lr and math.isfinite(self.max_lr), "optimizer.init_lr",
               f"must satisfy 0 < min_lr <= init_lr <= max_lr < inf, got {self.min_lr}, {self.init_lr}, "
               f"{self.max_lr}")
@@ -190,10 +196,13 @@ class AdamMLP(LearnedRule):
         cfg = self.config
         corrections = like.new_tensor([1 / (1 - b ** (t + 1)) for b in cfg.momentum_decays]
                                       + [1 / (1 - cfg.beta2 ** (t + 1))])
-        return corrections, time_features(t, self.horizon or cfg.default_horizon, like), self._sizes
+        horizon = self.horizon or cfg.default_horizon
+        stretch = min(1.0, cfg.default_horizon / horizon) if cfg.adapt_stretch else 1.0
+        return corrections, time_features(t, horizon, like), self._sizes, like.new_tensor(stretch)
 
-    def forward(self, grad, state, corrections, time, sizes):
-        return adam_mlp_step(self.config, dict(self.named_parameters()), grad, state, corrections, time, sizes)
+    def forward(self, grad, state, corrections, time, sizes, stretch):
+        return adam_mlp_step(self.config, dict(self.named_parameters()), grad, state, corrections, time, sizes,
+                             stretch)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -226,9 +235,10 @@ def _mlp(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, time: torch.Tensor)
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
-def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, time, sizes):
+def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, time, sizes, stretch=1.0):
     """One step of ``AdamMLP`` with the given weights (each with or without a leading copy dimension matching
-    grad's rows): grad (rows, columns) -> (update, [v, *momenta])."""
+    grad's rows): grad (rows, columns) -> (update, [v, *momenta, h]); ``stretch`` scales h's rate
+    (``adapt_stretch``)."""
     decays = len(cfg.momentum_decays)
     v = cfg.beta2 * state[0] + (1 - cfg.beta2) * grad * grad
     scale = (v * corrections[-1]).sqrt()
@@ -243,7 +253,7 @@ def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, t
         previous = state[1 + cfg.nominal]
         agreement = tensor_mean(grad * previous, sizes) / (tensor_rms(grad, sizes) * tensor_rms(previous, sizes)
                                                           + TINY)
-        rate = weights["adapt_rate"].reshape(-1, *([1] * (agreement.dim() - 1)))
+        rate = weights["adapt_rate"].reshape(-1, *([1] * (agreement.dim() - 1))) * stretch
         adapted = [(state[-1] + per_tensor(torch.ones_like(grad), rate * agreement, sizes)).clamp(
             -cfg.adapt_range, cfg.adapt_range)]
         features = torch.cat([features, adapted[0].unsqueeze(-2)], dim=-2)
