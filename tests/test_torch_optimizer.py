@@ -227,9 +227,11 @@ def test_an_architecture_that_is_not_coordinatewise_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_compile_gives_the_same_steps(tmp_path):
-    """compile=True: the same updates to float32 rounding (its tanh is computed as 2 / (1 + e^-2x) - 1)."""
-    path = checkpoint_of(trained_like("lstm"), tmp_path)
+@pytest.mark.parametrize("name", ["lstm", "adam_mlp"])
+def test_compile_gives_the_same_steps(tmp_path, name):
+    """compile=True: the same updates to float32 rounding (its tanh is computed as 2 / (1 + e^-2x) - 1; adam_mlp's
+    MLP, compiled, is written unit by unit)."""
+    path = checkpoint_of(trained_like(name), tmp_path)
     eager, compiled = small_model(), small_model()
     train(eager, LearnedOptimizer(eager.parameters(), checkpoint=path), 3)
     train(compiled, LearnedOptimizer(compiled.parameters(), checkpoint=path, compile=True), 3)
