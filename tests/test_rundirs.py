@@ -131,20 +131,23 @@ def test_a_resumed_run_continues_its_recorded_config_and_extends_a_finished_run(
     run_dir = tmp_path / "run"
     first = run_cli("train", *TINY_TRAIN, "train.meta_lr=0.01", f"hydra.run.dir={run_dir}")
     assert first.returncode == 0, first.stderr[-2000:]
-    again = run_cli("train", *TINY_TRAIN, "resume=true", "train.iterations=9", "train.val_every=9",
+    again = run_cli("train", *TINY_TRAIN, "resume=true", "train.iterations=9", "train.val_every=9", "threads=1",
                     f"hydra.run.dir={run_dir}")
     assert again.returncode == 0, again.stderr[-2000:]
     text = " ".join((again.stdout + again.stderr).split())
-    assert "from this command line: train.iterations=9 (was 6), train.val_every=9 (was 3)" in text
+    assert "from this command line: train.iterations=9 (was 6), train.val_every=9 (was 3), threads=1 (was None)" \
+        in text  # how it runs (threads, device, compile) may change on a resume too
     config = json.loads((run_dir / "run.json").read_text())["config"]
     assert config["train"]["meta_lr"] == 0.01 and config["train"]["iterations"] == 9  # recorded, then extended
+    assert config["threads"] == 1
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["iterations"] == 9 and [h[0] for h in metrics["validation_history"]] == [0, 3, 6, 9]
     # the run's command survives the resume: run.json and Hydra's overrides.yaml (which reports and `l2l pretrained
     # add` read) hold the first command with the resume's changes, run.json each resume's own command line
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["command"] == [*TINY_TRAIN, "train.meta_lr=0.01", "train.iterations=9", "train.val_every=9"]
-    assert record["resumes"] == [[*TINY_TRAIN, "resume=true", "train.iterations=9", "train.val_every=9"]]
+    assert record["command"] == [*TINY_TRAIN, "train.meta_lr=0.01", "train.iterations=9", "train.val_every=9",
+                                 "threads=1"]
+    assert record["resumes"] == [[*TINY_TRAIN, "resume=true", "train.iterations=9", "train.val_every=9", "threads=1"]]
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == record["command"]
     for args, message in ((["optimizer.hidden_size=40"], "a resumed run keeps its architecture (got 40)"),
                           (["optimizee=mnist"], "meta-trained optimizee=quadratic; a resumed run cannot switch to "

@@ -91,10 +91,13 @@ def to_objects(cfg: DictConfig):
     return root_cls(**plain)
 
 
+RUNTIME_KEYS = ("device", "threads", "compile")  # how a run runs, not what it computes: a resume may change them
+
+
 def command_line_keys(cfg_overrides) -> list[str]:
-    """The key of each `key=value` the user gave (not `group=option` choices, not hydra.* keys)."""
+    """The key of each `key=value` the user gave (not `group=option` choices, not hydra.* keys, not the seeds)."""
     keys = [override.split("=", 1)[0].lstrip("+~") for override in cfg_overrides]
-    return [key for key in keys if "." in key and not key.startswith("hydra.")]
+    return [key for key in keys if "." in key and not key.startswith("hydra.") or key in RUNTIME_KEYS]
 
 
 def resumed_command(recorded: list[str], overrides: list[str]) -> list[str]:
