@@ -61,6 +61,10 @@ def test_eval_and_the_listing_take_pretrained_names(tmp_path):
         assert f"pretrained:{name}" in listing.stdout
         info = pretrained.record(name)
         assert f"{info['evaluation']['optimizers'][info['architecture']]['final_mean']:.4g}" in listing.stdout
+        if info.get("variants"):  # a mixture's row says which column its figures are
+            first = next(iter(info["variants"]))
+            assert f"{first} {info['evaluation']['num_test_functions']}x{info['evaluation']['num_steps']}" \
+                in listing.stdout
 
 
 @pytest.mark.slow

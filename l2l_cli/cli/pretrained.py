@@ -30,11 +30,19 @@ def table():
         best = evaluation["best_baseline"]
         rows.append([f"{pretrained.PREFIX}{name}", fmt(learned), best, fmt(optimizers[best]["lr"]),
                      fmt(optimizers[best]["final_mean"]), fmt(ratio(learned, optimizers[best]["final_mean"])),
-                     f"{evaluation['num_test_functions']}x{evaluation['num_steps']}"])
+                     f"{_task_of(info)}{evaluation['num_test_functions']}x{evaluation['num_steps']}"])
     numbers = ("learned", "lr", "its\nloss", "ratio", "tests")
     return make_table("shipped learned optimizers: mean final test loss when made",
                       ("checkpoint", "learned", "best\nbaseline", "lr", "its\nloss", "ratio", "tests"), rows,
-                      right=numbers, caption="tests: test functions x steps; best: the best tuned baseline")
+                      right=numbers, caption="tests: test functions x steps (a mixture's: of its first column; "
+                                             "every column in its .json); best: the best tuned baseline")
+
+
+def _task_of(info: dict) -> str:
+    """"<first column> " for an optimizer evaluated on several tasks (a mixture's: its table is the first column's),
+    else ""."""
+    variants = info.get("variants")
+    return f"{next(iter(variants))} " if isinstance(variants, dict) and variants else ""
 
 
 def provenance(name: str) -> str:
