@@ -94,9 +94,14 @@ def to_objects(cfg: DictConfig):
 RUNTIME_KEYS = ("device", "threads", "compile")  # how a run runs, not what it computes: a resume may change them
 
 
+def override_key(override: str) -> str:
+    """`train.iterations` of `train.iterations=9` (also `+key=` and `~key`)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def command_line_keys(cfg_overrides) -> list[str]:
     """The key of each `key=value` the user gave (not `group=option` choices, not hydra.* keys, not the seeds)."""
-    keys = [override.split("=", 1)[0].lstrip("+~") for override in cfg_overrides]
+    keys = [override_key(override) for override in cfg_overrides]
     return [key for key in keys if "." in key and not key.startswith("hydra.") or key in RUNTIME_KEYS]
 
 
@@ -104,12 +109,11 @@ def resumed_command(recorded: list[str], overrides: list[str]) -> list[str]:
     """The overrides that rebuild a resumed run's config: the recorded command's, with the keys this command line
     changed (those ``continue_recorded`` applies: `train.iterations=...`, not `resume=` or group choices) put in
     place or added."""
-    def key(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
-    applied = {key(o): o for o in overrides if key(o) in set(command_line_keys(overrides))}
-    kept = [applied.get(key(o), o) for o in recorded]
-    return kept + [o for k, o in applied.items() if k not in {key(r) for r in recorded}]
+    keys = set(command_line_keys(overrides))
+    applied = {override_key(o): o for o in overrides if override_key(o) in keys}
+    kept = [applied.get(override_key(o), o) for o in recorded]
+    recorded_keys = {override_key(o) for o in recorded}
+    return kept + [o for k, o in applied.items() if k not in recorded_keys]
 
 
 def upgrade_recorded(config: dict) -> dict:

@@ -11,7 +11,7 @@ import sys
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from l2l_cli.cli.config import group_schemas
+from l2l_cli.cli.config import group_schemas, override_key
 from l2l_cli.cli.run_dir_lock import RunDirBusy
 from l2l_cli.core.checkpoints import CheckpointError
 from l2l_cli.core.schemas import ConfigError, EvalConfig, EvalLoopConfig, TrainConfig, TrainLoopConfig
@@ -35,7 +35,7 @@ def chosen_option(group: str) -> str | None:
 
 def moved_key_given(key: str) -> bool:
     """Whether this command line sets ``key`` (``train.estimator=pes``, ``+train.es.sigma=...``)."""
-    return any(arg.lstrip("+~").split("=", 1)[0] == key for arg in sys.argv[1:])
+    return any(override_key(arg) == key for arg in sys.argv[1:])
 
 
 def allowed_keys(parent: str, root_type: str = "") -> list[str]:

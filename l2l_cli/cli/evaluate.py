@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from l2l_cli.cli.config import to_objects
+from l2l_cli.cli.config import override_key, to_objects
 from l2l_cli.cli.console import fmt, generalization_table, matrix_table, progress, results_table, show
 from l2l_cli.cli.hydra_task import hydra_task
 from l2l_cli.cli.job import job_threads, output_dir, record_run
@@ -303,7 +303,7 @@ def _explicit_optimizer_keys() -> set[str]:
 
     keys = set()
     for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key.startswith("optimizer."):
             keys.add(key.split(".", 1)[1])
         elif key == "optimizer":  # optimizer=<name>: the checkpoint must hold that one (check_chosen)

@@ -97,7 +97,7 @@ def _commands(out_dir: Path, source: Optional[Path], overrides: list[str]) -> tu
     if source is None:
         return overrides, []
     try:
-        previous = read_json(run_dir_of(source) / "run.json" if source.is_file() else source / "run.json")
+        previous = read_json((source if source.is_dir() else run_dir_of(source)) / "run.json")
     except UserFileError:
         return overrides, []
     recorded, resumes = previous.get("command"), previous.get("resumes", [])

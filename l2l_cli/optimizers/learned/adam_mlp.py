@@ -227,7 +227,7 @@ def _mlp(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, time: torch.Tensor)
     if biases:  # the time features enter as a bias of the first layer: the same for every coordinate
         biases[0] = biases[0] + torch.matmul(weights["time.weight"], time)
     if torch.compiler.is_compiling() and weights["head.weight"].dim() == 2:
-        return _mlp_unrolled(cfg, weights, x, biases)
+        return _mlp_unrolled(weights, x, biases)
     step = max(1, MLP_COORDINATES // x.shape[0])
     outs = []
     for chunk in x.split(step, dim=-1):
@@ -237,7 +237,7 @@ def _mlp(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, time: torch.Tensor)
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
-def _mlp_unrolled(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, biases: list) -> torch.Tensor:
+def _mlp_unrolled(weights: dict, x: torch.Tensor, biases: list) -> torch.Tensor:
     """``_mlp`` written unit by unit with scalar weights: compiled, it fuses into one loop over the coordinates that
     keeps every hidden unit in registers, where matmuls this narrow (6 -> 16 -> 2) leave the step memory-bound
     (docs/use-anywhere.md#what-a-step-costs). Shared weights only (one set for every row)."""
@@ -249,7 +249,7 @@ def _mlp_unrolled(cfg: AdamMLPConfig, weights: dict, x: torch.Tensor, biases: li
     return torch.stack([sum(head[o, j] * u for j, u in enumerate(units)) + head_bias[o] for o in range(2)], dim=-2)
 
 
-def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, time, sizes, stretch=1.0):
+def adam_mlp_step(cfg: AdamMLPConfig, weights: dict, grad, state, corrections, time, sizes, stretch):
     """One step of ``AdamMLP`` with the given weights (each with or without a leading copy dimension matching
     grad's rows): grad (rows, columns) -> (update, [v, *momenta, h]); ``stretch`` scales h's rate
     (``adapt_stretch``)."""
