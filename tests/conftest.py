@@ -120,6 +120,19 @@ def tiny_run(tmp_path_factory):
     return root, train, evaluate
 
 
+def spawned_children(parent: int) -> list[int]:
+    """The processes ``parent`` spawned with multiprocessing (not its resource tracker)."""
+    pids = []
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:  # it has just ended
+            continue
+        if "multiprocessing.spawn" in cmdline and "resource_tracker" not in cmdline:
+            pids.append(int(child))
+    return pids
+
+
 def run_cli(*args, cwd=None, env=None, timeout=300):
     """Run `python -m l2l_cli ...` as a subprocess; returns CompletedProcess with text output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", **(env or {})}

@@ -24,7 +24,7 @@ MALFORMED = [
     (["train", "trian.iterations=5"],
      "trian: unknown key, allowed keys: compile, data_seed, device, estimator, eval, optimizee"),
     (["train", "train.iteration=5"],
-     "train.iteration: unknown key, allowed keys under train: iterations, population, meta_lr"),
+     "train.iteration: unknown key, allowed keys under train: iterations, population, parallel_members, meta_lr"),
     (["train", "schedule.unroll=200"], "schedule.unroll: must be <= schedule.num_steps (100), got 200"),
     (["train", "schedule.unroll=0"], "schedule.unroll: must be >= 1, got 0"),
     (["train", "schedule.num_steps=-5"], "schedule.num_steps: must be >= 1, got -5"),

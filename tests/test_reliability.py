@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_EVAL, TINY_TRAIN, run_cli
+from conftest import ROOT, TINY_EVAL, TINY_TRAIN, run_cli, spawned_children
 from test_meta import _setup
 
 from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -224,3 +224,39 @@ def test_same_seed_gives_bit_identical_checkpoints_and_results(tmp_path, tiny_ru
     record = json.loads((tmp_path / "train" / "run.json").read_text())
     assert record["seeds"] == {"seed": 0, "data_seed": 0}
     assert record["environment"]["packages"]["torch"] and "git_commit" in record["environment"]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_variants_side_by_side_end_with_their_parent(tiny_run, tmp_path, how):
+    """An evaluation whose variants run side by side: Ctrl-C to the terminal's process group ends it at once, and
+    killed outright it leaves no process of its own behind, still writing into the run dir."""
+    checkpoint = tiny_run[0] / "train" / "checkpoints" / "best.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "l2l_cli", "eval", f"checkpoint={checkpoint}", "optimizee.dim=4",
+                             "eval.val_functions=16", "eval.lr_grid=[0.01,0.1,1.0]", "eval.num_functions=1024",
+                             "+eval.variants.a.num_steps=4000", "+eval.variants.b.num_steps=4000", "threads=2",
+                             "eval.parallel_variants=2", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:  # the parent has started them
+        if "side by side" in line:
+            break
+    children = spawned_children(proc.pid)
+    assert len(children) == 2
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr
+    else:
+        proc.kill()
+        proc.communicate(timeout=30)
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children):
+        assert time.time() < deadline, f"left running: {children}"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].splitlines()[0].lower()
+    except (FileNotFoundError, IndexError):
+        return "zombie"

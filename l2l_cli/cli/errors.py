@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from l2l_cli.cli.config import group_schemas, override_key
 from l2l_cli.cli.run_dir_lock import RunDirBusy
 from l2l_cli.core.checkpoints import CheckpointError
+from l2l_cli.core.processes import SideBySideError
 from l2l_cli.core.schemas import ConfigError, EvalConfig, EvalLoopConfig, TrainConfig, TrainLoopConfig
 from l2l_cli.core.user_files import UserFileError
 from l2l_cli.meta.distributed import DistributedError
@@ -21,7 +22,8 @@ from l2l_cli.meta.stopping import DivergenceError, StopRequested
 from l2l_cli.optimizees.base import DataError
 
 # errors whose message is the whole story: no traceback for these
-USER_ERRORS = (ConfigError, CheckpointError, DivergenceError, DataError, UserFileError, RunDirBusy, DistributedError)
+USER_ERRORS = (ConfigError, CheckpointError, DivergenceError, DataError, UserFileError, RunDirBusy, DistributedError,
+               SideBySideError)
 
 
 def _fields(cls) -> list[str]:

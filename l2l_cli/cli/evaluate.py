@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import asdict
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from l2l_cli.cli.job import job_threads, output_dir, record_run
 from l2l_cli.cli.run_dir_lock import RunDirLock, claim
 from l2l_cli.core.checkpoints import check_architecture
 from l2l_cli.core.environment import configure_torch, environment_record, release_freed_memory, resolve_device
+from l2l_cli.core.processes import Failed, ProcessDied, SideBySide, SideBySideError, process_count
 from l2l_cli.core.registry import OPTIMIZERS
 from l2l_cli.core.schemas import ConfigError, EvalConfig
 from l2l_cli.evaluation.comparison import Evaluation, evaluate_task, final_pictures
@@ -87,15 +89,76 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
     if not variants:
         results = evaluate_one(conf, out_dir, device, learned, config_record, also)
         return results["optimizers"][results["studied"]]["final_mean"]
-    results = {}
     for name, variant in variants.items():
-        log.info("variant %s: %s", name, variant or "the base task")
-        variant_conf = apply_variant(conf, name, variant)
-        results[name] = evaluate_one(variant_conf, out_dir / name, device, learned, config_record, also)
-        release_freed_memory()
+        apply_variant(conf, name, variant)  # every variant checked before any is evaluated
+    processes = process_count(conf.eval.parallel_variants, "eval.parallel_variants", len(variants), "variant",
+                              torch.get_num_threads(), device, auto=True)
+    if processes > 1:
+        results = evaluate_side_by_side(conf, variants, out_dir, config_record, explicit_keys, processes)
+    else:
+        results = {}
+        for name, variant in variants.items():
+            results[name] = evaluate_variant(conf, name, variant, out_dir, device, learned, config_record, also)
     write_generalization(out_dir, results, config_record)
     first = next(iter(results.values()))
     return first["optimizers"][first["studied"]]["final_mean"]
+
+
+def evaluate_variant(conf: EvalConfig, name: str, variant: dict, out_dir: Path, device, learned,
+                     config_record: dict | None, also: dict, quiet: bool = False) -> dict:
+    log.info("variant %s: %s", name, variant or "the base task")
+    result = evaluate_one(apply_variant(conf, name, variant), out_dir / name, device, learned, config_record, also,
+                          quiet)
+    release_freed_memory()
+    return result
+
+
+def evaluate_side_by_side(conf: EvalConfig, variants: dict, out_dir: Path, config_record: dict | None,
+                          explicit_keys: set[str], processes: int) -> dict:
+    """The variants in ``processes`` processes side by side, each taking the next variant not yet taken when it is
+    free (their costs differ), each with its own copy of the learned optimizers; the results in the variants'
+    order. A process that fails stops the others, and its error is the evaluation's."""
+    threads = max(1, torch.get_num_threads() // processes)
+    taken = get_context("spawn").Value("i", 0)
+    side = SideBySide(processes, threads, _evaluate_variants, lambda i: (
+        conf, list(variants.items()), out_dir, config_record, set(explicit_keys), taken), "l2l-variants",
+        graceful=False)
+    log.info("evaluating %d variants in %d processes side by side, %d thread(s) each%s", len(variants), processes,
+             threads, ", pinned to cores" if side.pinned else "")
+    results = {}
+    try:
+        with progress() as bar:
+            task = bar.add_task("variants", total=len(variants), info="")
+            for message in side.messages():
+                if isinstance(message, Failed):
+                    side.stop()
+                    raise message.error
+                name, result = message
+                results[name] = result
+                bar.update(task, advance=1, info=f"{name} done")
+    except ProcessDied as died:
+        raise SideBySideError(f"a process evaluating eval.variants (process {died.index}) exited unexpectedly "
+                              f"({died})") from None
+    finally:
+        side.join(timeout=10)
+    return {name: results[name] for name in variants}
+
+
+def _evaluate_variants(index: int, channel, conf: EvalConfig, variants: list, out_dir: Path,
+                       config_record: dict | None, explicit_keys: set[str], taken) -> None:
+    """One process of ``evaluate_side_by_side``: the next variant not yet taken, until none is left."""
+    torch.manual_seed(conf.seed)
+    device = resolve_device(conf.device)
+    learned = load_learned(conf, device, explicit_keys) if conf.optimizer.name in OPTIMIZERS.learned() else None
+    also = load_compared(conf, device, learned[0] if learned else conf.optimizer.name)
+    while not channel.stop():
+        with taken.get_lock():
+            k, taken.value = taken.value, taken.value + 1
+        if k >= len(variants):
+            return
+        name, variant = variants[k]
+        channel.send((name, evaluate_variant(conf, name, variant, out_dir, device, learned, config_record, also,
+                                             quiet=True)))
 
 
 def load_compared(conf: EvalConfig, device, studied: str) -> dict:
@@ -181,10 +244,10 @@ def write_generalization(out_dir: Path, results: dict, config_record: dict | Non
 
 
 def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None,
-                 also: dict | None = None) -> dict:
+                 also: dict | None = None, quiet: bool = False) -> dict:
     """Compute (tune, compare) on one task, then write it; returns the results written to results.json.
     ``learned``: (name, optimizer, record) from load_learned, or None when a baseline is studied; ``also``:
-    load_compared's other learned optimizers."""
+    load_compared's other learned optimizers. ``quiet``: no progress bars (a process side by side)."""
     also = also or {}
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
@@ -204,7 +267,7 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
             "data_seed": conf.data_seed, "grid": list(grid), "refine": conf.eval.refine_lr,
             "search": conf.eval.lr_search, "device": str(device)},
             baselines)
-    with progress() as bar:
+    with progress(disable=quiet) as bar:
         to_tune = [n for n, c in baselines.items() if c.lr is None]
         tune_task = bar.add_task("tune lr", total=len(to_tune), info=f"{len(grid)} values x {len(val_problem)} "
                                                                      "validation functions")

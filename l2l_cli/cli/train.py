@@ -55,13 +55,18 @@ def train(conf: TrainConfig, out_dir: Path, launched: Optional[Rank] = None) -> 
     with GracefulStop(quiet=quiet) as stopper, progress(disable=quiet) as bar:
         task = bar.add_task("meta-train", total=population * iterations, completed=0, info="")
 
+        done: dict = {}  # member -> its iterations so far (members may train side by side)
+
         def on_start(k: int, t) -> None:
-            bar.update(task, completed=k * iterations + t.iteration)
+            done.update({j: iterations for j in range(k)} if setup.member_processes == 1 else {})
+            done[k] = t.iteration
+            bar.update(task, completed=sum(done.values()))
 
         def on_iteration(k: int, t, stats) -> None:
             name = "" if population == 1 else f"member {k}: "
             val = t.history[-1][1] if t.history else float("nan")
-            bar.update(task, completed=k * iterations + t.iteration,
+            done[k] = t.iteration
+            bar.update(task, completed=sum(done.values()),
                        info=f"{name}loss {fmt(stats.mean_loss)}  val {fmt(val)}  best {fmt(t.best_val)}")
 
         try:

@@ -91,9 +91,13 @@ META_LR_SCHEDULES = ("constant", "cosine")
 @dataclass
 class TrainLoopConfig:
     iterations: int = 1500  # optimizee runs (per population member); each gives num_steps / unroll meta-updates
-    # independent meta-trainings (own initialisation and training functions), one after another; the one with the
-    # best validation score becomes the run's best.pt
+    # independent meta-trainings (own initialisation and training functions); the one with the best validation
+    # score becomes the run's best.pt
     population: int = 1
+    # processes training the population's members side by side on the CPU, each with threads / N torch threads;
+    # null (auto): one per thread (at most one per member) for runs long enough to repay their start, when the
+    # members' own functions are not already shared out over workers; 1: members one after another in this process
+    parallel_members: Optional[int] = None
     meta_lr: float = 3e-3
     meta_lr_schedule: str = "constant"  # constant | cosine (from meta_lr down to meta_lr * meta_lr_final)
     meta_lr_final: float = 0.1
@@ -132,6 +136,8 @@ class TrainLoopConfig:
         check(self.dist_timeout > 0, "train.dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         check(self.workers is None or self.workers >= 1, "train.workers",
               f"must be >= 1 or null (auto), got {self.workers}")
+        check(self.parallel_members is None or self.parallel_members >= 1, "train.parallel_members",
+              f"must be >= 1 or null (auto), got {self.parallel_members}")
         check(0 <= self.meta_lr_final <= 1, "train.meta_lr_final", f"must be in [0, 1], got {self.meta_lr_final}")
         check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         check(self.random_scale is None or (math.isfinite(self.random_scale) and self.random_scale >= 0),
@@ -175,6 +181,9 @@ class EvalLoopConfig:
     tuning_cache: Optional[str] = None
     # name -> {optimizee: {field: value}, num_steps: N}: evaluate one optimizer on several variants of the task
     variants: Dict[str, Any] = field(default_factory=dict)
+    # processes evaluating the variants side by side on the CPU, threads / N threads each; null (auto): one per
+    # thread, at most one per variant; 1: one variant after another in this process
+    parallel_variants: Optional[int] = None
     # name -> checkpoint: more learned optimizers run beside the studied one on every task and variant, as more
     # columns (LSTM-sub, or optimizer=lstm beside lstm_sep); a null entry is left out. On the command line
     # +eval.compare.NAME=PATH (+: a new key)
@@ -185,6 +194,8 @@ class EvalLoopConfig:
         check(self.num_steps is None or self.num_steps >= 1, "eval.num_steps",
               f"must be >= 1 or null, got {self.num_steps}")
         check(len(self.lr_grid) > 0, "eval.lr_grid", "must not be empty")
+        check(self.parallel_variants is None or self.parallel_variants >= 1, "eval.parallel_variants",
+              f"must be >= 1 or null (auto), got {self.parallel_variants}")
         check(self.refine_lr >= 0, "eval.refine_lr", f"must be >= 0 (rounds of refinement), got {self.refine_lr}")
         check_choice(self.lr_search, "eval.lr_search", LR_SEARCHES)
         for lr in self.lr_grid:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import signal
 import socket
 import time
 import traceback
@@ -28,8 +27,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from l2l_cli.core.environment import configure_torch
-from l2l_cli.core.signals import GracefulStop
+from l2l_cli.core.processes import start_processes, started_process
 from l2l_cli.evaluation.rollout import run
 from l2l_cli.meta.estimators.base import EstimatorRun, UnrollGradient
 from l2l_cli.meta.weights import split_like
@@ -37,7 +35,6 @@ from l2l_cli.meta.weights import split_like
 log = logging.getLogger(__name__)
 
 FAILED_KEY = "l2l_failed_rank_{}"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class DistributedError(RuntimeError):
@@ -225,36 +222,18 @@ def free_port() -> int:
 
 
 class LocalRanks:
-    """Ranks 1..world-1 as processes on this machine, each running ``target(rank, *args)``; this process is rank 0
-    and runs the same target itself. Each rank gets ``threads`` torch threads, pinned to cores of its own where the
-    cores allow. Stop signals reach them through the process group; they end with the run."""
+    """Ranks 1..world-1 as processes on this machine (``core.processes``), each running ``target(rank, *args)``;
+    this process is rank 0 and runs the same target itself. Each rank gets ``threads`` torch threads, pinned to
+    cores of its own where the cores allow. Stop signals reach them through the process group; they end with the
+    run."""
 
     def __init__(self, world: int, threads: int, target: Callable, args: tuple, timeout_s: float):
-        import multiprocessing
-        from multiprocessing import resource_tracker
-
         self.world = world
         port = free_port()
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        self.pin = world * threads <= len(cpus)
-        ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools in an unusable state
-        # Ranks start with Ctrl-C and SIGTERM blocked (the mask is inherited) and install their own handling before
-        # unblocking them: one sent to the process group while they start cannot kill a rank the others wait for.
-        # multiprocessing's resource tracker unblocks them when it starts, so it is started first.
-        resource_tracker.ensure_running()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        self.procs = []
-        try:
-            for k in range(1, world):
-                own = cpus[k * threads: (k + 1) * threads] if self.pin else None
-                proc = ctx.Process(target=_local_rank_main, daemon=True, name=f"l2l-rank-{k}",
-                                   args=(Rank(k, world, k), port, threads, own, timeout_s, target, args))
-                proc.start()
-                self.procs.append(proc)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.own_cpus = cpus[:threads] if self.pin else None
+        self.procs, self.own_cpus = start_processes(world, threads, _local_rank_main, lambda k, cpus: (
+            Rank(k, world, k), port, threads, cpus, timeout_s, target, args), "l2l-rank", first=1)
+        self.pin = self.own_cpus is not None
 
     def check(self, wait: float = 5.0) -> None:
         """A rank that ended without reporting (killed, crashed): one line naming it. Its end may reach us after
@@ -281,11 +260,7 @@ def _local_rank_main(rank: Rank, port: int, threads: int, cpus, timeout_s: float
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank.rank),
                       WORLD_SIZE=str(rank.world), LOCAL_RANK=str(rank.local_rank))
     logging.basicConfig(level=logging.WARNING)
-    with GracefulStop(quiet=True) as stopper:  # installed before the signals are unblocked
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        configure_torch(threads)
+    with started_process(threads, cpus) as stopper:
         try:
             init_group(rank, torch.device("cpu"), timeout_s)
             target(rank, stopper, *args)

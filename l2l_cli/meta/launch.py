@@ -24,6 +24,7 @@ from l2l_cli.meta.distributed import (
     leave_together,
     report_failure,
 )
+from l2l_cli.meta.parallel_members import train_side_by_side
 from l2l_cli.meta.population import PopulationResult, train_population
 from l2l_cli.meta.setup import TrainSetup
 from l2l_cli.meta.stopping import StopRequested
@@ -58,13 +59,15 @@ def pinned(cpus):
 def run_training(setup: TrainSetup, population: int, resume=False, rank: Optional[Rank] = None,
                  **callbacks) -> TrainingResult:
     """Train the population as one of a launched group (``rank``: from ``distributed.from_environment``, the group
-    joined and ``setup.out_dir`` rank 0's, as `l2l train` does), on local ranks (``setup.workers`` > 1), or in this
-    process. ``callbacks``: train_population's writer_for, on_start, on_iteration, should_stop (used by the process
-    that writes)."""
+    joined and ``setup.out_dir`` rank 0's, as `l2l train` does), on local ranks (``setup.workers`` > 1), its members
+    in processes side by side (``setup.member_processes`` > 1), or in this process. ``callbacks``:
+    train_population's writer_for, on_start, on_iteration, should_stop (used by the process that writes)."""
     if rank is not None:
         return TrainingResult(_as_launched_rank(setup, population, resume, rank, callbacks), rank)
     if setup.workers > 1:
         return TrainingResult(_with_local_ranks(setup, population, resume, callbacks), None)
+    if setup.member_processes > 1:
+        return TrainingResult(train_side_by_side(setup, population, resume, **callbacks), None)
     return TrainingResult(train_population(setup, population, resume, **callbacks), None)
 
 
@@ -73,10 +76,15 @@ def _as_launched_rank(setup: TrainSetup, population: int, resume, rank: Rank, ca
     if setup.loop.workers not in (None, 1, rank.world):
         raise ConfigError(f"train.workers: this process is rank {rank.rank} of {rank.world} started by torchrun or "
                           f"SLURM; leave train.workers null (or {rank.world}), got {setup.loop.workers}")
+    if setup.loop.parallel_members not in (None, 1):
+        raise ConfigError(f"train.parallel_members: this process is rank {rank.rank} of {rank.world} started by "
+                          f"torchrun or SLURM, which trains the members one after another; leave it null (or 1), "
+                          f"got {setup.loop.parallel_members}")
     if rank.world > setup.batch_size:
         raise ConfigError(f"optimizee.batch_size: each of the {rank.world} ranks runs a share of the batch's "
                           f"functions, so at least {rank.world}, got {setup.batch_size}")
-    setup = replace(setup, device=join_group(rank, setup.device, setup.loop.dist_timeout), workers=1)
+    setup = replace(setup, device=join_group(rank, setup.device, setup.loop.dist_timeout), workers=1,
+                    member_processes=1)
     if rank.writes:
         log.info("distributed meta-training: %d ranks (%s backend); rank 0 writes", rank.world,
                  torch.distributed.get_backend())

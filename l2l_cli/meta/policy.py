@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from l2l_cli.core.processes import process_count
 from l2l_cli.core.registry import ESTIMATORS
 from l2l_cli.core.schemas import ConfigError, TrainLoopConfig
 from l2l_cli.meta.estimators.tbptt import TBPTTConfig
@@ -42,6 +43,19 @@ def resolve_workers(setting: int | None, threads: int, batch: int, num_params: i
     return max(1, min(threads, batch, batch * num_params // MIN_COORDINATES_PER_WORKER))
 
 
+def resolve_member_processes(setting: int | None, threads: int, population: int, workers: int, work: float,
+                             device: torch.device) -> int:
+    """Processes training the population's members side by side (train.parallel_members): as set (checked), or for
+    null (auto) one per thread, at most one per member, on the CPU for runs long enough to repay their start and
+    whose functions are not already shared out over workers (the ranks take the threads then); 1: this process
+    trains the members one after another."""
+    if setting is not None and setting > 1 and workers > 1:
+        raise ConfigError(f"train.parallel_members={setting} and train.workers={workers} would both split this "
+                          "machine's threads; set one of them to 1")
+    return process_count(setting, "train.parallel_members", population, f"member of train.population={population}",
+                         threads, device, auto=workers == 1 and work >= AUTO_MIN_COORDINATE_STEPS)
+
+
 def coordinate_steps(batch_size: int, num_params: int, num_steps: int, iterations: int) -> float:
     """A meta-training run's work: functions x coordinates x optimizee steps x optimizee runs."""
     return float(batch_size) * num_params * num_steps * iterations
@@ -50,10 +64,13 @@ def coordinate_steps(batch_size: int, num_params: int, num_steps: int, iteration
 def plan_training(*, family: Family, optimizee, optimizer, schedule: TruncatedScheduleConfig, loop: TrainLoopConfig,
                   seed: int, data_seed: int, device: torch.device, out_dir: Path, compile: bool | None,
                   threads: int | None = None, estimator=None) -> TrainSetup:
-    """The setup of a run: ``compile`` and ``loop.workers`` as set, or (null) decided from the run's work."""
+    """The setup of a run: ``compile``, ``loop.workers`` and ``loop.parallel_members`` as set, or (null) decided
+    from the run's work."""
     threads = threads or torch.get_num_threads()
     work = coordinate_steps(optimizee.batch_size, family.num_params, schedule.num_steps, loop.iterations)
     workers = resolve_workers(loop.workers, threads, optimizee.batch_size, family.num_params, work, device)
+    member_processes = resolve_member_processes(loop.parallel_members, threads, loop.population, workers, work,
+                                                device)
     estimator = estimator or TBPTTConfig()
     if not ESTIMATORS.get(estimator.name).build.compiles:
         # es / pes step all perturbed copies in one vmapped call of the eager module
@@ -63,4 +80,5 @@ def plan_training(*, family: Family, optimizee, optimizer, schedule: TruncatedSc
         compile = False
     return TrainSetup(family=family, optimizer=optimizer, schedule=schedule, loop=loop, estimator=estimator,
                       batch_size=optimizee.batch_size, seed=seed, data_seed=data_seed, device=device,
-                      out_dir=out_dir, optimizee=optimizee, compile=should_compile(compile, work), workers=workers)
+                      out_dir=out_dir, optimizee=optimizee, compile=should_compile(compile, work), workers=workers,
+                      member_processes=member_processes)

@@ -3,7 +3,8 @@
 Meta-training a learned optimizer lands in optima of very different quality from seed to seed (measured on MNIST:
 validation losses settling at 0.035-0.04 for one seed and 0.07-0.09 for another, both curves smooth), and validation
 tells such members apart, so training a few and keeping the best beats tuned baselines more often than one long
-meta-training of the same total length (docs/results.md).
+meta-training of the same total length (docs/results.md). Members train one after another in this process, or side
+by side in processes of their own (``meta.parallel_members``, train.parallel_members).
 
 Layout of a run with train.population > 1 (a population of 1 keeps the plain single-run layout):
   members/<k>/checkpoints/{best,last}.pt   each member's own checkpoints (resume continues every member)
@@ -112,49 +113,93 @@ def member_resume_files(resume, out_dir: Path, population: int) -> list[Path | N
 
 
 @dataclass
+class MemberResult:
+    """What a member's meta-training left: its progress and validation record (read by `l2l train`'s report and
+    progress bar, whichever process trained it)."""
+
+    iteration: int
+    best_val: float
+    best_iteration: int
+    history: list  # (iteration, validation score)
+    skipped_total: int
+    patience_over: bool
+    checkpoint_dir: Path
+
+    @classmethod
+    def of(cls, trainer: MetaTrainer) -> MemberResult:
+        return cls(trainer.iteration, trainer.best_val, trainer.best_iteration, list(trainer.history),
+                   trainer.skipped_total, trainer.patience_over, trainer.checkpoint_dir)
+
+
+@dataclass
 class PopulationResult:
-    members: List[MetaTrainer]
+    members: List[MemberResult]
     winner: int  # index of the member with the best validation score
     best_path: Path  # the run's best.pt
 
 
-def train_population(setup: TrainSetup, population: int, resume=False, *,
-                     writer_for: Callable[[Path], object] = lambda path: None,
-                     on_start: Optional[Callable[[int, MetaTrainer], None]] = None,
-                     on_iteration: Optional[Callable[[int, MetaTrainer, object], None]] = None,
-                     should_stop: Callable[[], int] = lambda: 0, rank: Optional[Rank] = None) -> PopulationResult:
-    """Meta-train every member of the population, one after another, each resumed from its last.pt where
-    ``resume`` finds one; the best member's best.pt becomes the run's. ``writer_for(dir)``: a scalar writer for a
-    member's curves (or None); ``on_start(k, trainer)`` / ``on_iteration(k, trainer, stats)``: progress. ``rank``:
-    this process's place in a distributed run (every rank calls this; rank 0 alone writes)."""
+def member_name(k: int, population: int) -> str:
+    return "" if population == 1 else f"member {k}: "
+
+
+def train_member(setup: TrainSetup, k: int, population: int, resume_from: Optional[Path], *,
+                 writer_for: Optional[Callable[[Path], object]] = None,
+                 on_start: Optional[Callable[[int, object], None]] = None,
+                 on_iteration: Optional[Callable[[int, object, object], None]] = None,
+                 should_stop: Callable[[], int] = lambda: 0, rank: Optional[Rank] = None) -> MemberResult:
+    """Meta-train member ``k`` (resumed from ``resume_from`` where given) in this process; the callbacks as
+    train_population's."""
     run_dir = setup.out_dir
+    name = member_name(k, population)
     writes = rank is None or rank.writes
-    members: list[MetaTrainer] = []
-    for k, resume_from in enumerate(member_resume_files(resume, run_dir, population)):
-        name = "" if population == 1 else f"member {k}: "
-        writer = writer_for(member_tb_dir(run_dir, k, population)) if writes else None
-        trainer = None
-        try:
-            trainer = MetaTrainer(replace(setup, member=k, out_dir=member_dir(run_dir, k, population)), writer, rank)
-            if resume_from is not None:
-                trainer.restore(load_checkpoint(resume_from), resume_from)
-                log.info("%sresumed from %s at iteration %d (best validation loss %.4g)", name, resume_from,
-                         trainer.iteration, trainer.best_val)
-            if on_start:
-                on_start(k, trainer)
-            trainer.fit(None if on_iteration is None else (lambda t, stats, k=k: on_iteration(k, t, stats)),
-                        should_stop=should_stop)
-        finally:
-            if writer is not None:
-                writer.close()
-        log.info("%sbest validation loss %.4g at iteration %d; checkpoints in %s", name, trainer.best_val,
-                 trainer.best_iteration, trainer.checkpoint_dir)
-        members.append(trainer)
-        release_freed_memory()
-    winner = best_member([t.best_val for t in members])
+    writer = writer_for(member_tb_dir(run_dir, k, population)) if writes and writer_for is not None else None
+    try:
+        trainer = MetaTrainer(replace(setup, member=k, out_dir=member_dir(run_dir, k, population)), writer, rank)
+        if resume_from is not None:
+            trainer.restore(load_checkpoint(resume_from), resume_from)
+            log.info("%sresumed from %s at iteration %d (best validation loss %.4g)", name, resume_from,
+                     trainer.iteration, trainer.best_val)
+        if on_start:
+            on_start(k, trainer)
+        trainer.fit(None if on_iteration is None else (lambda t, stats: on_iteration(k, t, stats)),
+                    should_stop=should_stop)
+    finally:
+        if writer is not None:
+            writer.close()
+    result = MemberResult.of(trainer)
+    del trainer
+    release_freed_memory()
+    return result
+
+
+def report_member(k: int, population: int, member: MemberResult) -> None:
+    log.info("%sbest validation loss %.4g at iteration %d; checkpoints in %s", member_name(k, population),
+             member.best_val, member.best_iteration, member.checkpoint_dir)
+
+
+def population_result(members: List[MemberResult], run_dir: Path, writes: bool) -> PopulationResult:
+    """The best member's best.pt becomes the run's (a population's: copied to <run>/checkpoints/best.pt)."""
+    winner = best_member([m.best_val for m in members])
     best_path = members[winner].checkpoint_dir / "best.pt"
-    if population > 1 and writes:
+    if len(members) > 1 and writes:
         best_path = copy_checkpoint(best_path, run_dir / "checkpoints" / "best.pt")  # it records its member index
         log.info("member %d is best (validation loss %.4g); its best.pt is %s", winner, members[winner].best_val,
                  best_path)
     return PopulationResult(members, winner, best_path)
+
+
+def train_population(setup: TrainSetup, population: int, resume=False, *,
+                     writer_for: Optional[Callable[[Path], object]] = None,
+                     on_start: Optional[Callable[[int, object], None]] = None,
+                     on_iteration: Optional[Callable[[int, object, object], None]] = None,
+                     should_stop: Callable[[], int] = lambda: 0, rank: Optional[Rank] = None) -> PopulationResult:
+    """Meta-train every member of the population, one after another in this process, each resumed from its last.pt
+    where ``resume`` finds one; the best member's best.pt becomes the run's. ``writer_for(dir)``: a scalar writer
+    for a member's curves (or None); ``on_start(k, trainer)`` / ``on_iteration(k, trainer, stats)``: progress.
+    ``rank``: this process's place in a distributed run (every rank calls this; rank 0 alone writes)."""
+    members = []
+    for k, resume_from in enumerate(member_resume_files(resume, setup.out_dir, population)):
+        members.append(train_member(setup, k, population, resume_from, writer_for=writer_for, on_start=on_start,
+                                    on_iteration=on_iteration, should_stop=should_stop, rank=rank))
+        report_member(k, population, members[-1])
+    return population_result(members, setup.out_dir, rank is None or rank.writes)

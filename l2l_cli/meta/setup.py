@@ -32,3 +32,6 @@ class TrainSetup:
     # ranks sharing each batch's functions on this machine (policy.resolve_workers; meta.launch starts them); 1: this
     # process alone. A MetaTrainer itself is always one rank: ``rank`` says which.
     workers: int = 1
+    # processes training the population's members side by side (policy.resolve_member_processes;
+    # meta.parallel_members starts them); 1: one member after another in this process
+    member_processes: int = 1
