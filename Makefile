@@ -34,6 +34,7 @@ docs: install  ## the user guide (docs/) as a site in site/; a broken link or mi
 
 bench: install  ## speed figures, printed and written to benchmarks/results/
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/side_by_side.py
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1

@@ -56,6 +56,12 @@ MALFORMED = [
     (["train", "train.second_order=true"], "train.second_order: no longer a key; use estimator.second_order "
      "(estimator=tbptt, the default)"),
     (["train", "train.workers=0"], "train.workers: must be >= 1 or null (auto), got 0"),
+    (["train", "train.parallel_members=0"], "train.parallel_members: must be >= 1 or null (auto), got 0"),
+    (["train", "train.parallel_members=3", "train.population=2", "train.workers=1"],
+     "train.parallel_members: at most one process per member of train.population=2, got 3"),
+    (["eval", "eval.parallel_variants=0"], "eval.parallel_variants: must be >= 1 or null (auto), got 0"),
+    (["eval", "eval.variants={a:{num_steps:40}}"],
+     "eval.variants.a: unknown key; a new entry needs a leading +: +eval.variants={a:{num_steps:40}}"),
     (["train", "train.workers=500"],
      "train.workers: each rank takes a share of optimizee.batch_size=128 functions, so at most 128, got 500"),
     (["train", "train.ema_decay=1"], "train.ema_decay: must be in [0, 1), got 1.0"),

@@ -97,6 +97,9 @@ def describe(exc: BaseException) -> str | None:
             chosen = chosen_option(parent) if parent else None
             under = (f" under {parent}" + (f"={chosen}" if chosen else "")) if parent else ""
             hint = f", allowed keys{under}: {', '.join(allowed)}" if allowed else ""
+            append = re.search(r"To append to your config use (\S+)", text)
+            if not allowed and append:  # a dict of the user's own names (eval.variants, eval.compare)
+                hint = f"; a new entry needs a leading +: {append.group(1)}"
             return f"{full_key}: unknown key{hint}"
         line = _first_line(text)
         if cause is not None:

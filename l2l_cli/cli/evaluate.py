@@ -108,7 +108,7 @@ def evaluate_variant(conf: EvalConfig, name: str, variant: dict, out_dir: Path, 
                      config_record: dict | None, also: dict, quiet: bool = False) -> dict:
     log.info("variant %s: %s", name, variant or "the base task")
     result = evaluate_one(apply_variant(conf, name, variant), out_dir / name, device, learned, config_record, also,
-                          quiet)
+                          quiet, label=f"variant {name}: ")
     release_freed_memory()
     return result
 
@@ -244,10 +244,11 @@ def write_generalization(out_dir: Path, results: dict, config_record: dict | Non
 
 
 def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None,
-                 also: dict | None = None, quiet: bool = False) -> dict:
+                 also: dict | None = None, quiet: bool = False, label: str = "") -> dict:
     """Compute (tune, compare) on one task, then write it; returns the results written to results.json.
     ``learned``: (name, optimizer, record) from load_learned, or None when a baseline is studied; ``also``:
-    load_compared's other learned optimizers. ``quiet``: no progress bars (a process side by side)."""
+    load_compared's other learned optimizers. ``quiet``: no progress bars (a process side by side); ``label``: what
+    its log lines start with (the variant's name)."""
     also = also or {}
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
@@ -276,7 +277,7 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
         tuning_started = time.perf_counter()
 
         def on_test_start() -> None:
-            log.info("tuning took %.1f s (eval.lr_search=%s)", time.perf_counter() - tuning_started,
+            log.info("%stuning took %.1f s (eval.lr_search=%s)", label, time.perf_counter() - tuning_started,
                      conf.eval.lr_search)
             test_task.append(bar.add_task("test", total=len(baselines) + (learned is not None) + len(also),
                                           info=f"{len(test_problem)} test functions"))
