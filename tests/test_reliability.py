@@ -237,18 +237,20 @@ def test_variants_side_by_side_end_with_their_parent(tiny_run, tmp_path, how):
                              "eval.parallel_variants=2", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    for line in proc.stdout:  # the parent has started them
-        if "side by side" in line:
+    started = set()
+    for line in proc.stdout:  # each process has taken its variant: both are past their start
+        started |= {v for v in ("variant a:", "variant b:") if v in line}
+        if len(started) == 2:
             break
     children = spawned_children(proc.pid)
-    assert len(children) == 2
+    assert len(children) == 2, started
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr
     else:
         proc.kill()
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=60)
     deadline = time.time() + 10
     while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children):
         assert time.time() < deadline, f"left running: {children}"
