@@ -1,5 +1,6 @@
 """Interrupted, diverging and malformed runs: real signals, broken checkpoints, forced NaN, bad command lines."""
 
+import json
 import math
 import os
 import signal
@@ -226,17 +227,37 @@ def test_same_seed_gives_bit_identical_checkpoints_and_results(tmp_path, tiny_ru
     assert record["environment"]["packages"]["torch"] and "git_commit" in record["environment"]
 
 
+VARIANTS = ["optimizee.dim=4", "eval.val_functions=16", "eval.lr_grid=[0.01,0.1,1.0]"]
+
+
+def test_variants_side_by_side_equal_one_after_another(tiny_run, tmp_path):
+    checkpoint = tiny_run[0] / "train" / "checkpoints" / "best.pt"
+    study = ["eval", f"checkpoint={checkpoint}", *VARIANTS, "eval.num_functions=32", "+eval.variants.a.num_steps=8",
+             "+eval.variants.b.num_steps=12", "+eval.variants.c.num_steps=4"]
+    side = run_cli(*study, "threads=2", "eval.parallel_variants=2", f"hydra.run.dir={tmp_path / 'side'}")
+    assert side.returncode == 0, side.stderr
+    assert "evaluating 3 variants in 2 processes side by side" in " ".join(side.stdout.split())
+    one = run_cli(*study, f"hydra.run.dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr
+    csv = [(tmp_path / run / "generalization.csv").read_text() for run in ("side", "one")]
+    assert csv[0] == csv[1]
+    for variant in "abc":
+        results = [json.loads((tmp_path / run / variant / "results.json").read_text()) for run in ("side", "one")]
+        assert results[0]["optimizers"] == results[1]["optimizers"]
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "kill"])
 def test_variants_side_by_side_end_with_their_parent(tiny_run, tmp_path, how):
     """An evaluation whose variants run side by side: Ctrl-C to the terminal's process group ends it at once, and
     killed outright it leaves no process of its own behind, still writing into the run dir."""
     checkpoint = tiny_run[0] / "train" / "checkpoints" / "best.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "l2l_cli", "eval", f"checkpoint={checkpoint}", "optimizee.dim=4",
-                             "eval.val_functions=16", "eval.lr_grid=[0.01,0.1,1.0]", "eval.num_functions=1024",
+    proc = subprocess.Popen([sys.executable, "-m", "l2l_cli", "eval", f"checkpoint={checkpoint}", *VARIANTS,
+                             "eval.num_functions=1024",
                              "+eval.variants.a.num_steps=4000", "+eval.variants.b.num_steps=4000", "threads=2",
                              "eval.parallel_variants=2", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_as_from_a_terminal)
     started = set()
     for line in proc.stdout:  # each process has taken its variant: both are past their start
         started |= {v for v in ("variant a:", "variant b:") if v in line}
@@ -255,6 +276,12 @@ def test_variants_side_by_side_end_with_their_parent(tiny_run, tmp_path, how):
     while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children):
         assert time.time() < deadline, f"left running: {children}"
         time.sleep(0.05)
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal's foreground job gets it: a job started in the background (CI's scripts may be) inherits
+    it ignored, and a command keeps an ignored Ctrl-C ignored, as POSIX asks."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _state(pid: int) -> str:
