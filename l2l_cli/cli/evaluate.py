@@ -89,31 +89,32 @@ def evaluate(conf: EvalConfig, out_dir: Path, config_record: dict | None = None,
     if not variants:
         results = evaluate_one(conf, out_dir, device, learned, config_record, also)
         return results["optimizers"][results["studied"]]["final_mean"]
-    for name, variant in variants.items():
-        apply_variant(conf, name, variant)  # every variant checked before any is evaluated
+    # every variant's config built (and checked) before any is evaluated: (name, what it changes, its config)
+    studies = [(name, variant, apply_variant(conf, name, variant)) for name, variant in variants.items()]
     processes = process_count(conf.eval.parallel_variants, "eval.parallel_variants", len(variants), "variant",
                               torch.get_num_threads(), device, auto=True)
     if processes > 1:
-        results = evaluate_side_by_side(conf, variants, out_dir, config_record, explicit_keys, processes)
+        results = evaluate_side_by_side(conf, studies, out_dir, config_record, explicit_keys, processes)
     else:
-        results = {}
-        for name, variant in variants.items():
-            results[name] = evaluate_variant(conf, name, variant, out_dir, device, learned, config_record, also)
+        results = {study[0]: evaluate_variant(study, out_dir, device, learned, config_record, also)
+                   for study in studies}
     write_generalization(out_dir, results, config_record)
     first = next(iter(results.values()))
     return first["optimizers"][first["studied"]]["final_mean"]
 
 
-def evaluate_variant(conf: EvalConfig, name: str, variant: dict, out_dir: Path, device, learned,
-                     config_record: dict | None, also: dict, quiet: bool = False) -> dict:
+def evaluate_variant(study: tuple, out_dir: Path, device, learned, config_record: dict | None, also: dict,
+                     quiet: bool = False) -> dict:
+    """One variant: ``study`` = (name, what it changes, its config)."""
+    name, variant, variant_conf = study
     log.info("variant %s: %s", name, variant or "the base task")
-    result = evaluate_one(apply_variant(conf, name, variant), out_dir / name, device, learned, config_record, also,
-                          quiet, label=f"variant {name}: ")
+    result = evaluate_one(variant_conf, out_dir / name, device, learned, config_record, also, quiet,
+                          label=f"variant {name}: ")
     release_freed_memory()
     return result
 
 
-def evaluate_side_by_side(conf: EvalConfig, variants: dict, out_dir: Path, config_record: dict | None,
+def evaluate_side_by_side(conf: EvalConfig, studies: list, out_dir: Path, config_record: dict | None,
                           explicit_keys: set[str], processes: int) -> dict:
     """The variants in ``processes`` processes side by side, each taking the next variant not yet taken when it is
     free (their costs differ), each with its own copy of the learned optimizers; the results in the variants'
@@ -121,14 +122,13 @@ def evaluate_side_by_side(conf: EvalConfig, variants: dict, out_dir: Path, confi
     threads = max(1, torch.get_num_threads() // processes)
     taken = get_context("spawn").Value("i", 0)
     side = SideBySide(processes, threads, _evaluate_variants, lambda i: (
-        conf, list(variants.items()), out_dir, config_record, set(explicit_keys), taken), "l2l-variants",
-        graceful=False)
-    log.info("evaluating %d variants in %d processes side by side, %d thread(s) each%s", len(variants), processes,
+        conf, studies, out_dir, config_record, set(explicit_keys), taken), "l2l-variants", graceful=False)
+    log.info("evaluating %d variants in %d processes side by side, %d thread(s) each%s", len(studies), processes,
              threads, ", pinned to cores" if side.pinned else "")
     results = {}
     try:
         with progress() as bar:
-            task = bar.add_task("variants", total=len(variants), info="")
+            task = bar.add_task("variants", total=len(studies), info="")
             for message in side.messages():
                 if isinstance(message, Failed):
                     side.stop()
@@ -141,10 +141,10 @@ def evaluate_side_by_side(conf: EvalConfig, variants: dict, out_dir: Path, confi
                               f"({died})") from None
     finally:
         side.join(timeout=10)
-    return {name: results[name] for name in variants}
+    return {name: results[name] for name, _, _ in studies}
 
 
-def _evaluate_variants(index: int, channel, conf: EvalConfig, variants: list, out_dir: Path,
+def _evaluate_variants(index: int, channel, conf: EvalConfig, studies: list, out_dir: Path,
                        config_record: dict | None, explicit_keys: set[str], taken) -> None:
     """One process of ``evaluate_side_by_side``: the next variant not yet taken, until none is left."""
     torch.manual_seed(conf.seed)
@@ -154,11 +154,10 @@ def _evaluate_variants(index: int, channel, conf: EvalConfig, variants: list, ou
     while not channel.stop():
         with taken.get_lock():
             k, taken.value = taken.value, taken.value + 1
-        if k >= len(variants):
+        if k >= len(studies):
             return
-        name, variant = variants[k]
-        channel.send((name, evaluate_variant(conf, name, variant, out_dir, device, learned, config_record, also,
-                                             quiet=True)))
+        channel.send((studies[k][0], evaluate_variant(studies[k], out_dir, device, learned, config_record, also,
+                                                      quiet=True)))
 
 
 def load_compared(conf: EvalConfig, device, studied: str) -> dict:

@@ -58,7 +58,8 @@ def train(conf: TrainConfig, out_dir: Path, launched: Optional[Rank] = None) -> 
         done: dict = {}  # member -> its iterations so far (members may train side by side)
 
         def on_start(k: int, t) -> None:
-            done.update({j: iterations for j in range(k)} if setup.member_processes == 1 else {})
+            if setup.member_processes == 1:  # one after another: the members before k are over
+                done.update({j: iterations for j in range(k)})
             done[k] = t.iteration
             bar.update(task, completed=sum(done.values()))
 
