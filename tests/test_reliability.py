@@ -231,12 +231,15 @@ VARIANTS = ["optimizee.dim=4", "eval.val_functions=16", "eval.lr_grid=[0.01,0.1,
 
 
 def test_variants_side_by_side_equal_one_after_another(tiny_run, tmp_path):
+    """Variant b outlasts the others: the process that has no variant left hands its core on to b's."""
     checkpoint = tiny_run[0] / "train" / "checkpoints" / "best.pt"
     study = ["eval", f"checkpoint={checkpoint}", *VARIANTS, "eval.num_functions=32", "+eval.variants.a.num_steps=8",
-             "+eval.variants.b.num_steps=12", "+eval.variants.c.num_steps=4"]
+             "+eval.variants.b.num_steps=1500", "+eval.variants.c.num_steps=4"]
     side = run_cli(*study, "threads=2", "eval.parallel_variants=2", f"hydra.run.dir={tmp_path / 'side'}")
     assert side.returncode == 0, side.stderr
-    assert "evaluating 3 variants in 2 processes side by side" in " ".join(side.stdout.split())
+    out = " ".join(side.stdout.split())
+    assert "evaluating 3 variants in 2 processes side by side" in out
+    assert "variant b: took over the cores of finished processes, now 2 threads" in out
     one = run_cli(*study, f"hydra.run.dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
     csv = [(tmp_path / run / "generalization.csv").read_text() for run in ("side", "one")]

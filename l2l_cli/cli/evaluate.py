@@ -19,9 +19,10 @@ from l2l_cli.cli.job import job_threads, output_dir, record_run
 from l2l_cli.cli.run_dir_lock import RunDirLock, claim
 from l2l_cli.core.checkpoints import check_architecture
 from l2l_cli.core.environment import configure_torch, environment_record, release_freed_memory, resolve_device
-from l2l_cli.core.processes import Failed, ProcessDied, SideBySide, SideBySideError, process_count
+from l2l_cli.core.processes import Failed, ProcessDied, SideBySide, SideBySideError, process_cores, process_count
 from l2l_cli.core.registry import OPTIMIZERS
 from l2l_cli.core.schemas import ConfigError, EvalConfig
+from l2l_cli.core.spare_cores import SpareCores
 from l2l_cli.evaluation.comparison import Evaluation, evaluate_task, final_pictures
 from l2l_cli.evaluation.tuning_cache import TuningCache
 from l2l_cli.meta.trainer import improvement
@@ -120,9 +121,10 @@ def evaluate_side_by_side(conf: EvalConfig, studies: list, out_dir: Path, config
     free (their costs differ), each with its own copy of the learned optimizers; the results in the variants'
     order. A process that fails stops the others, and its error is the evaluation's."""
     threads = max(1, torch.get_num_threads() // processes)
-    taken = get_context("spawn").Value("i", 0)
+    ctx = get_context("spawn")
+    taken, spare = ctx.Value("i", 0), SpareCores(ctx, process_cores(processes, threads), threads)
     side = SideBySide(processes, threads, _evaluate_variants, lambda i: (
-        conf, studies, out_dir, config_record, set(explicit_keys), taken), "l2l-variants", graceful=False)
+        conf, studies, out_dir, config_record, set(explicit_keys), taken, spare), "l2l-variants", graceful=False)
     log.info("evaluating %d variants in %d processes side by side, %d thread(s) each%s", len(studies), processes,
              threads, ", pinned to cores" if side.pinned else "")
     results = {}
@@ -145,16 +147,20 @@ def evaluate_side_by_side(conf: EvalConfig, studies: list, out_dir: Path, config
 
 
 def _evaluate_variants(index: int, channel, conf: EvalConfig, studies: list, out_dir: Path,
-                       config_record: dict | None, explicit_keys: set[str], taken) -> None:
-    """One process of ``evaluate_side_by_side``: the next variant not yet taken, until none is left."""
+                       config_record: dict | None, explicit_keys: set[str], taken, spare: SpareCores) -> None:
+    """One process of ``evaluate_side_by_side``: the next variant not yet taken, until none is left; then its cores
+    go to the processes still evaluating one."""
     torch.manual_seed(conf.seed)
     device = resolve_device(conf.device)
     learned = load_learned(conf, device, explicit_keys) if conf.optimizer.name in OPTIMIZERS.learned() else None
     also = load_compared(conf, device, learned[0] if learned else conf.optimizer.name)
+    k = -1
+    spare.install(index, lambda: f"variant {studies[k][0]}")
     while not channel.stop():
         with taken.get_lock():
             k, taken.value = taken.value, taken.value + 1
         if k >= len(studies):
+            spare.give_up(index)
             return
         channel.send((studies[k][0], evaluate_variant(studies[k], out_dir, device, learned, config_record, also,
                                                       quiet=True)))

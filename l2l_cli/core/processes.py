@@ -39,12 +39,7 @@ def start_processes(count: int, threads: int, target: Callable, args_of: Callabl
     """Processes ``first`` .. ``count - 1`` running ``target(*args_of(index, cpus))``, ``cpus`` the cores that
     index's ``threads`` threads are pinned to (None where the machine has too few). Returns (the processes, the
     cores of index 0, which may be this process)."""
-    cpus = machine_cpus()
-    pin = count * threads <= len(cpus)
-
-    def own(index: int) -> Optional[list]:
-        return cpus[index * threads: (index + 1) * threads] if pin else None
-
+    own = process_cores(count, threads)
     ctx = get_context("spawn")
     os.environ[PARENT_ENV] = str(os.getpid())  # inherited by each spawned process
     resource_tracker.ensure_running()  # it unblocks the signals when it starts: started first
@@ -52,12 +47,20 @@ def start_processes(count: int, threads: int, target: Callable, args_of: Callabl
     procs = []
     try:
         for index in range(first, count):
-            proc = ctx.Process(target=target, args=args_of(index, own(index)), daemon=True, name=f"{name}-{index}")
+            proc = ctx.Process(target=target, args=args_of(index, own[index]), daemon=True, name=f"{name}-{index}")
             proc.start()
             procs.append(proc)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    return procs, own(0)
+    return procs, own[0]
+
+
+def process_cores(count: int, threads: int) -> list:
+    """Each process's cores: ``threads`` of the machine's in turn, or None each where the machine has too few."""
+    cpus = machine_cpus()
+    if count * threads > len(cpus):
+        return [None] * count
+    return [cpus[index * threads: (index + 1) * threads] for index in range(count)]
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from l2l_cli.core.spare_cores import take_spare_cores
 from l2l_cli.evaluation.rollout import chunk_functions
 from l2l_cli.evaluation.tuning import TuningResult, best_rate, refinement_factor
 from l2l_cli.optimizees.base import Family, loss_and_grad
@@ -131,6 +132,7 @@ def _run_together(family: Family, problem, rules: list, baselines: List[str], nu
     """Run every rule on every function of ``problem`` in one batch (row k * n + b: rule k on function b), dropping
     rules as they stop; (each rule's sum of expected final losses over the functions, each rule's reason to stop or
     "")."""
+    take_spare_cores()
     n, count = len(problem), len(rules)
     active = list(range(count))
     why = [""] * count

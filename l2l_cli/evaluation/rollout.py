@@ -13,6 +13,7 @@ from typing import List, Tuple
 
 import torch
 
+from l2l_cli.core.spare_cores import take_spare_cores
 from l2l_cli.optimizees.base import Family, loss_and_grad
 from l2l_cli.optimizers.learned.base import bind_to_family
 
@@ -57,6 +58,7 @@ def final_params(family: Family, problem, rule, num_steps: int) -> torch.Tensor:
 
 
 def _run(family: Family, problem, rule, num_steps: int, expected: bool):
+    take_spare_cores()
     theta = family.initial_params(problem)
     bind_to_family(rule, family, problem, num_steps)
     state = rule.init_state(theta)
