@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 L2L := $(VENV)/bin/l2l
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install train test test-fast lint docs bench tensorboard clean
+.PHONY: install data train test test-fast lint docs bench tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
 	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
 	touch $@
+
+data:  ## as root: the offline datasets l2l reads where installed (Fashion-MNIST for optimizee=convnet)
+	scripts/install_data.sh
 
 train: install  ## meta-train on quadratics with the shipped defaults, then evaluate against tuned baselines
 	$(L2L) train optimizee=quadratic

