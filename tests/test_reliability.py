@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,10 +250,11 @@ def test_variants_side_by_side_equal_one_after_another(tiny_run, tmp_path):
         assert results[0]["optimizers"] == results[1]["optimizers"]
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+@pytest.mark.parametrize("how", ["ctrl-c", "kill", "kill a variant"])
 def test_variants_side_by_side_end_with_their_parent(tiny_run, tmp_path, how):
-    """An evaluation whose variants run side by side: Ctrl-C to the terminal's process group ends it at once, and
-    killed outright it leaves no process of its own behind, still writing into the run dir."""
+    """An evaluation whose variants run side by side: Ctrl-C to the terminal's process group ends it at once;
+    killed outright it leaves no process of its own behind, still writing into the run dir; a variant's process
+    killed ends it with one line naming that variant."""
     checkpoint = tiny_run[0] / "train" / "checkpoints" / "best.pt"
     proc = subprocess.Popen([sys.executable, "-m", "l2l_cli", "eval", f"checkpoint={checkpoint}", *VARIANTS,
                              "eval.num_functions=1024",
@@ -272,6 +274,12 @@ def test_variants_side_by_side_end_with_their_parent(tiny_run, tmp_path, how):
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr
+    elif how == "kill a variant":
+        os.kill(children[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+        assert re.fullmatch(r"l2l: error: the process evaluating eval.variants' variant [ab] exited unexpectedly "
+                            r"\(exit code -9\)", stderr.strip().splitlines()[-1]), stderr
     else:
         proc.kill()
         proc.communicate(timeout=60)

@@ -109,8 +109,7 @@ def evaluate_variant(study: tuple, out_dir: Path, device, learned, config_record
     """One variant: ``study`` = (name, what it changes, its config)."""
     name, variant, variant_conf = study
     log.info("variant %s: %s", name, variant or "the base task")
-    result = evaluate_one(variant_conf, out_dir / name, device, learned, config_record, also, quiet,
-                          label=f"variant {name}: ")
+    result = evaluate_one(variant_conf, out_dir / name, device, learned, config_record, also, quiet, variant=name)
     release_freed_memory()
     return result
 
@@ -123,8 +122,10 @@ def evaluate_side_by_side(conf: EvalConfig, studies: list, out_dir: Path, config
     threads = max(1, torch.get_num_threads() // processes)
     ctx = get_context("spawn")
     taken, spare = ctx.Value("i", 0), SpareCores(ctx, process_cores(processes, threads), threads)
+    current = ctx.Array("i", [-1] * processes)  # the variant each process is evaluating, to name it if it dies
     side = SideBySide(processes, threads, _evaluate_variants, lambda i: (
-        conf, studies, out_dir, config_record, set(explicit_keys), taken, spare), "l2l-variants", graceful=False)
+        conf, studies, out_dir, config_record, set(explicit_keys), taken, spare, current), "l2l-variants",
+        graceful=False)
     log.info("evaluating %d variants in %d processes side by side, %d thread(s) each%s", len(studies), processes,
              threads, ", pinned to cores" if side.pinned else "")
     results = {}
@@ -139,15 +140,17 @@ def evaluate_side_by_side(conf: EvalConfig, studies: list, out_dir: Path, config
                 results[name] = result
                 bar.update(task, advance=1, info=f"{name} done")
     except ProcessDied as died:
-        raise SideBySideError(f"a process evaluating eval.variants (process {died.index}) exited unexpectedly "
-                              f"({died})") from None
-    finally:
-        side.join(timeout=10)
+        k = current[died.index]
+        what = f"variant {studies[k][0]}" if 0 <= k < len(studies) else f"process {died.index}"
+        raise SideBySideError(f"the process evaluating eval.variants' {what} exited unexpectedly ({died})") from None
+    finally:  # after a failure the others' unfinished variants are lost anyway: they end at once
+        side.join(timeout=10 if len(results) == len(studies) else 0)
     return {name: results[name] for name, _, _ in studies}
 
 
 def _evaluate_variants(index: int, channel, conf: EvalConfig, studies: list, out_dir: Path,
-                       config_record: dict | None, explicit_keys: set[str], taken, spare: SpareCores) -> None:
+                       config_record: dict | None, explicit_keys: set[str], taken, spare: SpareCores,
+                       current) -> None:
     """One process of ``evaluate_side_by_side``: the next variant not yet taken, until none is left; then its cores
     go to the processes still evaluating one."""
     torch.manual_seed(conf.seed)
@@ -162,6 +165,7 @@ def _evaluate_variants(index: int, channel, conf: EvalConfig, studies: list, out
         if k >= len(studies):
             spare.give_up(index)
             return
+        current[index] = k
         channel.send((studies[k][0], evaluate_variant(studies[k], out_dir, device, learned, config_record, also,
                                                       quiet=True)))
 
@@ -249,12 +253,13 @@ def write_generalization(out_dir: Path, results: dict, config_record: dict | Non
 
 
 def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record: dict | None = None,
-                 also: dict | None = None, quiet: bool = False, label: str = "") -> dict:
+                 also: dict | None = None, quiet: bool = False, variant: str = "") -> dict:
     """Compute (tune, compare) on one task, then write it; returns the results written to results.json.
     ``learned``: (name, optimizer, record) from load_learned, or None when a baseline is studied; ``also``:
-    load_compared's other learned optimizers. ``quiet``: no progress bars (a process side by side); ``label``: what
-    its log lines start with (the variant's name)."""
+    load_compared's other learned optimizers. ``quiet``: no progress bars (a process side by side); ``variant``: the
+    study's variant it is, named in its log lines and table."""
     also = also or {}
+    label = f"variant {variant}: " if variant else ""
     family = build_family(conf.optimizee)
     num_steps = conf.eval.num_steps or conf.schedule.num_steps
     val_problem = held_out_problems(family, conf.eval.val_functions, num_steps, conf.data_seed, "validation", device,
@@ -301,21 +306,23 @@ def evaluate_one(conf: EvalConfig, out_dir: Path, device, learned, config_record
     shown = {n: result.rules[n] for n in (result.learned, result.best_baseline) if n is not None}
     pictures = final_pictures(family, test_problem, shown, num_steps)
     return write_evaluation(out_dir, result, conf, family.data_record(), None if learned is None else learned[2],
-                            config_record, pictures, {n: record for n, (_, record) in also.items()})
+                            config_record, pictures, {n: record for n, (_, record) in also.items()}, variant)
 
 
 def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: dict | None,
                      learned_info: dict | None, config_record: dict | None, pictures: dict | None = None,
-                     also_info: dict | None = None) -> dict:
-    """The table on the console; TensorBoard, curves.csv, curves.png and results.json in out_dir; pictures.png
-    (and TensorBoard's images tab) where the family draws its parameters as images."""
+                     also_info: dict | None = None, variant: str = "") -> dict:
+    """The table on the console (titled with ``variant``, a study's variant, where there is one); TensorBoard,
+    curves.csv, curves.png and results.json in out_dir; pictures.png (and TensorBoard's images tab) where the family
+    draws its parameters as images."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, tuning, name = result.stats, result.tuning, conf.optimizee.name
     lr_text = {n: fmt(r.lr) + ("" if r.tuned else " fixed") for n, r in tuning.items()}
     for learned in (result.learned, *result.also):
         if learned:
             lr_text[learned] = "learned"
-    title = f"{name}: final loss (step {result.num_steps}) on {result.num_test_functions} test functions"
+    title = (f"{name}{f' (variant {variant})' if variant else ''}: final loss (step {result.num_steps}) on "
+             f"{result.num_test_functions} test functions")
     show(results_table(stats, lr_text, result.learned, result.best_baseline, title))
     if learned_info is not None and learned_info.get("improved") is False:
         log.warning("%s is no better than untrained (validation %.4g vs %.4g at iteration 0): not worth using",
@@ -324,7 +331,8 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
     write_curves_csv(out_dir / "curves.csv", stats)
     plot_curves(out_dir / "curves.png",
                 stats_curves(stats, {n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()}, result.learned),
-                title=f"{name}: {result.num_test_functions} test functions", ylabel="loss (mean, 10-90% band)")
+                title=f"{name}{f' (variant {variant})' if variant else ''}: {result.num_test_functions} test functions",
+                ylabel="loss (mean, 10-90% band)")
     if pictures is not None:
         write_pictures(out_dir / "pictures.png", out_dir / "tb", pictures, step=result.num_steps,
                        title=f"{name}: step {result.num_steps}, first {len(next(iter(pictures.values())))} test "
