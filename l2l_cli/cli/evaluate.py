@@ -321,8 +321,8 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
     for learned in (result.learned, *result.also):
         if learned:
             lr_text[learned] = "learned"
-    title = (f"{name}{f' (variant {variant})' if variant else ''}: final loss (step {result.num_steps}) on "
-             f"{result.num_test_functions} test functions")
+    task = f"{name} (variant {variant})" if variant else name
+    title = f"{task}: final loss (step {result.num_steps}) on {result.num_test_functions} test functions"
     show(results_table(stats, lr_text, result.learned, result.best_baseline, title))
     if learned_info is not None and learned_info.get("improved") is False:
         log.warning("%s is no better than untrained (validation %.4g vs %.4g at iteration 0): not worth using",
@@ -331,8 +331,7 @@ def write_evaluation(out_dir: Path, result: Evaluation, conf: EvalConfig, data: 
     write_curves_csv(out_dir / "curves.csv", stats)
     plot_curves(out_dir / "curves.png",
                 stats_curves(stats, {n: f"{n} (lr {fmt(r.lr)})" for n, r in tuning.items()}, result.learned),
-                title=f"{name}{f' (variant {variant})' if variant else ''}: {result.num_test_functions} test functions",
-                ylabel="loss (mean, 10-90% band)")
+                title=f"{task}: {result.num_test_functions} test functions", ylabel="loss (mean, 10-90% band)")
     if pictures is not None:
         write_pictures(out_dir / "pictures.png", out_dir / "tb", pictures, step=result.num_steps,
                        title=f"{name}: step {result.num_steps}, first {len(next(iter(pictures.values())))} test "
