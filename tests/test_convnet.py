@@ -5,8 +5,10 @@ and a tiny train + transfer evaluation through the CLI."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
+import math
 import os
 import pickle
 from collections import OrderedDict
@@ -280,3 +282,54 @@ def test_tiny_train_and_transfer_experiment_through_the_cli(tmp_path):
     assert list(summary["generalization"]["classes_2"]) == ["lstm_sep", "lstm_sub", "lstm", "sgd", "nag", "rmsprop",
                                                             "adam"]
     assert any(p.name.startswith("events.out.tfevents") for p in (eval_dir / "tb").iterdir())
+
+
+def test_the_cifar_loader_on_real_cifar10_pixels(tmp_path, foolbox_data):
+    """foolbox's wheel ships the first 20 CIFAR-10 test images as PNGs: written as CIFAR's python batches are
+    (planes R, G, B of 1024 bytes each, row-major; pickle protocol 2, bytes keys), they come back from the loader
+    pixel for pixel with their labels, look like photographs (neighbouring pixels correlate, which a wrong reshape
+    would break), and the conv net learns on them."""
+    from PIL import Image
+
+    files = foolbox_data("cifar10")
+    assert [label for _, label in files] == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]  # CIFAR's own
+    pixels = [np.asarray(Image.open(path).convert("RGB")) for path, _ in files]  # (32, 32, 3) each
+    assert all(p.shape == (32, 32, 3) for p in pixels)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    chunks = [range(3 * i, 3 * i + 3) for i in range(5)] + [range(15, 20)]  # data_batch_1..5, then test_batch
+    for name, chunk in zip([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], chunks, strict=True):
+        batch = {b"batch_label": name.encode(), b"labels": [files[i][1] for i in chunk],
+                 b"data": np.stack([pixels[i].transpose(2, 0, 1).reshape(-1) for i in chunk]),
+                 b"filenames": [files[i][0].name.encode() for i in chunk]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+    data = ImageDataConfig(name="cifar10", root=str(root), validation=3, test=5)
+    pools = image_pools(data)
+    expected = {bytes(p.transpose(2, 0, 1).tobytes()): label for p, (_, label) in zip(pixels, files, strict=True)}
+    for split in ("train", "validation", "test"):
+        images_, labels = getattr(pools, split)
+        assert images_.dtype == torch.uint8 and images_.shape[1:] == (3, 32, 32)
+        for image, label in zip(images_, labels, strict=True):
+            assert expected[bytes(image.numpy().tobytes())] == label  # this image, this label
+    test_images = pools.test[0].float()
+    assert sorted(bytes(im.numpy().astype(np.uint8).tobytes()) for im in test_images) == sorted(
+        bytes(p.transpose(2, 0, 1).tobytes()) for p in pixels[15:])
+    everything = torch.cat([pools.train[0], pools.validation[0], pools.test[0]]).float()
+    across = torch.corrcoef(torch.stack([everything[..., :, :-1].reshape(-1), everything[..., :, 1:].reshape(-1)]))
+    down = torch.corrcoef(torch.stack([everything[..., :-1, :].reshape(-1), everything[..., 1:, :].reshape(-1)]))
+    assert across[0, 1] > 0.85 and down[0, 1] > 0.85  # real photographs: neighbours alike
+
+    family = ConvNetFamily(ConvNetConfig(channels=[8], hidden=[16], minibatch=8,
+                                         data=dataclasses.replace(data, images_per_function=None)))
+    problem = family.sample(2, 60, generator(0, "test"), torch.device("cpu"), split="train")
+    theta = family.initial_params(problem).clone()
+    first = family.expected_loss(problem, theta)
+    assert torch.allclose(first, torch.full_like(first, math.log(10)), atol=0.05)  # chance on 10 classes
+    moment, square_ = torch.zeros_like(theta), torch.zeros_like(theta)
+    for step in range(60):  # Adam, by hand: the family's own loss and gradient, nothing else
+        _, grad = loss_and_grad(family, problem, theta, step)
+        moment, square_ = 0.9 * moment + 0.1 * grad, 0.999 * square_ + 0.001 * grad ** 2
+        theta = theta - 0.01 * (moment / (1 - 0.9 ** (step + 1))) / ((square_ / (1 - 0.999 ** (step + 1))).sqrt()
+                                                                      + 1e-8)
+    assert (family.expected_loss(problem, theta) < 0.5 * first).all()  # it learns its 12 training images

@@ -19,7 +19,7 @@ from l2l_cli.meta.trainer import MetaTrainer
 from l2l_cli.optimizees import loss_and_grad
 from l2l_cli.optimizees.base import DataError
 from l2l_cli.optimizees.neural_art import NeuralArtConfig, NeuralArtFamily
-from l2l_cli.optimizees.photos import CONTENT_PHOTOS, ContentPools, read_image
+from l2l_cli.optimizees.photos import CONTENT_PHOTOS, ContentPools, ContentSource, image_size, read_image
 from l2l_cli.optimizees.style_features import (
     FeatureExtractor,
     content_loss,
@@ -67,12 +67,23 @@ def test_feature_extractor_loads_offline_and_is_frozen(monkeypatch):
     assert set(features) == {0, 4} and features[4].shape == (2, 40, 4, 4)
 
 
-def test_pools_are_disjoint_by_photo_and_reproducible():
+def test_the_content_photos_include_foolboxs_imagenet_photographs(foolbox_data):
+    imagenet = foolbox_data("imagenet")
+    assert len(imagenet) == 20
+    source = ContentSource.from_config(None)
+    assert source.names == list(CONTENT_PHOTOS["builtin"]) + [f"imagenet_{p.stem[len('imagenet_'):]}"
+                                                               for p, _ in imagenet]
+    assert [p.resolve() for p in source.paths[-20:]] == [p.resolve() for p, _ in imagenet]
+    assert image_size(source.paths[-1], 64, "test") == (512, 512)
+    assert ContentSource.from_config(None, "builtin").names == list(CONTENT_PHOTOS["builtin"])
+
+
+def test_pools_are_disjoint_by_photo_and_reproducible(foolbox_data):
     pools = ContentPools(None, 32, (1, 2), {"train": 6, "validation": 3, "test": 4}, 2, 3, split_seed=0)
     photos = {split: set(names) for split, names in pools.record()["photos"].items()}
     assert not (photos["train"] & photos["validation"] or photos["train"] & photos["test"]
                 or photos["validation"] & photos["test"])
-    assert photos["train"] | photos["validation"] | photos["test"] == set(CONTENT_PHOTOS)
+    assert photos["train"] | photos["validation"] | photos["test"] == set(CONTENT_PHOTOS["imagenet"])
     assert len(photos["validation"]) == 2 and len(photos["test"]) == 3
     test = pools.pool("test")
     assert test.shape == (4, 3, 32, 32) and 0 <= test.min() and test.max() <= 1

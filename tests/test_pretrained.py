@@ -80,6 +80,7 @@ def test_packaging_a_finished_run(tmp_path):
     assert "meta_optimizer" not in shipped and "rng" not in shipped  # training state stays behind
     assert info["trained"]["iterations"] == 6 and info["seeds"] == {"seed": 0, "data_seed": 0}
     assert info["command"].startswith("l2l train debug=tiny") and info["trained"]["resumes"] == []
+    assert "data" in info and info["data"] == json.loads((run_dir / "eval" / "results.json").read_text()).get("data")
     again = shipping.check_figures(shipped, info["check"]["baseline"], info["check"]["baseline_lr"],
                                      info["check"]["num_functions"])
     assert again == info["check"]

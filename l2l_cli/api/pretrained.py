@@ -153,6 +153,7 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
                     "train_seconds": metrics.get("train_seconds"), "total_seconds": metrics.get("total_seconds"),
                     "resumes": run_record.get("resumes", [])},
         "evaluation": evaluation_record(results),
+        "data": results.get("data"),  # the evaluated data's source, pools and fingerprints (results.json's)
         **({"variants": {v: evaluation_record(r) for v, r in variants.items()}} if variants else {}),
         "check": check_figures(kept, best, lr, CHECK_FUNCTIONS.get(check_family, CHECK_FUNCTIONS_DEFAULT), task),
         "config": run_record["config"],

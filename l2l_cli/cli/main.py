@@ -18,12 +18,15 @@ COMMANDS = {
     "eval": ("l2l_cli.cli.evaluate", "compare a learned optimizer with tuned baselines (`l2l eval --help` lists them)"),
     "plot": ("l2l_cli.cli.plot", "one view (TensorBoard, PNG, CSV, table) of sweeps and eval dirs"),
     "pretrained": ("l2l_cli.cli.pretrained", "learned optimizers shipped with l2l (checkpoint=pretrained:NAME)"),
+    "report": ("l2l_cli.cli.report", "re-run every experiment's evaluation from its shipped checkpoint; rebuild the "
+                                     "results page"),
 }
-PLAIN_COMMANDS = {"plot", "pretrained"}  # argparse commands, not Hydra apps
+PLAIN_COMMANDS = {"plot", "pretrained", "report"}  # argparse commands, not Hydra apps
 
 USAGE = ("usage: l2l {train,eval} [key=value ...] [-m] [--cfg job] [--help] [--debug]\n"
          "       l2l plot DIR... [--out DIR]\n"
-         "       l2l pretrained [add NAME RUN_DIR]")
+         "       l2l pretrained [add NAME RUN_DIR]\n"
+         "       l2l report [--out DIR] [--only NAME,...] [--catalog FILE]")
 
 
 def rank_overrides(args: list[str]) -> list[str]:

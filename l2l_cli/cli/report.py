@@ -1,0 +1,114 @@
+"""`l2l report`: re-run every experiment's evaluation from its shipped checkpoint and rebuild the results page.
+
+    l2l report                                  # every entry of the catalog, page in results/
+    l2l report --out docs/results               # the page the docs link to (`make results`)
+    l2l report --only quadratic,mnist           # some entries (the others are left off the page)
+    l2l report --catalog my_report.yaml         # other entries (format: conf/report.yaml)
+
+Each entry's `l2l eval` runs as its own process (its log and outputs in --runs); the page (index.md, with the
+tables read from each results.json and the pictures copied next to it) replaces the previous one only when every
+evaluation succeeded. An entry whose checkpoint is not shipped yet is listed as such, not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from l2l_cli.cli.config import config_dir
+from l2l_cli.core.checks import ConfigError
+from l2l_cli.core.files import write_text
+from l2l_cli.core.user_files import UserFileError
+from l2l_cli.reporting import results_page
+
+
+def run_entry(entry: results_page.Entry, run_dir: Path) -> tuple[float, int, Path]:
+    """(seconds, exit code, log) of the entry's `l2l eval` into ``run_dir``."""
+    log = run_dir.with_name(f"{run_dir.name}.log")
+    command = [sys.executable, "-m", "l2l_cli", "eval", f"checkpoint={entry.checkpoint}", *entry.overrides,
+               f"hydra.run.dir={run_dir}"]
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "COLUMNS": "120"}).returncode
+    return time.perf_counter() - start, code, log
+
+
+def check_out(out: Path) -> None:
+    """The page's folder is the report's: absent, empty, or holding an earlier page (its marker); anything else
+    is a user's folder that replacing would lose."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / results_page.MARKER).is_file())):
+        raise ConfigError(f"--out {out}: exists and is not a page l2l report wrote (no {results_page.MARKER}); "
+                          "give a new or empty folder")
+
+
+def replace_page(out: Path, built: Path) -> None:
+    """Put the built page where the old one was: the old one is moved aside first and removed only after."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    built.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="l2l report", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results"), help="the page's folder (default: results)")
+    parser.add_argument("--catalog", type=Path, default=Path(config_dir()) / "report.yaml",
+                        help="the entries (default: the shipped conf/report.yaml)")
+    parser.add_argument("--only", default=None, help="comma-separated entry names")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="where the evaluations write (default: outputs/report/<date_time>)")
+    args = parser.parse_args(argv)
+    try:
+        entries = results_page.read_catalog(args.catalog)
+        if args.only is not None:
+            wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+            unknown = sorted(set(wanted) - {e.name for e in entries})
+            if unknown or not wanted:
+                raise ConfigError(f"--only: {', '.join(unknown) or 'nothing'} not in {args.catalog} (its entries: "
+                                  f"{', '.join(e.name for e in entries)})")
+            entries = [e for e in entries if e.name in wanted]
+        out = args.out.expanduser().absolute()
+        check_out(out)
+        runs = (args.runs or Path("outputs") / "report" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).absolute()
+        if runs.exists() and any(runs.iterdir()):
+            raise ConfigError(f"--runs {runs}: exists and is not empty; give a new folder")
+        runs.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        built = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        try:
+            sections, missing, total = [], [], 0.0
+            for entry in entries:
+                why = results_page.checkpoint_missing(entry)
+                if why:
+                    print(f"{entry.name}: skipped, {why}")
+                    missing.append((entry, why))
+                    continue
+                print(f"{entry.name}: {entry.command()}", flush=True)
+                seconds, code, log = run_entry(entry, runs / entry.name)
+                total += seconds
+                if code != 0:
+                    raise ConfigError(f"report: the evaluation of {entry.name} failed (exit code {code}); its log: "
+                                      f"{log}; the page in {out} is unchanged")
+                print(f"{entry.name}: done in {seconds:.0f} s", flush=True)
+                sections.append(results_page.section(entry, runs / entry.name, built, seconds))
+            header = (f"Built {datetime.now().strftime('%Y-%m-%d %H:%M')} from `{args.catalog.name}`; the "
+                      f"evaluations' full outputs were in `{runs}`.")
+            write_text(built / "index.md", results_page.page(sections, missing, total, header))
+            write_text(built / results_page.MARKER, "written by l2l report; the next report replaces this folder\n")
+            replace_page(out, built)
+        finally:
+            shutil.rmtree(built, ignore_errors=True)
+    except (ConfigError, UserFileError, OSError) as exc:
+        print(f"l2l: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {out / 'index.md'} ({len(sections)} experiments, {len(missing)} not shipped yet) in {total:.0f} s "
+          "of evaluations")

@@ -1,0 +1,162 @@
+"""The results page `l2l report` rebuilds: which experiments it shows (a catalog file), and the Markdown page made
+from their evaluations' results.json files and pictures, so that no figure on it is typed by hand.
+
+A catalog is YAML: ``entries``, each with a ``name`` (a plain identifier: the page's anchor and the folder of its
+pictures), a ``title``, the ``checkpoint`` its evaluation starts from (``pretrained:<name>`` or a file) and the
+``overrides`` of `l2l eval` that make the experiment (``optimizee=mnist``, ``experiment=convnet_transfer``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from l2l_cli import pretrained
+from l2l_cli.core.checks import ConfigError
+from l2l_cli.core.user_files import read_json, read_yaml, require
+from l2l_cli.evaluation.comparison import ratio
+from l2l_cli.reporting.run_records import results_problem
+
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+PICTURES = ("curves.png", "pictures.png")  # what an evaluation draws, in the order the page shows them
+MARKER = ".l2l-report"  # in a page's folder: it is the report's to replace
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    title: str
+    checkpoint: str
+    overrides: tuple
+
+    def command(self, checkpoint: Optional[str] = None) -> str:
+        return " ".join(["l2l eval", f"checkpoint={checkpoint or self.checkpoint}", *self.overrides])
+
+
+def read_catalog(path: str | Path) -> List[Entry]:
+    """The catalog's entries, checked: one line naming the file and what is wrong otherwise."""
+    path = Path(path)
+    data = read_yaml(path, key="--catalog", error=ConfigError)
+
+    def need(ok: bool, message: str) -> None:
+        require(ok, path, message, "--catalog", ConfigError)
+
+    need(isinstance(data, dict) and isinstance(data.get("entries"), list) and data["entries"],
+         "expected a mapping with a non-empty list 'entries'")
+    entries = []
+    for i, item in enumerate(data["entries"]):
+        need(isinstance(item, dict) and set(item) <= {"name", "title", "checkpoint", "overrides"},
+             f"entries[{i}] must be a mapping of name, title, checkpoint and overrides")
+        name, overrides = item.get("name"), item.get("overrides", [])
+        need(isinstance(name, str) and NAME.fullmatch(name) is not None,
+             f"entries[{i}].name must be a plain identifier (a letter, then letters, digits or _), got {name!r}")
+        need(all(isinstance(item.get(k), str) and item[k] for k in ("title", "checkpoint")),
+             f"entries[{i}] ({name}): title and checkpoint must be non-empty strings")
+        need(isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
+             f"entries[{i}] ({name}): overrides must be a list of key=value strings")
+        need(not any(o.lstrip("+~").startswith(("hydra.", "checkpoint=")) for o in overrides),
+             f"entries[{i}] ({name}): overrides may not set hydra.* or checkpoint (the report sets them)")
+        entries.append(Entry(name, item["title"], item["checkpoint"], tuple(overrides)))
+    names = [e.name for e in entries]
+    need(len(set(names)) == len(names), f"entry names must be unique, got {names}")
+    return entries
+
+
+def checkpoint_missing(entry: Entry) -> Optional[str]:
+    """Why an entry cannot run yet (its checkpoint, or a pretrained optimizer its overrides compare with, not
+    shipped; its checkpoint file absent), or None."""
+    shipped = pretrained.names()
+    named = [entry.checkpoint] + [o.split("=", 1)[1] for o in entry.overrides
+                                  if o.split("=", 1)[1].startswith(pretrained.PREFIX)]
+    absent = [n for n in named if n.startswith(pretrained.PREFIX) and n[len(pretrained.PREFIX):] not in shipped]
+    if absent:
+        return f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not shipped yet"
+    if not entry.checkpoint.startswith(pretrained.PREFIX) and not Path(entry.checkpoint).expanduser().is_file():
+        return f"{entry.checkpoint}: no such file"
+    return None
+
+
+def provenance(checkpoint: str) -> str:
+    """Where a checkpoint came from, in a sentence: a shipped optimizer's command, commit, seeds and stopping."""
+    if not checkpoint.startswith(pretrained.PREFIX):
+        return f"`{checkpoint}`"
+    info = pretrained.record(checkpoint[len(pretrained.PREFIX):])
+    trained, seeds = info.get("trained") or {}, info.get("seeds") or {}
+    commit = (info.get("commit") or "?")[:10] + (" with changes" if info.get("commit_dirty") else "")
+    seed = ", ".join(f"{k} {v}" for k, v in seeds.items()) if isinstance(seeds, dict) else "?"
+    stop = ""
+    if isinstance(trained.get("iterations"), int):
+        stop = (f"; meta-trained {trained['iterations']} iterations, checkpoint of iteration "
+                f"{trained.get('checkpoint_iteration')} (best validation {_num(trained.get('best_val'))})")
+    return f"`{checkpoint}`: {info['architecture']}, `{info['command']}` at commit {commit}, {seed}{stop}"
+
+
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+def tasks_of(eval_dir: Path) -> List[tuple]:
+    """(variant or '', its folder) for each task an evaluation wrote: one, or every variant of a study."""
+    study = read_json(eval_dir / "results.json")
+    variants = study.get("variants")
+    if isinstance(variants, dict) and variants:
+        return [(v, eval_dir / v) for v in variants]
+    return [("", eval_dir)]
+
+
+def task_table(results: dict) -> List[str]:
+    """Markdown rows: every optimizer's tuned lr, mean and median final test loss and mean / best baseline's."""
+    best = results["best_baseline"]
+    best_mean = results["optimizers"][best]["final_mean"]
+    rates = results.get("learning_rates", {})
+    lowest = min(s["final_mean"] for s in results["optimizers"].values())
+    rows = ["| optimizer | lr | mean | median | mean / best baseline |", "| --- | --- | --- | --- | --- |"]
+    for name, stats in results["optimizers"].items():
+        lr = rates.get(name, {}).get("lr")
+        cell = f"**{_num(stats['final_mean'])}**" if stats["final_mean"] == lowest else _num(stats["final_mean"])
+        rows.append(f"| {name} | {'learned' if lr is None else _num(lr)} | {cell} | {_num(stats['final_median'])} "
+                    f"| {ratio(stats['final_mean'], best_mean):.3g} |")
+    return rows
+
+
+def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> List[str]:
+    """The entry's part of the page; its pictures are copied into ``assets / entry.name``."""
+    lines = [f"## {entry.title}", "", f"`{entry.command()}`", "", f"Checkpoint {provenance(entry.checkpoint)}. "
+             f"Evaluation: {_duration(seconds)}.", ""]
+    for variant, folder in tasks_of(eval_dir):
+        path = folder / "results.json"
+        results = read_json(path)
+        problem = results_problem(results)
+        require(problem is None, path, problem or "")
+        if variant:
+            lines += [f"### {variant}", ""]
+        lines += [f"{results['num_test_functions']} test functions x {results['num_steps']} steps; mean and median "
+                  f"final loss; best tuned baseline: {results['best_baseline']}.", "", *task_table(results), ""]
+        target = assets / entry.name / variant if variant else assets / entry.name
+        for picture in PICTURES:
+            if (folder / picture).is_file():
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(folder / picture, target / picture)
+                relative = target.relative_to(assets) / picture
+                alt = " ".join(filter(None, (entry.name, variant, picture[:-4])))
+                lines += [f"![{alt}]({relative.as_posix()})", ""]
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def page(sections: List[List[str]], missing: List[tuple], total_seconds: float, header: str) -> str:
+    lines = ["# Results, rebuilt by `l2l report`", "", header, "",
+             f"Every number and picture below comes from the evaluations this command ran ({_duration(total_seconds)} "
+             "in all); each section names its command, which reproduces it alone.", ""]
+    if missing:
+        lines += ["Not on this page yet:", ""] + [f"- {e.title} (`{e.name}`): {why}" for e, why in missing] + [""]
+    for part in sections:
+        lines += part
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,105 @@
+"""`l2l report`: every entry's evaluation re-run from its checkpoint, the page built from what they wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import run_cli
+
+from l2l_cli.cli.report import check_out
+from l2l_cli.core.checks import ConfigError
+from l2l_cli.reporting.results_page import MARKER, read_catalog
+
+TINY = ["optimizee=quadratic", "optimizee.dim=4", "eval.num_functions=8", "eval.val_functions=4",
+        "eval.lr_grid=[0.01,0.1,1.0]", "eval.refine_lr=0"]
+CATALOG = {"entries": [
+    {"name": "single", "title": "One task", "checkpoint": "pretrained:quadratic",
+     "overrides": [*TINY, "eval.num_steps=6"]},
+    {"name": "study", "title": "A study", "checkpoint": "pretrained:quadratic",
+     "overrides": [*TINY, "+eval.variants={short: {num_steps: 4}, long: {num_steps: 8}}"]},
+    {"name": "later", "title": "Not yet", "checkpoint": "pretrained:no_such_optimizer", "overrides": []},
+]}
+
+
+def write_catalog(path, catalog) -> str:
+    path.write_text(json.dumps(catalog))  # JSON is YAML
+    return str(path)
+
+
+def table_means(text: str, heading: str) -> dict:
+    """optimizer -> mean, from the Markdown table under ``heading``."""
+    block = text.split(heading, 1)[1]
+    rows = re.findall(r"^\| (\w+) \| [^|]+ \| \**([0-9.e+-]+)\** \|", block.split("\n#", 1)[0], flags=re.M)
+    return {name: float(mean) for name, mean in rows}
+
+
+def test_report_reruns_each_entry_and_builds_the_page_from_its_results(tmp_path):
+    catalog = write_catalog(tmp_path / "catalog.yaml", CATALOG)
+    out, runs = tmp_path / "page", tmp_path / "runs"
+    done = run_cli("report", "--catalog", catalog, "--out", str(out), "--runs", str(runs), timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (out / "index.md").read_text()
+    assert "- Not yet (`later`): pretrained:no_such_optimizer is not shipped yet" in text
+    assert not (runs / "later").exists()
+    for heading, folder in (("## One task", runs / "single"), ("### short", runs / "study" / "short"),
+                            ("### long", runs / "study" / "long")):
+        results = json.loads((folder / "results.json").read_text())
+        means = table_means(text, heading)
+        assert set(means) == set(results["optimizers"]) and {"lstm", "adam", "nag"} <= set(means)
+        for name, mean in means.items():  # the page's figures are the evaluation's, to 4 significant digits
+            assert mean == pytest.approx(results["optimizers"][name]["final_mean"], rel=1e-3)
+    for picture in ("single/curves.png", "study/short/curves.png", "study/long/curves.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({picture})" in text
+    assert "`l2l eval checkpoint=pretrained:quadratic optimizee=quadratic" in text  # each section's own command
+
+    # a second report replaces the page it wrote; one that fails leaves it as it was
+    (out / "stale.png").write_bytes(b"old")
+    again = run_cli("report", "--catalog", catalog, "--out", str(out), "--only", "single", timeout=120,
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not (out / "stale.png").exists() and "## A study" not in (out / "index.md").read_text()
+    before = (out / "index.md").read_text()
+    bad = write_catalog(tmp_path / "bad.yaml", {"entries": [
+        {"name": "broken", "title": "B", "checkpoint": "pretrained:quadratic",
+         "overrides": ["optimizee=quadratic", "eval.num_functions=-3"]}]})
+    failed = run_cli("report", "--catalog", bad, "--out", str(out), timeout=120, cwd=tmp_path)
+    lines = failed.stderr.strip().splitlines()
+    assert failed.returncode == 2 and len(lines) == 1, failed.stderr
+    assert lines[0].startswith("l2l: error: report: the evaluation of broken failed (exit code 2); its log: ")
+    assert "eval.num_functions" in open(lines[0].split("its log: ")[1].split(";")[0]).read()
+    assert (out / "index.md").read_text() == before and (out / MARKER).is_file()
+
+
+def test_a_folder_the_report_did_not_write_is_never_replaced(tmp_path):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(ConfigError, match=r"--out .*notes: exists and is not a page l2l report wrote"):
+        check_out(mine)
+    done = run_cli("report", "--out", str(mine), "--only", "quadratic", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not a page l2l report wrote" in done.stderr
+    assert (mine / "thesis.tex").read_text() == "precious" and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("catalog, message", [
+    ({"entries": []}, "expected a mapping with a non-empty list 'entries'"),
+    ({"entries": [{"name": "a b", "title": "t", "checkpoint": "c"}]}, r"entries\[0\].name must be a plain identifier"),
+    ({"entries": [{"name": "a", "title": "t", "checkpoint": "c", "overrides": ["hydra.run.dir=/"]}]},
+     "may not set hydra"),
+    ({"entries": [{"name": "a", "title": "t", "checkpoint": "c"}, {"name": "a", "title": "u", "checkpoint": "d"}]},
+     "entry names must be unique"),
+])
+def test_a_bad_catalog_is_one_line_naming_it(tmp_path, catalog, message):
+    path = write_catalog(tmp_path / "c.yaml", catalog)
+    with pytest.raises(ConfigError, match=message) as err:
+        read_catalog(path)
+    assert "\n" not in str(err.value) and "c.yaml" in str(err.value)
+
+
+def test_the_shipped_catalog_names_every_experiment():
+    from l2l_cli.cli.config import config_dir
+
+    names = [e.name for e in read_catalog(f"{config_dir()}/report.yaml")]
+    assert names == ["quadratic", "mnist", "mnist_generalization", "convnet", "neural_art"]
