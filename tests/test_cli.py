@@ -166,7 +166,8 @@ def test_hydra_flags_still_work(tmp_path):
     assert "schema" not in help_text.stdout.split("== Config ==")[0]  # the dataclass schemas are not choices
     usage = run_cli("--help")
     lines = [line.split() for line in usage.stdout.splitlines() if line.startswith("  ") and line[2] != " "]
-    assert [words[0] for words in lines] == ["train", "eval", "plot", "pretrained", "report"]  # each name apart from its help
+    # each name apart from its help
+    assert [words[0] for words in lines] == ["train", "eval", "plot", "pretrained", "report"]
 
 
 def test_help_lists_every_config_group_option():

@@ -50,6 +50,16 @@ def test_report_reruns_each_entry_and_builds_the_page_from_its_results(tmp_path)
         assert set(means) == set(results["optimizers"]) and {"lstm", "adam", "nag"} <= set(means)
         for name, mean in means.items():  # the page's figures are the evaluation's, to 4 significant digits
             assert mean == pytest.approx(results["optimizers"][name]["final_mean"], rel=1e-3)
+    single = json.loads((runs / "single" / "results.json").read_text())
+    best = single["best_baseline"]
+    number = r"([0-9.e+-]+)"
+    headline = re.search(rf"^\| \[single\]\(#single\) \| lstm \| {number} \(.*\) \| (\w+), lr .* \| {number} \|$",
+                         text, flags=re.M)
+    assert headline and headline[2] == best and float(headline[1]) == pytest.approx(
+        single["optimizers"]["lstm"]["final_mean"], rel=1e-3)
+    lstm, baseline = (single["optimizers"][n]["final_mean"] for n in ("lstm", best))
+    assert float(headline[3]) == pytest.approx(lstm / baseline, rel=5e-3)  # printed to 3 digits
+    assert "| [study](#study) short | lstm |" in text and "| [study](#study) long | lstm |" in text
     for picture in ("single/curves.png", "study/short/curves.png", "study/long/curves.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({picture})" in text
     assert "`l2l eval checkpoint=pretrained:quadratic optimizee=quadratic" in text  # each section's own command
@@ -59,7 +69,9 @@ def test_report_reruns_each_entry_and_builds_the_page_from_its_results(tmp_path)
     again = run_cli("report", "--catalog", catalog, "--out", str(out), "--only", "single", timeout=120,
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert not (out / "stale.png").exists() and "## A study" not in (out / "index.md").read_text()
+    rebuilt = (out / "index.md").read_text()
+    assert not (out / "stale.png").exists() and "## A study" not in rebuilt and "## One task" in rebuilt
+    assert "- A study (`study`): not re-run in this build (--only)" in rebuilt
     before = (out / "index.md").read_text()
     bad = write_catalog(tmp_path / "bad.yaml", {"entries": [
         {"name": "broken", "title": "B", "checkpoint": "pretrained:quadratic",

@@ -2,7 +2,7 @@
 
     l2l report                                  # every entry of the catalog, page in results/
     l2l report --out docs/results               # the page the docs link to (`make results`)
-    l2l report --only quadratic,mnist           # some entries (the others are left off the page)
+    l2l report --only quadratic,mnist           # some entries (the page lists the others as not re-run)
     l2l report --catalog my_report.yaml         # other entries (format: conf/report.yaml)
 
 Each entry's `l2l eval` runs as its own process (its log and outputs in --runs); the page (index.md, with the
@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
             if unknown or not wanted:
                 raise ConfigError(f"--only: {', '.join(unknown) or 'nothing'} not in {args.catalog} (its entries: "
                                   f"{', '.join(e.name for e in entries)})")
+            left_out = [(e, "not re-run in this build (--only)") for e in entries if e.name not in wanted]
             entries = [e for e in entries if e.name in wanted]
+        else:
+            left_out = []
         out = args.out.expanduser().absolute()
         check_out(out)
         runs = (args.runs or Path("outputs") / "report" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).absolute()
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         built = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
         try:
-            sections, missing, total = [], [], 0.0
+            sections, missing, total = [], list(left_out), 0.0
             for entry in entries:
                 why = results_page.checkpoint_missing(entry)
                 if why:
@@ -110,5 +113,5 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, UserFileError, OSError) as exc:
         print(f"l2l: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {out / 'index.md'} ({len(sections)} experiments, {len(missing)} not shipped yet) in {total:.0f} s "
-          "of evaluations")
+    print(f"wrote {out / 'index.md'} ({len(sections)} experiments, {len(missing)} left out) in {total:.0f} s of "
+          "evaluations")

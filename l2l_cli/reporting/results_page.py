@@ -122,10 +122,28 @@ def task_table(results: dict) -> List[str]:
     return rows
 
 
-def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> List[str]:
-    """The entry's part of the page; its pictures are copied into ``assets / entry.name``."""
-    lines = [f"## {entry.title}", "", f"`{entry.command()}`", "", f"Checkpoint {provenance(entry.checkpoint)}. "
-             f"Evaluation: {_duration(seconds)}.", ""]
+def summary_rows(entry: Entry, variant: str, results: dict) -> List[str]:
+    """The headline table's rows of one task: each learned optimizer (no tuned lr) against the best tuned
+    baseline, mean (median)."""
+    best = results["best_baseline"]
+    rates, figures = results.get("learning_rates", {}), results["optimizers"]
+    base = figures[best]
+    rows = []
+    for name, stats in figures.items():
+        if rates.get(name, {}).get("lr") is None:
+            task = f"[{entry.name}](#{entry.name}){' ' + variant if variant else ''}"
+            rows.append(f"| {task} | {name} | {_num(stats['final_mean'])} ({_num(stats['final_median'])}) | {best}, lr "
+                        f"{_num(rates[best]['lr'])}: {_num(base['final_mean'])} ({_num(base['final_median'])}) | "
+                        f"{ratio(stats['final_mean'], base['final_mean']):.3g} |")
+    return rows
+
+
+def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> tuple[List[str], List[str]]:
+    """The entry's part of the page and its rows of the headline table; its pictures are copied into
+    ``assets / entry.name``."""
+    lines = [f"## {entry.title} {{#{entry.name}}}", "", f"`{entry.command()}`", "",
+             f"Checkpoint {provenance(entry.checkpoint)}. Evaluation: {_duration(seconds)}.", ""]
+    summary = []
     for variant, folder in tasks_of(eval_dir):
         path = folder / "results.json"
         results = read_json(path)
@@ -135,6 +153,7 @@ def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> List[
             lines += [f"### {variant}", ""]
         lines += [f"{results['num_test_functions']} test functions x {results['num_steps']} steps; mean and median "
                   f"final loss; best tuned baseline: {results['best_baseline']}.", "", *task_table(results), ""]
+        summary += summary_rows(entry, variant, results)
         target = assets / entry.name / variant if variant else assets / entry.name
         for picture in PICTURES:
             if (folder / picture).is_file():
@@ -143,7 +162,7 @@ def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> List[
                 relative = target.relative_to(assets) / picture
                 alt = " ".join(filter(None, (entry.name, variant, picture[:-4])))
                 lines += [f"![{alt}]({relative.as_posix()})", ""]
-    return lines
+    return lines, summary
 
 
 def _duration(seconds: float) -> str:
@@ -151,12 +170,18 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
-def page(sections: List[List[str]], missing: List[tuple], total_seconds: float, header: str) -> str:
+def page(sections: List[tuple], missing: List[tuple], total_seconds: float, header: str) -> str:
+    """``sections``: (lines, headline rows) per entry, from ``section``."""
     lines = ["# Results, rebuilt by `l2l report`", "", header, "",
              f"Every number and picture below comes from the evaluations this command ran ({_duration(total_seconds)} "
-             "in all); each section names its command, which reproduces it alone.", ""]
+             "in all); each section names its command, which reproduces it alone. Final test loss, mean (median); "
+             "every baseline's learning rate tuned on validation functions; ratio = learned / best tuned baseline "
+             "on the mean.", ""]
+    if sections:
+        lines += ["| task | learned | mean (median) | best tuned baseline | ratio |", "| --- | --- | --- | --- | --- |",
+                  *(row for _, rows in sections for row in rows), ""]
     if missing:
         lines += ["Not on this page yet:", ""] + [f"- {e.title} (`{e.name}`): {why}" for e, why in missing] + [""]
-    for part in sections:
+    for part, _ in sections:
         lines += part
     return "\n".join(lines).rstrip() + "\n"
