@@ -91,6 +91,13 @@ def test_presets_compose(compose_cfg):
     long = to_objects(compose_cfg("train", ["experiment=long_horizon", "estimator=pes"]))
     assert (long.optimizee.name, long.schedule.num_steps, long.schedule.unroll) == ("quadratic", 1000, 50)
     assert long.schedule.weighting == "log" and long.estimator.name == "pes" and long.train.iterations == 300
+    for preset, family, optimizer, patience in (("convnet_long", "convnet", "lstm_sep", 6),
+                                                ("neural_art_long", "neural_art", "lstm", 5)):
+        recipe = to_objects(compose_cfg("train", [f"experiment={preset}"]))
+        assert (recipe.optimizee.name, recipe.optimizer.name, recipe.train.patience) == (family, optimizer, patience)
+        assert recipe.train.iterations >= 1500 and recipe.schedule.unroll == 20
+    sub = to_objects(compose_cfg("train", ["experiment=convnet_long", "optimizee.data.labels=[5,6,7,8,9]"]))
+    assert sub.optimizee.data.labels == [5, 6, 7, 8, 9] and sub.train.meta_lr_schedule == "constant"
     search = compose_cfg("train", ["hparams_search=meta_lr"])
     assert search.hydra.sweeper.params["train.meta_lr"] == "tag(log, interval(1e-4, 3e-2))"
     assert "optuna" in search.hydra.sweeper._target_.lower()

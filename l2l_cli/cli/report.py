@@ -24,6 +24,7 @@ from pathlib import Path
 
 from l2l_cli.cli.config import config_dir
 from l2l_cli.core.checks import ConfigError
+from l2l_cli.core.environment import git_commit, git_dirty
 from l2l_cli.core.files import write_text
 from l2l_cli.core.user_files import UserFileError
 from l2l_cli.reporting import results_page
@@ -103,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
                                       f"{log}; the page in {out} is unchanged")
                 print(f"{entry.name}: done in {seconds:.0f} s", flush=True)
                 sections.append(results_page.section(entry, runs / entry.name, built, seconds))
-            header = (f"Built {datetime.now().strftime('%Y-%m-%d %H:%M')} from `{args.catalog.name}`; the "
-                      f"evaluations' full outputs were in `{runs}`.")
+            shown = runs.relative_to(Path.cwd().absolute()) if runs.is_relative_to(Path.cwd().absolute()) else runs
+            commit = (git_commit() or "?")[:10] + (" with changes" if git_dirty() else "")
+            header = (f"Built {datetime.now().strftime('%Y-%m-%d %H:%M')} at commit {commit} from "
+                      f"`{args.catalog.name}`; the evaluations' full outputs were in `{shown}`.")
             write_text(built / "index.md", results_page.page(sections, missing, total, header))
             write_text(built / results_page.MARKER, "written by l2l report; the next report replaces this folder\n")
             replace_page(out, built)

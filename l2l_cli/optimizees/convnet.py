@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from l2l_cli.core.registry import OPTIMIZEES
 from l2l_cli.core.schemas import OptimizeeConfig, Suggested, as_dataclass, check
 from l2l_cli.optimizees.classifier import ClassifierProblems, MinibatchClassifier
-from l2l_cli.optimizees.images import ImageDataConfig, image_pools, resolve_data
+from l2l_cli.optimizees.images import ImageDataConfig, resolve_data, resolved_pools
 
 
 @dataclass
@@ -63,8 +63,8 @@ class ConvNetFamily(MinibatchClassifier):
     of ``tensors`` in order, each flattened as torch.nn's layer of that name stores it."""
 
     def __init__(self, cfg: ConvNetConfig):
-        data = resolve_data(cfg.data)[0]
-        super().__init__(image_pools(cfg.data), cfg.minibatch, data.images_per_function)
+        data, choice = resolve_data(cfg.data)
+        super().__init__(resolved_pools(data, choice), cfg.minibatch, data.images_per_function)
         self.cfg = cfg
         self.classes = len(self.pools.record["labels"])
         self.image_shape = tuple(self.pools.train[0].shape[1:])

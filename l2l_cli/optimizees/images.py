@@ -264,7 +264,11 @@ def _square(x: np.ndarray, root) -> np.ndarray:
 def image_pools(cfg: ImageDataConfig) -> Pools:
     """Train / validation / test pools, split over all images first (so every class subset's test images are
     test images of the full set), then cut to ``cfg.labels``. Read once per process and data config."""
-    cfg, choice = resolve_data(cfg)
+    return resolved_pools(*resolve_data(cfg))
+
+
+def resolved_pools(cfg: ImageDataConfig, choice: dict) -> Pools:
+    """``image_pools`` of a config ``resolve_data`` has resolved (``choice``: what it adds to the record)."""
     pools = _all_classes(cfg.name, cfg.root, cfg.split_seed, cfg.validation, cfg.test)
     pools = Pools(pools.train, pools.validation, pools.test, {**pools.record, **choice})
     classes = int(max(int(pools.train[1].max()), int(pools.test[1].max()))) + 1
