@@ -3,7 +3,6 @@ the tests recompute so a change that alters what a shipped optimizer does is cau
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -16,7 +15,7 @@ from l2l_cli.optimizees import build_family
 from l2l_cli.optimizees.base import held_out_problems
 from l2l_cli.optimizers.baselines import baseline_config, build_baseline
 from l2l_cli.optimizers.learned.loading import rebuild_learned
-from l2l_cli.pretrained import CHECK_FUNCTIONS, CHECK_FUNCTIONS_DEFAULT, HERE, KEPT, SHIPPED
+from l2l_cli.pretrained import CHECK_FUNCTIONS, CHECK_FUNCTIONS_DEFAULT, HERE, KEPT, NAME, SHIPPED
 from l2l_cli.reporting.run_records import results_problem
 from l2l_cli.reporting.writers import write_json
 
@@ -41,7 +40,6 @@ def check_figures(payload: dict, baseline: str, baseline_lr: float, num_function
             "baseline_lr": baseline_lr, "baseline_final_mean": float(baseline_losses[-1].double().mean())}
 
 
-NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 NEEDED = ("optimizer", "optimizee", "schedule", "model", "iteration", "best_val", "data_seed")  # what package reads
 
 

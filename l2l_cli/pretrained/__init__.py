@@ -9,12 +9,15 @@ recompute so a change that alters what a shipped optimizer does is caught. `l2l 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from l2l_cli.core.checkpoints import CheckpointError
 from l2l_cli.core.user_files import is_number, lookup, read_json, require
 
 PREFIX = "pretrained:"
+# a plain identifier: a shipped optimizer's name, a study's variant, a report entry (each a file or folder name)
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # the optimizers this package ships: `l2l pretrained add` never replaces one (a maintainer re-ships by hand)
 SHIPPED = ("general", "mnist", "quadratic")
 HERE = Path(__file__).resolve().parent

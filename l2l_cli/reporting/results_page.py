@@ -8,7 +8,6 @@ pictures), a ``title``, the ``checkpoint`` its evaluation starts from (``pretrai
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from l2l_cli.core.user_files import read_json, read_yaml, require
 from l2l_cli.evaluation.comparison import ratio
 from l2l_cli.reporting.run_records import results_problem
 
-NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 PICTURES = ("curves.png", "pictures.png")  # what an evaluation draws, in the order the page shows them
 MARKER = ".l2l-report"  # in a page's folder: it is the report's to replace
 
@@ -32,8 +30,8 @@ class Entry:
     checkpoint: str
     overrides: tuple
 
-    def command(self, checkpoint: Optional[str] = None) -> str:
-        return " ".join(["l2l eval", f"checkpoint={checkpoint or self.checkpoint}", *self.overrides])
+    def command(self) -> str:
+        return " ".join(["l2l eval", f"checkpoint={self.checkpoint}", *self.overrides])
 
 
 def read_catalog(path: str | Path) -> List[Entry]:
@@ -51,7 +49,7 @@ def read_catalog(path: str | Path) -> List[Entry]:
         need(isinstance(item, dict) and set(item) <= {"name", "title", "checkpoint", "overrides"},
              f"entries[{i}] must be a mapping of name, title, checkpoint and overrides")
         name, overrides = item.get("name"), item.get("overrides", [])
-        need(isinstance(name, str) and NAME.fullmatch(name) is not None,
+        need(isinstance(name, str) and pretrained.NAME.fullmatch(name) is not None,
              f"entries[{i}].name must be a plain identifier (a letter, then letters, digits or _), got {name!r}")
         need(all(isinstance(item.get(k), str) and item[k] for k in ("title", "checkpoint")),
              f"entries[{i}] ({name}): title and checkpoint must be non-empty strings")
