@@ -1,9 +1,11 @@
 """Every config option composes and instantiates; bad values fail with the key named."""
 
 import json
+import re
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf, open_dict
 
 from l2l_cli.cli.config import continue_recorded, to_objects, upgrade_recorded
 from l2l_cli.core.schemas import ConfigError
@@ -125,3 +127,23 @@ def test_a_recorded_config_that_is_not_one_resumes_with_this_command_line(compos
     cfg = compose_cfg("train", ["debug=tiny"])
     assert continue_recorded(cfg, tmp_path, ["resume=true"]) is cfg
     assert "has no readable run.json" in caplog.text
+
+
+def test_a_resume_that_names_no_family_continues_the_recorded_one(compose_cfg, tmp_path):
+    """`l2l train resume=true hydra.run.dir=RUN` continues RUN's family and architecture (the defaults it composed
+    are not a request to switch); naming another one, or another seed, fails with one line."""
+    def job(*overrides):  # a job's config, as the task function gets it and run.json records it
+        cfg = compose_cfg("train", overrides)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    config = OmegaConf.to_container(job("experiment=convnet_long", "seed=0"), resolve=True)
+    (tmp_path / "run.json").write_text(json.dumps({"config": config}))
+    merged = continue_recorded(job("resume=true"), tmp_path, ["resume=true"])
+    assert (merged.optimizee.name, merged.optimizer.name, merged.train.patience) == ("convnet", "lstm_sep", 6)
+    for args, message in ((["optimizee=mnist"], "cannot switch to optimizee=mnist"),
+                          (["experiment=neural_art_long"], "cannot switch to optimizee=neural_art"),
+                          (["seed=1"], "has seed=0; a resumed run continues its random streams (got seed=1")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            continue_recorded(job("resume=true", *args), tmp_path, ["resume=true", *args])

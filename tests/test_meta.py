@@ -338,6 +338,15 @@ def test_patience_stops_after_validations_without_a_new_best(tmp_path):
     again.restore(load_checkpoint(last), last)
     again.fit()
     assert again.iteration == 3
+    # a signal in the iteration patience ends: the message says resuming evaluates, and resuming trains no further
+    signalled = MetaTrainer(replace(setup, out_dir=tmp_path / "signalled"))
+    with pytest.raises(StopRequested, match="meta-training had finished: resume=true evaluates it"):
+        signalled.fit(should_stop=lambda: 15 if signalled.iteration == 3 else 0)
+    last = tmp_path / "signalled" / "checkpoints" / "last.pt"
+    resumed = MetaTrainer(replace(setup, out_dir=tmp_path / "signalled"))
+    resumed.restore(load_checkpoint(last), last)
+    resumed.fit()
+    assert resumed.iteration == 3 and resumed.patience_over
     unlimited = MetaTrainer(replace(setup, loop=replace(setup.loop, patience=0, iterations=5),
                                     out_dir=tmp_path / "unlimited"))
     unlimited.fit()

@@ -151,7 +151,8 @@ def test_a_resumed_run_continues_its_recorded_config_and_extends_a_finished_run(
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == record["command"]
     for args, message in ((["optimizer.hidden_size=40"], "a resumed run keeps its architecture (got 40)"),
                           (["optimizee=mnist"], "meta-trained optimizee=quadratic; a resumed run cannot switch to "
-                                                "optimizee=mnist")):
+                                                "optimizee=mnist"),
+                          (["seed=3"], "has seed=0; a resumed run continues its random streams (got seed=3")):
         refused = run_cli("train", "debug=tiny", "resume=true", *args, f"hydra.run.dir={run_dir}")
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
 

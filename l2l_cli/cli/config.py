@@ -158,7 +158,8 @@ def _recorded_architecture(recorded: dict, path: Path) -> dict:
 def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
     """The config a resumed run continues with: the one recorded in ``run_dir``/run.json, with the values given on
     this command line on top (listed in one warning line). Another optimizee family or learned-optimizer
-    architecture than the recorded one fails with one line."""
+    architecture than the recorded one, or another seed, fails with one line; a group the command line does not name
+    continues the recorded one."""
     import logging
 
     log = logging.getLogger("l2l.train")
@@ -168,11 +169,16 @@ def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
     except UserFileError as exc:
         log.warning("resume: %s has no readable run.json (%s); continuing with this command's config", run_dir, exc)
         return cfg
+    chosen = {override_key(override) for override in overrides}
     for group in ("optimizee", "optimizer"):
         was, now = recorded.get(group, {}).get("name"), cfg[group].name
-        if was != now:
+        if was != now and {group, "experiment"} & chosen:  # a group left unnamed continues the recorded one
             raise ConfigError(f"resume: the run in {run_dir} meta-trained {group}={was}; a resumed run cannot switch "
                               f"to {group}={now} (start a new run instead)")
+    for key in ("seed", "data_seed"):
+        if key in chosen and cfg[key] != recorded.get(key):
+            raise ConfigError(f"resume: the run in {run_dir} has {key}={recorded.get(key)}; a resumed run continues "
+                              f"its random streams (got {key}={cfg[key]}; start a new run for another seed)")
     merged = OmegaConf.create(recorded)
     changed = []
     for key in command_line_keys(overrides):

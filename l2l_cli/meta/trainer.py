@@ -205,8 +205,11 @@ class MetaTrainer:
             if on_iteration:
                 on_iteration(self, stats)
             if stop:
+                # meta-training may have ended in this same iteration: resuming then trains no further
+                then = ("meta-training had finished: resume=true evaluates it without training further" if
+                        last or patience_over or self.curriculum.finished else "continue with resume=true")
                 raise StopRequested(f"stopped by signal {stop} after iteration {self.iteration}; last checkpoint "
-                                    f"written to {self.checkpoint_dir / 'last.pt'} (continue with resume=true)", stop)
+                                    f"written to {self.checkpoint_dir / 'last.pt'} ({then})", stop)
         if self.best_iteration < 0:  # every validation was non-finite: keep the last model as 'best' so eval runs
             self.save("best.pt")
         return self.best_val
