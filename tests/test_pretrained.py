@@ -28,12 +28,14 @@ def test_the_default_families_are_shipped():
 def test_recorded_figures_still_hold(name, request):
     """Re-evaluate the shipped optimizer and its run's best tuned baseline on the recorded test functions: the same
     mean final losses (small tolerance: other CPUs round differently), the same winner. A record made on installed
-    data (Fashion-MNIST) is checked where that data is installed (elsewhere the family falls back to other data)."""
+    data (Fashion-MNIST, foolbox's ImageNet photographs) is checked where that data is installed."""
     info = pretrained.record(name)
-    if (info.get("data") or {}).get("dataset") == "fashion_mnist":
-        request.getfixturevalue("fashion_mnist")
     check = info["check"]
     payload = load_checkpoint(pretrained.resolve(f"pretrained:{name}"))
+    if (info.get("data") or {}).get("dataset") == "fashion_mnist":
+        request.getfixturevalue("fashion_mnist")
+    if payload["optimizee"].get("content_photos") == "imagenet":
+        request.getfixturevalue("foolbox_data")
     now = shipping.check_figures(payload, check["baseline"], check["baseline_lr"], check["num_functions"],
                                  check.get("task"))
     assert now["num_steps"] == check["num_steps"] == info["evaluation"]["num_steps"]
