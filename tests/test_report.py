@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -85,6 +90,31 @@ def test_report_reruns_each_entry_and_builds_the_page_from_its_results(tmp_path)
     assert lines[0].startswith("l2l: error: report: the evaluation of broken failed (exit code 2); its log: ")
     assert "eval.num_functions" in open(lines[0].split("its log: ")[1].split(";")[0]).read()
     assert (out / "index.md").read_text() == before and (out / MARKER).is_file()
+
+
+def test_a_stopped_report_leaves_no_half_built_page(tmp_path):
+    """SIGTERM while an evaluation runs: that evaluation is killed, the half-built page removed, the exit code
+    says which signal."""
+    catalog = write_catalog(tmp_path / "catalog.yaml", {"entries": CATALOG["entries"][:1]})
+    runs = tmp_path / "runs"
+    report = subprocess.Popen([sys.executable, "-m", "l2l_cli", "report", "--catalog", catalog, "--out",
+                               str(tmp_path / "page"), "--runs", str(runs)], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (runs / "single.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    report.send_signal(signal.SIGTERM)
+    _, err = report.communicate(timeout=60)
+    assert report.returncode == 143 and "report stopped by signal 15; the page is unchanged" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.yaml", "runs"]  # no page, no .page.new-* folder
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(runs).encode() in _read(p)]  # eval killed
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process has just ended
+        return b""
 
 
 def test_a_folder_the_report_did_not_write_is_never_replaced(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,11 @@ def replace_page(out: Path, built: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _stop(signum, frame) -> None:
+    print(f"l2l: report stopped by signal {signum}; the page is unchanged", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="l2l report", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results"), help="the page's folder (default: results)")
@@ -69,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=None,
                         help="where the evaluations write (default: outputs/report/<date_time>)")
     args = parser.parse_args(argv)
+    # a SIGTERM unwinds like Ctrl-C: the running evaluation is killed, the half-built page removed, the old page kept
+    signal.signal(signal.SIGTERM, _stop)
     try:
         entries = results_page.read_catalog(args.catalog)
         if args.only is not None:
