@@ -170,9 +170,11 @@ def continue_recorded(cfg: DictConfig, run_dir: Path, overrides) -> DictConfig:
         log.warning("resume: %s has no readable run.json (%s); continuing with this command's config", run_dir, exc)
         return cfg
     chosen = {override_key(override) for override in overrides}
-    for group in ("optimizee", "optimizer"):
+    for group, registry in (("optimizee", OPTIMIZEES), ("optimizer", OPTIMIZERS)):
         was, now = recorded.get(group, {}).get("name"), cfg[group].name
-        if was != now and {group, "experiment"} & chosen:  # a group left unnamed continues the recorded one
+        # a group left unnamed on the command line continues the recorded one, if that is one l2l knows
+        unnamed = not {group, "experiment"} & chosen and isinstance(was, str) and was in registry.names()
+        if was != now and not unnamed:
             raise ConfigError(f"resume: the run in {run_dir} meta-trained {group}={was}; a resumed run cannot switch "
                               f"to {group}={now} (start a new run instead)")
     for key in ("seed", "data_seed"):
