@@ -39,9 +39,13 @@ class Entry:
         which): the rest of the experiment still runs."""
         shipped = pretrained.names()
         absent = tuple(o for o in self.overrides if o.lstrip("+").startswith("eval.compare.")
-                       and o.split("=", 1)[1].startswith(pretrained.PREFIX)
-                       and o.split("=", 1)[1][len(pretrained.PREFIX):] not in shipped)
+                       and _not_shipped(o.split("=", 1)[1], shipped))
         return replace(self, overrides=tuple(o for o in self.overrides if o not in absent), absent_columns=absent)
+
+
+def _not_shipped(value: str, shipped: List[str]) -> bool:
+    """``value`` names a pretrained optimizer (pretrained:X) that is not among ``shipped``."""
+    return value.startswith(pretrained.PREFIX) and value[len(pretrained.PREFIX):] not in shipped
 
 
 def read_catalog(path: str | Path) -> List[Entry]:
@@ -77,9 +81,8 @@ def checkpoint_missing(entry: Entry) -> Optional[str]:
     """Why an entry cannot run yet (its checkpoint, or a pretrained optimizer its overrides compare with, not
     shipped; its checkpoint file absent), or None."""
     shipped = pretrained.names()
-    named = [entry.checkpoint] + [o.split("=", 1)[1] for o in entry.overrides
-                                  if o.split("=", 1)[1].startswith(pretrained.PREFIX)]
-    absent = [n for n in named if n.startswith(pretrained.PREFIX) and n[len(pretrained.PREFIX):] not in shipped]
+    named = [entry.checkpoint] + [o.split("=", 1)[1] for o in entry.overrides]
+    absent = [n for n in named if _not_shipped(n, shipped)]
     if absent:
         return f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not shipped yet"
     if not entry.checkpoint.startswith(pretrained.PREFIX) and not Path(entry.checkpoint).expanduser().is_file():
