@@ -191,9 +191,11 @@ def test_a_removed_checkpoint_dir_stops_the_run_with_one_line(tmp_path):
     run_dir = tmp_path / "run"
     proc = _start(run_dir, *LONG)
     _wait_for(run_dir / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGSTOP)  # else a checkpoint written meanwhile (its .tmp) makes the dir non-empty again
     for path in (run_dir / "checkpoints").iterdir():
         path.unlink()
     (run_dir / "checkpoints").rmdir()
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr[-2000:]
     assert f"l2l: error: could not write {run_dir}/checkpoints/last.pt (No such file or directory); the last " \
