@@ -92,6 +92,13 @@ def test_packaging_a_finished_run(tmp_path):
     with pytest.raises(ConfigError, match=r"pretrained:tiny exists \(tiny.pt, tiny.json in .*\); add --replace"):
         shipping.package("tiny", run_dir, directory=tmp_path)
     assert shipping.package("tiny", run_dir, directory=tmp_path, replace=True)["check"] == info["check"]
+    record = json.loads((run_dir / "run.json").read_text())  # as a run resumed at another commit records it
+    started = {**record["environment"], "git_commit": "0123456789abcdef", "git_dirty": False}
+    (run_dir / "run.json").write_text(json.dumps({**record, "earlier_environments": [started]}))
+    resumed = shipping.package("tiny", run_dir, directory=tmp_path, replace=True)
+    assert (resumed["commit"], resumed["commit_dirty"]) == ("0123456789abcdef", False)
+    assert resumed["resumed_at"] == [{"commit": info["commit"], "commit_dirty": info["commit_dirty"]}]
+    assert "resumed_at" not in info
 
 
 def test_the_shipped_names_are_the_shipped_files():

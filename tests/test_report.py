@@ -15,6 +15,7 @@ from conftest import run_cli
 
 from l2l_cli.cli.report import check_out
 from l2l_cli.core.checks import ConfigError
+from l2l_cli.reporting import results_page
 from l2l_cli.reporting.results_page import MARKER, read_catalog
 
 TINY = ["optimizee=quadratic", "optimizee.dim=4", "eval.num_functions=8", "eval.val_functions=4",
@@ -148,3 +149,13 @@ def test_the_shipped_catalog_names_every_experiment():
 
     names = [e.name for e in read_catalog(f"{config_dir()}/report.yaml")]
     assert names == ["quadratic", "mnist", "mnist_generalization", "convnet", "neural_art"]
+
+
+def test_provenance_names_the_commit_training_started_at_and_each_resume(monkeypatch):
+    info = {"architecture": "lstm", "command": "l2l train x=1", "commit": "0123456789abcdef", "commit_dirty": False,
+            "resumed_at": [{"commit": "fedcba9876543210", "commit_dirty": True}], "seeds": {"seed": 0},
+            "trained": {"iterations": 40, "checkpoint_iteration": 30, "best_val": 0.25}}
+    monkeypatch.setattr(results_page.pretrained, "record", lambda name: info)
+    assert results_page.provenance("pretrained:x") == (
+        "`pretrained:x`: lstm, `l2l train x=1` at commit 0123456789, resumed at fedcba9876 with changes, seed 0; "
+        "meta-trained 40 iterations, checkpoint of iteration 30 (best validation 0.25)")

@@ -131,6 +131,7 @@ def test_a_resumed_run_continues_its_recorded_config_and_extends_a_finished_run(
     run_dir = tmp_path / "run"
     first = run_cli("train", *TINY_TRAIN, "train.meta_lr=0.01", f"hydra.run.dir={run_dir}")
     assert first.returncode == 0, first.stderr[-2000:]
+    first_environment = json.loads((run_dir / "run.json").read_text())["environment"]
     again = run_cli("train", *TINY_TRAIN, "resume=true", "train.iterations=9", "train.val_every=9", "threads=1",
                     f"hydra.run.dir={run_dir}")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -148,13 +149,17 @@ def test_a_resumed_run_continues_its_recorded_config_and_extends_a_finished_run(
     assert record["command"] == [*TINY_TRAIN, "train.meta_lr=0.01", "train.iterations=9", "train.val_every=9",
                                  "threads=1"]
     assert record["resumes"] == [[*TINY_TRAIN, "resume=true", "train.iterations=9", "train.val_every=9", "threads=1"]]
+    assert record["earlier_environments"] == [first_environment]  # the commit it started at stays on record
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == record["command"]
+    hydra_record = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     for args, message in ((["optimizer.hidden_size=40"], "a resumed run keeps its architecture (got 40)"),
                           (["optimizee=mnist"], "meta-trained optimizee=quadratic; a resumed run cannot switch to "
                                                 "optimizee=mnist"),
                           (["seed=3"], "has seed=0; a resumed run continues its random streams (got seed=3")):
         refused = run_cli("train", "debug=tiny", "resume=true", *args, f"hydra.run.dir={run_dir}")
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        # Hydra rewrote its record before l2l refused; the run's own is put back
+        assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == hydra_record
 
 
 def _tmpfs(path: Path, size: str):

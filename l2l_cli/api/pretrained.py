@@ -7,7 +7,7 @@ from pathlib import Path
 
 from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from l2l_cli.core.checks import ConfigError
-from l2l_cli.core.environment import torch_threads
+from l2l_cli.core.environment import earlier_environments, torch_threads
 from l2l_cli.core.registry import OPTIMIZEES
 from l2l_cli.core.user_files import is_number, lookup, read_json, read_yaml, require
 from l2l_cli.evaluation.rollout import run
@@ -132,6 +132,7 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
     run_record = read_json(run_dir / "run.json", error=CheckpointError)
     require(isinstance(run_record.get("environment"), dict) and isinstance(run_record.get("config"), dict),
             run_dir / "run.json", "its environment and config are not objects", error=CheckpointError)
+    segments = [*earlier_environments(run_record)]
     metrics = read_json(run_dir / "metrics.json", error=CheckpointError)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     listed = read_yaml(overrides_file, error=CheckpointError) if overrides_file.is_file() else []
@@ -147,8 +148,11 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
         "family": family,
         "architecture": payload["optimizer"]["name"],
         "command": " ".join(["l2l train", *overrides]),
-        "commit": run_record["environment"].get("git_commit"),
-        "commit_dirty": run_record["environment"].get("git_dirty"),
+        # the commit meta-training started at; a resumed run's later segments each ran at their own
+        "commit": segments[0].get("git_commit"),
+        "commit_dirty": segments[0].get("git_dirty"),
+        **({"resumed_at": [{"commit": e.get("git_commit"), "commit_dirty": e.get("git_dirty")}
+                           for e in segments[1:]]} if len(segments) > 1 else {}),
         "environment": run_record["environment"],
         "seeds": run_record.get("seeds"),
         "trained": {"iterations": metrics.get("iterations"), "checkpoint_iteration": payload["iteration"],

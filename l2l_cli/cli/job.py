@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -16,14 +17,25 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def record_run(cfg: DictConfig, out_dir: Path, command: list[str] | None = None,
-               resumes: list[list[str]] | None = None) -> dict:
-    """Write run.json (resolved config, versions, git commit, the command's overrides, and those of each resume)
-    next to Hydra's own .hydra/ record."""
+@dataclass
+class RunHistory:
+    """What run.json keeps of a run's earlier segments: the overrides that rebuild its config, each resume's
+    command line, and the environment (commit, versions) each earlier segment ran in, oldest first."""
+    command: list[str] | None = None
+    resumes: list[list[str]] = field(default_factory=list)
+    earlier_environments: list[dict] = field(default_factory=list)
+
+
+def record_run(cfg: DictConfig, out_dir: Path, history: RunHistory | None = None) -> dict:
+    """Write run.json (resolved config, versions, git commit, the command's overrides, and, for a resumed run, each
+    resume's overrides and the earlier segments' environments) next to Hydra's own .hydra/ record."""
+    history = history or RunHistory()
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"config": OmegaConf.to_container(cfg, resolve=True),
               "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed}, "environment": environment_record(),
-              **({"command": command} if command is not None else {}), **({"resumes": resumes} if resumes else {})}
+              **({"command": history.command} if history.command is not None else {}),
+              **({"resumes": history.resumes} if history.resumes else {}),
+              **({"earlier_environments": history.earlier_environments} if history.earlier_environments else {})}
     write_json(out_dir / "run.json", record)
     return record
 

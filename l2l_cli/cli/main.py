@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from l2l_cli.cli.hydra_record import KeptHydraRecord
 from l2l_cli.cli.run_dir_lock import RunDirLock, check_writable, claim, earlier_run
 
 COMMANDS = {
@@ -156,9 +157,17 @@ def main(argv: list[str] | None = None) -> None:
         exit_on_error(exc)
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"l2l {command}", *rest]
+    given = _value(rest, "hydra.run.dir")
+    kept = KeptHydraRecord(Path(given)) if command == "train" and given and continues(Path(given), rest) else None
     try:
         hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(module.main)()
+    except SystemExit as exc:
+        if kept is not None and exc.code not in (None, 0):
+            kept.restore()
+        raise
     except (Exception, KeyboardInterrupt) as exc:
+        if kept is not None:
+            kept.restore()
         exit_on_error(exc)
 
 

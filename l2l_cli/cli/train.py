@@ -16,10 +16,10 @@ from l2l_cli.cli.config import continue_recorded, resumed_command, to_objects
 from l2l_cli.cli.console import fmt, progress
 from l2l_cli.cli.evaluate import evaluate
 from l2l_cli.cli.hydra_task import hydra_task
-from l2l_cli.cli.job import job_threads, output_dir, record_run, write_metrics
+from l2l_cli.cli.job import RunHistory, job_threads, output_dir, record_run, write_metrics
 from l2l_cli.cli.run_dir_lock import RunDirLock, claim
 from l2l_cli.core.checkpoints import load_checkpoint
-from l2l_cli.core.environment import configure_torch, resolve_device
+from l2l_cli.core.environment import configure_torch, earlier_environments, resolve_device
 from l2l_cli.core.files import write_text
 from l2l_cli.core.registry import OPTIMIZERS
 from l2l_cli.core.run_layout import run_dir_of
@@ -95,24 +95,25 @@ def run(cfg: DictConfig) -> float:
         return _run(cfg, out_dir, launched, writes, started)
 
 
-def _commands(out_dir: Path, source: Optional[Path], overrides: list[str]) -> tuple[list[str], list[list[str]]]:
-    """(the overrides that rebuild this run's config, those of each resume): a resumed run keeps the command its
-    run.json recorded, with this command line's changes, and rewrites Hydra's .hydra/overrides.yaml (which Hydra
-    has just replaced with this command line's) to match, so reports and `l2l pretrained add` read the run's
-    command, not only the last resume's."""
+def _history(out_dir: Path, source: Optional[Path], overrides: list[str]) -> RunHistory:
+    """The overrides that rebuild this run's config, those of each resume, and the environments of the earlier
+    segments: a resumed run keeps the command its run.json recorded, with this command line's changes, and
+    rewrites Hydra's .hydra/overrides.yaml (which Hydra has just replaced with this command line's) to match, so
+    reports and `l2l pretrained add` read the run's command and the commit it started at, not only the last
+    resume's."""
     if source is None:
-        return overrides, []
+        return RunHistory(overrides)
     try:
         previous = read_json((source if source.is_dir() else run_dir_of(source)) / "run.json")
     except UserFileError:
-        return overrides, []
+        return RunHistory(overrides)
     recorded, resumes = previous.get("command"), previous.get("resumes", [])
     if not (isinstance(recorded, list) and all(isinstance(o, str) for o in recorded) and isinstance(resumes, list)):
-        return overrides, []  # a run recorded before run.json kept its command
+        return RunHistory(overrides)  # a run recorded before run.json kept its command
     command = resumed_command(recorded, overrides)
     if (out_dir / ".hydra").is_dir():
         write_text(out_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(command)))
-    return command, [*resumes, overrides]
+    return RunHistory(command, [*resumes, overrides], earlier_environments(previous))
 
 
 def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool, started: float) -> float:
@@ -145,7 +146,7 @@ def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool,
     conf.threads = job_threads(conf.threads)
     configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
     if writes:
-        record_run(cfg, out_dir, *_commands(out_dir, source, overrides))
+        record_run(cfg, out_dir, _history(out_dir, source, overrides))
     else:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports
     training = train(conf, out_dir, launched)

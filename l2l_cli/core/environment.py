@@ -104,3 +104,12 @@ def environment_record() -> dict:
             versions[name] = None
     return {"python": platform.python_version(), "packages": versions, "git_commit": git_commit(),
             "git_dirty": git_dirty(), "torch_threads": torch.get_num_threads()}
+
+
+def earlier_environments(previous: dict) -> list[dict]:
+    """The environments of a recorded run's segments, oldest first (its ``earlier_environments``, then its own):
+    what a resume of it appends to; a record that has none of them (written before they were kept) gives none."""
+    earlier = previous.get("earlier_environments", [])
+    kept = [e for e in earlier if isinstance(e, dict)] if isinstance(earlier, list) else []
+    current = previous.get("environment")
+    return [*kept, current] if isinstance(current, dict) else kept

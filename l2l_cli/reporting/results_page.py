@@ -96,13 +96,20 @@ def provenance(checkpoint: str) -> str:
         return f"`{checkpoint}`"
     info = pretrained.record(checkpoint[len(pretrained.PREFIX):])
     trained, seeds = info.get("trained") or {}, info.get("seeds") or {}
-    commit = (info.get("commit") or "?")[:10] + (" with changes" if info.get("commit_dirty") else "")
+    commit = _commit(info)
+    resumed = info.get("resumed_at")
+    if isinstance(resumed, list) and resumed:
+        commit += ", resumed at " + ", ".join(_commit(r) if isinstance(r, dict) else "?" for r in resumed)
     seed = ", ".join(f"{k} {v}" for k, v in seeds.items()) if isinstance(seeds, dict) else "?"
     stop = ""
     if isinstance(trained.get("iterations"), int):
         stop = (f"; meta-trained {trained['iterations']} iterations, checkpoint of iteration "
                 f"{trained.get('checkpoint_iteration')} (best validation {_num(trained.get('best_val'))})")
     return f"`{checkpoint}`: {info['architecture']}, `{info['command']}` at commit {commit}, {seed}{stop}"
+
+
+def _commit(info: dict) -> str:
+    return str(info.get("commit") or "?")[:10] + (" with changes" if info.get("commit_dirty") else "")
 
 
 def _num(value) -> str:
