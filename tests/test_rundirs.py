@@ -18,6 +18,7 @@ from conftest import ROOT, TINY_TRAIN, run_cli
 
 from l2l_cli.cli.run_dir_lock import LOCK, RunDirBusy, RunDirLock
 from l2l_cli.core.checkpoints import load_checkpoint, save_checkpoint
+from l2l_cli.core.environment import git_dirty
 from l2l_cli.core.schemas import ConfigError
 from l2l_cli.meta.population import find_resume
 
@@ -215,3 +216,29 @@ def test_ctrl_c_releases_the_lock(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT and not (run_dir / LOCK).exists()
+
+
+def test_a_run_written_into_the_checkout_does_not_mark_the_code_changed(tmp_path):
+    """git_dirty asks about the code a run ran: l2l's own outputs (runs/, outputs/, docs/results) changed in the
+    checkout leave it clean, a changed source file does not."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for path in ("l2l_cli/core/code.py", "runs/r/run.json", "outputs/train/x.json", "docs/results/index.md",
+                 "docs/guide.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("first\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    where = tmp_path / "l2l_cli" / "core"
+    assert git_dirty(where) is False
+    for path in ("runs/r/run.json", "outputs/train/x.json", "docs/results/index.md"):
+        (tmp_path / path).write_text("a run's output\n")
+    assert git_dirty(where) is False
+    (tmp_path / "docs/guide.md").write_text("edited\n")
+    assert git_dirty(where) is True
+    git("checkout", "-q", "docs/guide.md")
+    (tmp_path / "l2l_cli/core/code.py").write_text("edited\n")
+    assert git_dirty(where) is True

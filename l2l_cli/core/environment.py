@@ -76,22 +76,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _git(*args: str) -> str | None:
+HERE = Path(__file__).resolve().parent
+# what l2l itself writes into a checkout (runs kept in the repo, the default output roots, the results page): a
+# change there is a run's output, not a change of the code the run ran
+OUTPUT_DIRS = ("runs", "outputs", "multirun", "docs/results")
+
+
+def _git(*args: str, where: Path = HERE) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_commit() -> str | None:
-    return _git("rev-parse", "HEAD") or None
+def git_commit(where: Path = HERE) -> str | None:
+    return _git("rev-parse", "HEAD", where=where) or None
 
 
-def git_dirty() -> bool | None:
-    """Whether tracked files differ from that commit (the run's code is then not exactly the commit's)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+def git_dirty(where: Path = HERE) -> bool | None:
+    """Whether tracked files outside l2l's own outputs differ from that commit (the run's code is then not exactly
+    the commit's); a run that writes into runs/ of its checkout does not make the next run's code "changed"."""
+    excluded = [f":(top,exclude){path}" for path in OUTPUT_DIRS]
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded, where=where)
     return None if status is None else bool(status)
 
 
