@@ -19,7 +19,7 @@ PREFIX = "pretrained:"
 # a plain identifier: a shipped optimizer's name, a study's variant, a report entry (each a file or folder name)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # the optimizers this package ships: `l2l pretrained add` never replaces one (a maintainer re-ships by hand)
-SHIPPED = ("convnet_lstm_sep", "general", "mnist", "neural_art", "quadratic")
+SHIPPED = ("convnet_lstm", "convnet_lstm_sep", "convnet_lstm_sub", "general", "mnist", "neural_art", "quadratic")
 HERE = Path(__file__).resolve().parent
 # test functions the check runs on: all a family's default evaluation would take seconds to run (the MNIST MLP: 8
 # functions of 100 steps; the conv net on Fashion-MNIST: 2)
