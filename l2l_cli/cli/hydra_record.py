@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from l2l_cli.core.files import atomic_write
+from l2l_cli.core.user_files import UserFileError, read_bytes
 
 FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 LIMIT = 8 * 2**20  # Hydra's record of a run is a few KB; anything larger is not one to keep
@@ -16,10 +17,8 @@ LIMIT = 8 * 2**20  # Hydra's record of a run is a few KB; anything larger is not
 def _snapshot(path: Path) -> bytes | None:
     """The bytes of a regular file of bounded size, else None (absent, a FIFO, a link to a device, too large)."""
     try:
-        if not path.is_file() or path.stat().st_size > LIMIT:
-            return None
-        return path.read_bytes()
-    except OSError:
+        return read_bytes(path, LIMIT)
+    except UserFileError:
         return None
 
 
