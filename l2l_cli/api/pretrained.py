@@ -132,7 +132,7 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
     run_record = read_json(run_dir / "run.json", error=CheckpointError)
     require(isinstance(run_record.get("environment"), dict) and isinstance(run_record.get("config"), dict),
             run_dir / "run.json", "its environment and config are not objects", error=CheckpointError)
-    segments = [*earlier_environments(run_record)]
+    segments = earlier_environments(run_record)  # every segment, oldest first (non-empty: environment is checked)
     metrics = read_json(run_dir / "metrics.json", error=CheckpointError)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     listed = read_yaml(overrides_file, error=CheckpointError) if overrides_file.is_file() else []
