@@ -22,7 +22,8 @@ TINY = ["optimizee=quadratic", "optimizee.dim=4", "eval.num_functions=8", "eval.
         "eval.lr_grid=[0.01,0.1,1.0]", "eval.refine_lr=0"]
 CATALOG = {"entries": [
     {"name": "single", "title": "One task", "checkpoint": "pretrained:quadratic",
-     "overrides": [*TINY, "eval.num_steps=6", "+eval.compare.sub=pretrained:no_such_optimizer"]},
+     "overrides": [*TINY, "eval.num_steps=6", "+eval.compare.sub=pretrained:no_such_optimizer",
+                   "+eval.compare.again=pretrained:quadratic"]},
     {"name": "study", "title": "A study", "checkpoint": "pretrained:quadratic",
      "overrides": [*TINY, "+eval.variants={short: {num_steps: 4}, long: {num_steps: 8}}"]},
     {"name": "later", "title": "Not yet", "checkpoint": "pretrained:no_such_optimizer", "overrides": []},
@@ -72,6 +73,9 @@ def test_report_reruns_each_entry_and_builds_the_page_from_its_results(tmp_path)
     # a comparison column whose optimizer is not shipped is left out of the run, and the section says so
     assert "Left out, not shipped yet: `+eval.compare.sub=pretrained:no_such_optimizer`." in text
     assert "no_such_optimizer" not in text.split("## One task", 1)[1].split("\n\n", 2)[1]  # not in its command
+    # a shipped comparison column runs, and the section says where its optimizer came from
+    assert "again" in single["optimizers"] or "again" in single.get("compared", {})
+    assert f"- Column `again`: {results_page.provenance('pretrained:quadratic')}." in text
 
     # a second report replaces the page it wrote; one that fails leaves it as it was
     (out / "stale.png").write_bytes(b"old")

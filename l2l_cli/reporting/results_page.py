@@ -34,6 +34,11 @@ class Entry:
     def command(self) -> str:
         return " ".join(["l2l eval", f"checkpoint={self.checkpoint}", *self.overrides])
 
+    def compared(self) -> List[tuple]:
+        """(NAME, checkpoint) of each comparison column its overrides name (eval.compare.NAME=CHECKPOINT)."""
+        pairs = (o.lstrip("+").split("=", 1) for o in self.overrides if o.lstrip("+").startswith("eval.compare."))
+        return [(key[len("eval.compare."):], value) for key, value in pairs]
+
     def shipped_columns(self) -> Entry:
         """This entry without the comparison columns whose pretrained optimizer is not shipped yet (the page says
         which): the rest of the experiment still runs."""
@@ -161,6 +166,8 @@ def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> tuple
     ``assets / entry.name``."""
     lines = [f"## {entry.title} {{#{entry.name}}}", "", f"`{entry.command()}`", "",
              f"Checkpoint {provenance(entry.checkpoint)}. Evaluation: {_duration(seconds)}.", ""]
+    lines += [f"- Column `{name}`: {provenance(checkpoint)}." for name, checkpoint in entry.compared()]
+    lines += [""] if entry.compared() else []
     if entry.absent_columns:
         lines += [f"Left out, not shipped yet: {', '.join(f'`{o}`' for o in entry.absent_columns)}.", ""]
     summary = []
