@@ -24,6 +24,7 @@ class RunHistory:
     command: list[str] | None = None
     resumes: list[list[str]] = field(default_factory=list)
     earlier_environments: list[dict] = field(default_factory=list)
+    started_from: dict | None = None  # train.init: the checkpoint the run started from (as given, file, SHA-256)
 
 
 def record_run(cfg: DictConfig, out_dir: Path, history: RunHistory | None = None) -> dict:
@@ -35,7 +36,8 @@ def record_run(cfg: DictConfig, out_dir: Path, history: RunHistory | None = None
               "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed}, "environment": environment_record(),
               **({"command": history.command} if history.command is not None else {}),
               **({"resumes": history.resumes} if history.resumes else {}),
-              **({"earlier_environments": history.earlier_environments} if history.earlier_environments else {})}
+              **({"earlier_environments": history.earlier_environments} if history.earlier_environments else {}),
+              **({"started_from": history.started_from} if history.started_from else {})}
     write_json(out_dir / "run.json", record)
     return record
 

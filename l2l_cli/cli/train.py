@@ -12,20 +12,21 @@ from typing import Optional
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from l2l_cli import pretrained
 from l2l_cli.cli.config import continue_recorded, resumed_command, to_objects
 from l2l_cli.cli.console import fmt, progress
 from l2l_cli.cli.evaluate import evaluate
 from l2l_cli.cli.hydra_task import hydra_task
 from l2l_cli.cli.job import RunHistory, job_threads, output_dir, record_run, write_metrics
 from l2l_cli.cli.run_dir_lock import RunDirLock, claim
-from l2l_cli.core.checkpoints import load_checkpoint
+from l2l_cli.core.checkpoints import CHECKPOINT_LIMIT, check_architecture, load_checkpoint
 from l2l_cli.core.environment import configure_torch, earlier_environments, resolve_device
 from l2l_cli.core.files import write_text
 from l2l_cli.core.registry import OPTIMIZERS
 from l2l_cli.core.run_layout import run_dir_of
 from l2l_cli.core.schemas import ConfigError, EvalConfig, TrainConfig
 from l2l_cli.core.signals import GracefulStop
-from l2l_cli.core.user_files import UserFileError, read_json
+from l2l_cli.core.user_files import UserFileError, read_json, sha256
 from l2l_cli.meta.distributed import Rank, from_environment, join_group, shared_value
 from l2l_cli.meta.launch import TrainingResult, run_training
 from l2l_cli.meta.policy import plan_training
@@ -95,14 +96,15 @@ def run(cfg: DictConfig) -> float:
         return _run(cfg, out_dir, launched, writes, started)
 
 
-def _history(out_dir: Path, source: Optional[Path], overrides: list[str]) -> RunHistory:
+def _history(out_dir: Path, source: Optional[Path], overrides: list[str],
+             started_from: Optional[dict] = None) -> RunHistory:
     """The overrides that rebuild this run's config, those of each resume, and the environments of the earlier
     segments: a resumed run keeps the command its run.json recorded, with this command line's changes, and
     rewrites Hydra's .hydra/overrides.yaml (which Hydra has just replaced with this command line's) to match, so
     reports and `l2l pretrained add` read the run's command and the commit it started at, not only the last
     resume's."""
     if source is None:
-        return RunHistory(overrides)
+        return RunHistory(overrides, started_from=started_from)
     try:
         previous = read_json((source if source.is_dir() else run_dir_of(source)) / "run.json")
     except UserFileError:
@@ -113,7 +115,26 @@ def _history(out_dir: Path, source: Optional[Path], overrides: list[str]) -> Run
     command = resumed_command(recorded, overrides)
     if (out_dir / ".hydra").is_dir():
         write_text(out_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(command)))
-    return RunHistory(command, [*resumes, overrides], earlier_environments(previous))
+    kept = previous.get("started_from")
+    return RunHistory(command, [*resumes, overrides], earlier_environments(previous),
+                      kept if isinstance(kept, dict) else None)
+
+
+def _starting_point(conf: TrainConfig) -> tuple[Optional[str], Optional[dict]]:
+    """train.init -> (the checkpoint file, what run.json records of it: as given, the file and its SHA-256), checked
+    before the run dir is touched; one line when it names no checkpoint of this learned optimizer."""
+    init = conf.train.init
+    if init is None:
+        return None, None
+    path = pretrained.resolve(init)
+    if not path.is_file():
+        raise ConfigError(f"train.init: no checkpoint file at {path} (a .pt written by l2l train, or pretrained:NAME "
+                          "as `l2l pretrained` lists them)")
+    saved = load_checkpoint(path).get("optimizer")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"train.init: {path} holds no learned optimizer (a .pt written by l2l train)")
+    check_architecture(path, saved, conf.optimizer.architecture())
+    return str(path), {"checkpoint": init, "file": str(path), "sha256": sha256(path, CHECKPOINT_LIMIT, "train.init")}
 
 
 def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool, started: float) -> float:
@@ -141,12 +162,13 @@ def _run(cfg: DictConfig, out_dir: Path, launched: Optional[Rank], writes: bool,
         source = out_dir  # this SLURM job was requeued (time limit, preemption, scontrol requeue): continue it
         log.info("requeued job (restart %s): resuming %s", os.environ.get("SLURM_RESTART_COUNT"), out_dir)
         conf.resume = str(source)
+    conf.train.init, started_from = _starting_point(conf)
     if writes:  # also when a config file, not the command line, named the dir
         claim(out_dir, "train", continuing=source is not None and (source == out_dir or out_dir in source.parents))
     conf.threads = job_threads(conf.threads)
     configure_torch(conf.threads)  # before record_run, so run.json records the threads actually used
     if writes:
-        record_run(cfg, out_dir, _history(out_dir, source, overrides))
+        record_run(cfg, out_dir, _history(out_dir, source, overrides, started_from))
     else:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports
     training = train(conf, out_dir, launched)

@@ -126,8 +126,14 @@ class TrainLoopConfig:
     # c > 0: each training function's coordinates rescaled by exp(U(-c, c)) (Lv et al. 2017: 3); 0: off; null: the
     # learned optimizer's recipe (3 for rnnprop, else 0). Validation and evaluation never rescale.
     random_scale: Optional[float] = None
+    # a checkpoint (a .pt path, or pretrained:NAME) whose learned-optimizer weights this new meta-training starts
+    # from, e.g. to fine-tune with other settings; its meta-optimizer state, progress and best are not carried over
+    # (that is resume). null: a fresh initialisation.
+    init: Optional[str] = None
 
     def __post_init__(self) -> None:
+        check(self.init is None or (isinstance(self.init, str) and self.init.strip() != ""), "train.init",
+              f"must be a checkpoint path or pretrained:NAME (or null), got {self.init!r}")
         check_at_least_one(self, "train.", ("iterations", "population", "val_every", "val_functions",
                                             "checkpoint_every", "max_nonfinite"))
         check(math.isfinite(self.meta_lr) and self.meta_lr > 0, "train.meta_lr",

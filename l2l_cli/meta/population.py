@@ -159,6 +159,9 @@ def train_member(setup: TrainSetup, k: int, population: int, resume_from: Option
             trainer.restore(load_checkpoint(resume_from), resume_from)
             log.info("%sresumed from %s at iteration %d (best validation loss %.4g)", name, resume_from,
                      trainer.iteration, trainer.best_val)
+        elif setup.loop.init is not None:  # a resumed run has its own weights
+            trainer.start_from(load_checkpoint(setup.loop.init), setup.loop.init)
+            log.info("%sstarting from the learned optimizer in %s", name, setup.loop.init)
         if on_start:
             on_start(k, trainer)
         trainer.fit(None if on_iteration is None else (lambda t, stats: on_iteration(k, t, stats)),

@@ -144,6 +144,9 @@ class MetaTrainer:
     def restore(self, payload: dict, path) -> None:
         self.checkpoints.restore(payload, path)
 
+    def start_from(self, payload: dict, path) -> None:
+        self.checkpoints.start_from(payload, path)
+
     def validate(self) -> float:
         with self.average.swapped_in():
             score = self.validator.score(self.net, self.curriculum.val_horizon)

@@ -88,6 +88,22 @@ class TrainerCheckpoints:
             t.balance.load_state(payload.get("balance", {}))
         self._carry_over(Path(path).with_name("best.pt"))
 
+    def start_from(self, payload: dict, path) -> None:
+        """A checkpoint's learned-optimizer weights (those it validated: the average where it kept one) as this new
+        run's starting point; the meta-optimizer, generator and progress stay this run's own."""
+        t = self.trainer
+        if "model" not in payload or "optimizer" not in payload:
+            raise CheckpointError(f"checkpoint {path}: holds no learned optimizer (no 'model' and 'optimizer'); "
+                                  "train.init takes a .pt written by l2l train or a pretrained:NAME")
+        check_architecture(path, payload["optimizer"], t.s.optimizer.architecture())
+        try:
+            t.net.load_state_dict(payload["model"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise CheckpointError(f"checkpoint {path}: its weights do not fit this run's learned optimizer "
+                                  f"({line})") from None
+        t.average.load(payload["model"])
+
     def _carry_over(self, source: Path) -> None:
         """Resuming into another run dir: bring the checkpoints along, so the new run is complete even when no later
         validation beats the best; without a best.pt, forget the old best so the next validation writes one."""

@@ -1,0 +1,46 @@
+"""train.init: a new meta-training that starts from another run's (or a shipped) learned optimizer, e.g. to fine-tune
+it with other settings; recorded in run.json, checked before the run dir is touched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from conftest import TINY_TRAIN, cli_one_line_error, run_cli
+
+from l2l_cli.core.checkpoints import load_checkpoint
+
+
+def test_a_run_started_from_a_checkpoint_first_validates_its_weights(tiny_run, tmp_path):
+    root, _, _ = tiny_run
+    source = root / "train" / "checkpoints" / "best.pt"
+    done = run_cli("train", *TINY_TRAIN, f"train.init={source}", f"hydra.run.dir={tmp_path / 'ft'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"starting from the learned optimizer in {source}" in " ".join((done.stdout + done.stderr).split())
+    record = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert record["started_from"] == {"checkpoint": str(source), "file": str(source),
+                                      "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    first, before = metrics["validation_history"][0], load_checkpoint(source)
+    # iteration 0 of the new run validates the weights it started from: the source's best, on the same functions
+    assert first[0] == 0 and first[1] == pytest.approx(before["best_val"], rel=1e-5)
+    assert metrics["iterations"] == load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["iteration"]
+    assert before["best_val"] != pytest.approx(json.loads((root / "train" / "metrics.json").read_text())
+                                               ["untrained_val"], rel=1e-3)  # a trained start, not a fresh one
+
+
+@pytest.mark.parametrize("init, extra, message", [
+    ("{tmp}/absent.pt", [], "train.init: no checkpoint file at "),
+    ("pretrained:no_such_optimizer", [], "no such pretrained optimizer"),
+    ("{best}", ["optimizer.hidden_size=7"], "config asks for optimizer.hidden_size=7"),
+    ("{tmp}/notes.txt", [], "notes.txt"),
+])
+def test_a_bad_init_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys, monkeypatch, init, extra, message):
+    root, _, _ = tiny_run
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    init = init.format(tmp=tmp_path, best=root / "train" / "checkpoints" / "best.pt")
+    line = cli_one_line_error(["train", *TINY_TRAIN, f"train.init={init}", *extra,
+                               f"hydra.run.dir={tmp_path / 'run'}"], capsys, monkeypatch)
+    assert message in line
+    assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
