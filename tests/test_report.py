@@ -163,3 +163,7 @@ def test_provenance_names_the_commit_training_started_at_and_each_resume(monkeyp
     assert results_page.provenance("pretrained:x") == (
         "`pretrained:x`: lstm, `l2l train x=1` at commit 0123456789, resumed at fedcba9876 with changes, seed 0; "
         "meta-trained 40 iterations, checkpoint of iteration 30 (best validation 0.25)")
+    info["started_from"] = {"checkpoint": "runs/a/checkpoints/best.pt", "command": "l2l train y=2",
+                            "commit": "abcdef0123456789", "commit_dirty": False}
+    assert ", resumed at fedcba9876 with changes, starting from `runs/a/checkpoints/best.pt` (`l2l train y=2` at " \
+           "commit abcdef0123), seed 0;" in results_page.provenance("pretrained:x")

@@ -9,13 +9,15 @@ import json
 import pytest
 from conftest import TINY_TRAIN, cli_one_line_error, run_cli
 
+from l2l_cli.api import pretrained as shipping
 from l2l_cli.core.checkpoints import load_checkpoint
 
 
 def test_a_run_started_from_a_checkpoint_first_validates_its_weights(tiny_run, tmp_path):
     root, _, _ = tiny_run
     source = root / "train" / "checkpoints" / "best.pt"
-    done = run_cli("train", *TINY_TRAIN, f"train.init={source}", f"hydra.run.dir={tmp_path / 'ft'}")
+    done = run_cli("train", *TINY_TRAIN, f"train.init={source}", "train.evaluate=true", "eval.num_functions=8",
+                   "eval.val_functions=4", "eval.lr_grid=[0.1]", f"hydra.run.dir={tmp_path / 'ft'}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"starting from the learned optimizer in {source}" in " ".join((done.stdout + done.stderr).split())
     record = json.loads((tmp_path / "ft" / "run.json").read_text())
@@ -28,6 +30,14 @@ def test_a_run_started_from_a_checkpoint_first_validates_its_weights(tiny_run, t
     assert metrics["iterations"] == load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["iteration"]
     assert before["best_val"] != pytest.approx(json.loads((root / "train" / "metrics.json").read_text())
                                                ["untrained_val"], rel=1e-3)  # a trained start, not a fresh one
+
+    # shipped, its record names where it started: the checkpoint, and the command and commit of the run that wrote it
+    info = shipping.package("tuned", tmp_path / "ft", directory=tmp_path)
+    first_run = json.loads((root / "train" / "run.json").read_text())
+    assert info["started_from"] == {**record["started_from"], "command": " ".join(["l2l train", *first_run["command"]]),
+                                    "commit": first_run["environment"]["git_commit"],
+                                    "commit_dirty": first_run["environment"]["git_dirty"]}
+    assert "train.init=" in info["command"]
 
 
 @pytest.mark.parametrize("init, extra, message", [
@@ -44,3 +54,4 @@ def test_a_bad_init_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys, m
                                f"hydra.run.dir={tmp_path / 'run'}"], capsys, monkeypatch)
     assert message in line
     assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+

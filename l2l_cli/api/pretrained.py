@@ -9,7 +9,8 @@ from l2l_cli.core.checkpoints import CheckpointError, load_checkpoint, save_chec
 from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.environment import earlier_environments, torch_threads
 from l2l_cli.core.registry import OPTIMIZEES
-from l2l_cli.core.user_files import is_number, lookup, read_json, read_yaml, require
+from l2l_cli.core.run_layout import run_dir_of
+from l2l_cli.core.user_files import UserFileError, is_number, lookup, read_json, read_yaml, require
 from l2l_cli.evaluation.rollout import run
 from l2l_cli.meta.trainer import improvement
 from l2l_cli.optimizees import build_family
@@ -99,6 +100,26 @@ def check_name(name: str, directory: Path, replace: bool) -> None:
                           f"{directory}); add --replace to replace it")
 
 
+def started_from(init: dict) -> dict:
+    """What a record keeps of the checkpoint a run started from (train.init): as run.json has it, with the command and
+    first commit of the run that wrote it where its run.json is still there (a shipped optimizer's name says it)."""
+    kept = {key: init.get(key) for key in ("checkpoint", "file", "sha256")}
+    file = init.get("file")
+    if not isinstance(file, str):
+        return kept
+    try:
+        source = read_json(run_dir_of(Path(file)) / "run.json")
+    except UserFileError:
+        return kept
+    command, segments = source.get("command"), earlier_environments(source) if isinstance(
+        source.get("environment"), dict) else []
+    if isinstance(command, list) and all(isinstance(o, str) for o in command):
+        kept["command"] = " ".join(["l2l train", *command])
+    if segments:
+        kept["commit"], kept["commit_dirty"] = segments[0].get("git_commit"), segments[0].get("git_dirty")
+    return kept
+
+
 def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = False) -> dict:
     """Ship the best.pt of a finished `l2l train` run (with its evaluation) as ``pretrained:<name>`` (a name
     ``check_name`` allows, checked before anything is read)."""
@@ -153,6 +174,8 @@ def package(name: str, run_dir: Path, directory: Path = HERE, replace: bool = Fa
         "commit_dirty": segments[0].get("git_dirty"),
         **({"resumed_at": [{"commit": e.get("git_commit"), "commit_dirty": e.get("git_dirty")}
                            for e in segments[1:]]} if len(segments) > 1 else {}),
+        **({"started_from": started_from(run_record["started_from"])}
+           if isinstance(run_record.get("started_from"), dict) else {}),
         "environment": run_record["environment"],
         "seeds": run_record.get("seeds"),
         "trained": {"iterations": metrics.get("iterations"), "checkpoint_iteration": payload["iteration"],

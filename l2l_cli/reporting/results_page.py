@@ -105,6 +105,10 @@ def provenance(checkpoint: str) -> str:
     resumed = info.get("resumed_at")
     if isinstance(resumed, list) and resumed:
         commit += ", resumed at " + ", ".join(_commit(r) if isinstance(r, dict) else "?" for r in resumed)
+    start = info.get("started_from")
+    if isinstance(start, dict):  # fine-tuned from another run's optimizer (train.init)
+        commit += f", starting from `{start.get('checkpoint')}`" + (
+            f" (`{start['command']}` at commit {_commit(start)})" if isinstance(start.get("command"), str) else "")
     seed = ", ".join(f"{k} {v}" for k, v in seeds.items()) if isinstance(seeds, dict) else "?"
     stop = ""
     if isinstance(trained.get("iterations"), int):
