@@ -7,10 +7,13 @@ import hashlib
 import json
 
 import pytest
+import torch
 from conftest import TINY_TRAIN, cli_one_line_error, run_cli
+from test_meta import _setup
 
 from l2l_cli.api import pretrained as shipping
 from l2l_cli.core.checkpoints import load_checkpoint
+from l2l_cli.meta.trainer import MetaTrainer
 
 
 def test_a_run_started_from_a_checkpoint_first_validates_its_weights(tiny_run, tmp_path):
@@ -28,6 +31,7 @@ def test_a_run_started_from_a_checkpoint_first_validates_its_weights(tiny_run, t
     # iteration 0 of the new run validates the weights it started from: the source's best, on the same functions
     assert first[0] == 0 and first[1] == pytest.approx(before["best_val"], rel=1e-5)
     assert metrics["iterations"] == load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["iteration"]
+    assert metrics["val_best"] <= first[1]
     assert before["best_val"] != pytest.approx(json.loads((root / "train" / "metrics.json").read_text())
                                                ["untrained_val"], rel=1e-3)  # a trained start, not a fresh one
 
@@ -55,3 +59,18 @@ def test_a_bad_init_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys, m
     assert message in line
     assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
+
+
+def test_a_fine_tuning_that_finds_nothing_better_keeps_the_weights_it_started_from(tmp_path, monkeypatch):
+    first = MetaTrainer(_setup(tmp_path / "first", iterations=3))
+    first.fit()
+    source = tmp_path / "first" / "checkpoints" / "best.pt"
+    tuned = MetaTrainer(_setup(tmp_path / "tuned", iterations=9, patience=2))
+    tuned.start_from(load_checkpoint(source), source)
+    scores = iter([1.0, 2.0, 3.0, 4.0])  # iteration 0's validation, then every later one worse
+    monkeypatch.setattr(tuned, "validate", lambda *args, **kwargs: next(scores))
+    tuned.fit()
+    assert (tuned.best_iteration, tuned.best_val, tuned.iteration) == (0, 1.0, 6)  # patience 2 after iteration 0
+    kept, started = (load_checkpoint(p)["model"] for p in (tmp_path / "tuned" / "checkpoints" / "best.pt", source))
+    assert kept.keys() == started.keys() and all(torch.equal(kept[k], started[k]) for k in kept)
+    assert not all(torch.equal(tuned.net.state_dict()[k], started[k]) for k in started)  # it did train on

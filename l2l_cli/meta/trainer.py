@@ -52,8 +52,9 @@ def improvement(history, best_val: float) -> dict:
 
 
 def not_improved_message(verdict: dict, meta_lr: float) -> str:
-    return (f"meta-training did not help: best validation loss {verdict['best_val']:.4g} >= the untrained "
-            f"optimizer's {verdict['untrained_val']:.4g}; {NOT_IMPROVED_HINT} (train.meta_lr was {meta_lr:g})")
+    return (f"meta-training did not help: best validation loss {verdict['best_val']:.4g} >= iteration 0's "
+            f"{verdict['untrained_val']:.4g} (the weights it started from); {NOT_IMPROVED_HINT} (train.meta_lr was "
+            f"{meta_lr:g})")
 
 
 def meta_lr_at(loop: TrainLoopConfig, iteration: int) -> float:
@@ -121,6 +122,7 @@ class MetaTrainer:
         self.checkpoints = TrainerCheckpoints(self, setup.out_dir / "checkpoints", rank is None or rank.writes)
         self.iteration, self.best_val, self.best_iteration = 0, math.inf, -1
         self.history: list = []  # (iteration, validation loss)
+        self.started_from = False  # train.init: the weights it starts with are a candidate best, as any validated
         self.best_weights: Optional[dict] = None  # a curriculum stage's best, what the stage's end restores
 
     @property
@@ -146,6 +148,7 @@ class MetaTrainer:
 
     def start_from(self, payload: dict, path) -> None:
         self.checkpoints.start_from(payload, path)
+        self.started_from = True
 
     def validate(self) -> float:
         with self.average.swapped_in():
@@ -183,6 +186,9 @@ class MetaTrainer:
         if self.iteration == 0:
             self.history.append((0, self.validate()))
             self._log("val/final_loss", self.history[-1][1])
+            if self.started_from:  # a fine-tuning that finds nothing better keeps the weights it started from
+                self.best_val, self.best_iteration = self.history[-1][1], 0
+                self.save("best.pt")
             self.curriculum.reference = self.history[-1][1] if self.curriculum.active else math.inf
         while self.iteration < loop.iterations and not self.curriculum.finished and not self.patience_over:
             stats = self.train_iteration()
