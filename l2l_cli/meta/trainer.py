@@ -122,7 +122,7 @@ class MetaTrainer:
         self.checkpoints = TrainerCheckpoints(self, setup.out_dir / "checkpoints", rank is None or rank.writes)
         self.iteration, self.best_val, self.best_iteration = 0, math.inf, -1
         self.history: list = []  # (iteration, validation loss)
-        self.started_from = False  # train.init: the weights it starts with are a candidate best, as any validated
+        self.started_from = False  # train.init: iteration 0 scores the weights it started from, a candidate best
         self.best_weights: Optional[dict] = None  # a curriculum stage's best, what the stage's end restores
 
     @property
