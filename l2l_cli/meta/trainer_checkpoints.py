@@ -76,8 +76,8 @@ class TrainerCheckpoints:
             t.meta_opt.load_state_dict(payload["meta_optimizer"])
             t.gen.set_state(payload["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise CheckpointError(f"checkpoint {path}: its training state does not fit this run ({line})") from None
+            raise CheckpointError(f"checkpoint {path}: its training state does not fit this run "
+                                  f"({_first_line(exc)})") from None
         t.iteration = int(payload["iteration"])
         t.best_val = float(payload["best_val"])
         t.best_iteration = int(payload["best_iteration"])
@@ -99,9 +99,8 @@ class TrainerCheckpoints:
         try:
             t.net.load_state_dict(payload["model"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointError(f"checkpoint {path}: its weights do not fit this run's learned optimizer "
-                                  f"({line})") from None
+                                  f"({_first_line(exc)})") from None
         t.average.load(payload["model"])
 
     def _carry_over(self, source: Path) -> None:
@@ -116,6 +115,11 @@ class TrainerCheckpoints:
                 copy_checkpoint(source, target)
         else:
             self.trainer.best_val, self.trainer.best_iteration = math.inf, -1
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's load_state_dict errors span many), or its type."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def check_iterations_left(done: int, iterations: int, path) -> None:

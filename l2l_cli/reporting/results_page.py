@@ -36,16 +36,23 @@ class Entry:
 
     def compared(self) -> List[tuple]:
         """(NAME, checkpoint) of each comparison column its overrides name (eval.compare.NAME=CHECKPOINT)."""
-        pairs = (o.lstrip("+").split("=", 1) for o in self.overrides if o.lstrip("+").startswith("eval.compare."))
-        return [(key[len("eval.compare."):], value) for key, value in pairs]
+        pairs = (o.lstrip("+").split("=", 1) for o in self.overrides if _compares(o))
+        return [(key[len(COMPARE):], value) for key, value in pairs]
 
     def shipped_columns(self) -> Entry:
         """This entry without the comparison columns whose pretrained optimizer is not shipped yet (the page says
         which): the rest of the experiment still runs."""
         shipped = pretrained.names()
-        absent = tuple(o for o in self.overrides if o.lstrip("+").startswith("eval.compare.")
-                       and _not_shipped(o.split("=", 1)[1], shipped))
+        absent = tuple(o for o in self.overrides if _compares(o) and _not_shipped(o.split("=", 1)[1], shipped))
         return replace(self, overrides=tuple(o for o in self.overrides if o not in absent), absent_columns=absent)
+
+
+COMPARE = "eval.compare."
+
+
+def _compares(override: str) -> bool:
+    """``override`` adds a comparison column (eval.compare.NAME=CHECKPOINT, with or without Hydra's +)."""
+    return override.lstrip("+").startswith(COMPARE)
 
 
 def _not_shipped(value: str, shipped: List[str]) -> bool:
@@ -170,8 +177,8 @@ def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> tuple
     ``assets / entry.name``."""
     lines = [f"## {entry.title} {{#{entry.name}}}", "", f"`{entry.command()}`", "",
              f"Checkpoint {provenance(entry.checkpoint)}. Evaluation: {_duration(seconds)}.", ""]
-    lines += [f"- Column `{name}`: {provenance(checkpoint)}." for name, checkpoint in entry.compared()]
-    lines += [""] if entry.compared() else []
+    columns = [f"- Column `{name}`: {provenance(checkpoint)}." for name, checkpoint in entry.compared()]
+    lines += [*columns, ""] if columns else []
     if entry.absent_columns:
         lines += [f"Left out, not shipped yet: {', '.join(f'`{o}`' for o in entry.absent_columns)}.", ""]
     summary = []
