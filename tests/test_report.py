@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import run_cli
 
+from l2l_cli.cli import report
 from l2l_cli.cli.report import check_out
 from l2l_cli.core.checks import ConfigError
 from l2l_cli.reporting import results_page
@@ -113,6 +116,29 @@ def test_a_stopped_report_leaves_no_half_built_page(tmp_path):
     assert report.returncode == 143 and "report stopped by signal 15; the page is unchanged" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.yaml", "runs"]  # no page, no .page.new-* folder
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(runs).encode() in _read(p)]  # eval killed
+
+
+def test_a_stop_while_the_evaluation_starts_still_kills_it(tmp_path, monkeypatch):
+    """The race the test above can hit: SIGTERM while Popen is starting the evaluation. It must wait until Popen
+    has returned the process, then kill it; raised inside Popen, it left the evaluation running unowned."""
+    started = []
+
+    def popen_then_signal(command, **kwargs):
+        proc = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+        started.append(proc)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before this function returns
+        return proc
+
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(report.subprocess, "Popen", popen_then_signal)
+    previous = signal.signal(signal.SIGTERM, report._STOP)
+    try:
+        entry = SimpleNamespace(checkpoint="pretrained:quadratic", overrides=[])
+        with pytest.raises(SystemExit) as stopped:
+            report.run_entry(entry, tmp_path / "single")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 143 and started and started[0].returncode == -signal.SIGKILL
 
 
 def _read(path: Path) -> bytes:

@@ -14,6 +14,7 @@ whose pretrained optimizer is not shipped yet is left out (its section says so).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 from l2l_cli.cli.config import config_dir
 from l2l_cli.core.checks import ConfigError
@@ -33,14 +35,23 @@ from l2l_cli.reporting import results_page
 
 
 def run_entry(entry: results_page.Entry, run_dir: Path) -> tuple[float, int, Path]:
-    """(seconds, exit code, log) of the entry's `l2l eval` into ``run_dir``."""
+    """(seconds, exit code, log) of the entry's `l2l eval` into ``run_dir``; stopped by a signal, it is killed."""
     log = run_dir.with_name(f"{run_dir.name}.log")
     command = [sys.executable, "-m", "l2l_cli", "eval", f"checkpoint={entry.checkpoint}", *entry.overrides,
                f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
+    proc = None
     with open(log, "w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env={**os.environ, "COLUMNS": "120"}).returncode
+        try:
+            with _STOP.deferred():
+                proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, "COLUMNS": "120"})
+            code = proc.wait()
+        except BaseException:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            raise
     return time.perf_counter() - start, code, log
 
 
@@ -61,9 +72,32 @@ def replace_page(out: Path, built: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _stop(signum, frame) -> None:
-    print(f"l2l: report stopped by signal {signum}; the page is unchanged", file=sys.stderr)
-    raise SystemExit(128 + signum)
+class _Stop:
+    """SIGTERM unwinds like Ctrl-C. One that arrives while an evaluation's process is being started waits until
+    Popen has returned it: raised inside Popen, it would leave that process running with no one to kill it."""
+
+    def __init__(self):
+        self.deferring, self.pending = False, 0
+
+    def __call__(self, signum, frame) -> None:
+        if self.deferring:
+            self.pending = signum
+            return
+        print(f"l2l: report stopped by signal {signum}; the page is unchanged", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending:
+            self(self.pending, None)
+
+
+_STOP = _Stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the evaluations write (default: outputs/report/<date_time>)")
     args = parser.parse_args(argv)
     # a SIGTERM unwinds like Ctrl-C: the running evaluation is killed, the half-built page removed, the old page kept
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, _STOP)
     try:
         entries = results_page.read_catalog(args.catalog)
         if args.only is not None:
