@@ -75,7 +75,7 @@ def main() -> None:
         tuned = {lr: float(adam_run(family, problem, lr, [args.steps])[args.steps][0].mean()) for lr in lrs}
         best = min(tuned, key=tuned.get)
         runs = adam_run(family, problem, best, [args.steps, args.long])
-        pair = {"content": problem.content, "style": problem.style.expand_as(problem.content)}
+        pair = {"content": problem.content, "style": problem.style}
         if not shown or any(shown[k].shape != v.shape or not torch.equal(shown[k], v) for k, v in pair.items()):
             shown = pair
             figures.append(dict(pair))

@@ -3,6 +3,7 @@ batched CNN pass equal to per-image passes, user images and their errors, and th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 
@@ -127,6 +128,37 @@ def test_content_init_starts_at_the_content_image_and_sigmoid_keeps_pixels_in_ra
     torch.testing.assert_close(held_out.content, family.pools.pool("test"))  # the fixed test set, in order
     with pytest.raises(DataError, match=r"optimizee\.content\.test: the test pool holds 4 crops, 5"):
         family.sample(5, 5, generator(0, "test"), split="test")
+
+
+def test_train_styles_give_each_meta_training_function_its_own_style_and_leave_held_out_ones_alone():
+    family = small_family(train_styles=["brick", "gravel"])
+    one_style = {name: small_family(style=name) for name in ("ihc", "brick", "gravel")}
+    problem = family.sample(12, 5, generator(0, "train"))
+    theta = family.initial_params(problem) + 0.3 * torch.randn(12, family.num_params, generator=generator(1, "train"))
+    losses = family.loss(problem, theta, 0)
+    drawn = set()
+    for i in range(12):  # each function's loss is the one-style family's with that function's style
+        style = next(name for name, single in one_style.items()
+                     if torch.equal(problem.style[i], single.style_images[0]))
+        drawn.add(style)
+        single = one_style[style]
+        alone = single.loss(dataclasses.replace(family.select(problem, i, i + 1), style_grams=single.style_grams),
+                            theta[i: i + 1], 0)
+        torch.testing.assert_close(losses[i: i + 1], alone)
+    assert drawn == {"ihc", "brick", "gravel"}
+    for split in ("validation", "test"):  # baselines are tuned and tested on `style`
+        held_out = family.sample(3, 5, generator(0, split), split=split)
+        assert all(torch.equal(image, family.style_images[0]) for image in held_out.style)
+    # a family of one style draws the same crops as before train_styles existed
+    torch.testing.assert_close(one_style["ihc"].sample(12, 5, generator(0, "train")).content, problem.content)
+    assert [r["style"] for r in family.data_record()["train_styles"]] == ["brick", "gravel"]
+    assert "train_styles" not in one_style["ihc"].data_record()
+    repeated = family.repeat(family.select(problem, 2, 4), 2)
+    assert torch.equal(repeated.style_grams[0][3], problem.style_grams[0][3])
+    with pytest.raises(ConfigError, match=r"optimizee\.train_styles: must name styles other than optimizee\.style"):
+        NeuralArtConfig(train_styles=["ihc"])
+    with pytest.raises(DataError, match=r"optimizee\.train_styles\[1\]: 'nope' is neither a file nor a built-in"):
+        small_family(train_styles=["brick", "nope"])
 
 
 def _write_png(path, size, seed=0):

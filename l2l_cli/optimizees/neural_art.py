@@ -2,8 +2,9 @@
 
 f(theta) = alpha * content(c, x) + beta * style(s, x) + gamma * TV(x), with x = sigmoid(theta) the image in
 [0, 1] (a documented parameterisation: every pixel stays in range without clamping, and every coordinate keeps a
-gradient), c a content photograph crop (one per function), s the one style image of the family. All functions of
-a batch go through the CNN as ONE batched forward and backward.
+gradient), c a content photograph crop (one per function), s the family's style image (or, with train_styles, one
+of several for the meta-training functions). All functions of a batch go through the CNN as ONE
+batched forward and backward.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class NeuralArtConfig(OptimizeeConfig):
     name: str = "neural_art"
     size: int = 64  # image side in pixels; a multiple of the deepest layer's stride
     style: str = "ihc"  # a built-in image name (photos.BUILTIN) or a path to an image file
+    # more styles (names or paths) for the meta-training functions, each of which draws one of [style, *train_styles];
+    # validation and test functions always take `style`. Empty: every function takes `style`
+    train_styles: List[str] = field(default_factory=list)
     content_dir: Optional[str] = None  # null: the built-in photographs (content_photos); else a directory of images
     # imagenet: foolbox's 20 ImageNet validation photographs and the 12 that scikit-image, scikit-learn and
     # matplotlib ship | builtin: those 12 only (the content of the results measured before foolbox's photos)
@@ -81,6 +85,9 @@ class NeuralArtConfig(OptimizeeConfig):
                 check(0 <= value < NUM_BLOCKS, f"optimizee.{key}",
                       f"EfficientNet-Lite0 blocks are 0..{NUM_BLOCKS - 1}, got {value}")
         check(len(self.style_layers) > 0, "optimizee.style_layers", "must name at least one block")
+        check(len(set(self.train_styles)) == len(self.train_styles) and self.style not in self.train_styles,
+              "optimizee.train_styles", f"must name styles other than optimizee.style ({self.style}) once each, "
+              f"got {list(self.train_styles)}")
         stride = BLOCK_STRIDE[max(layers)]
         check(self.size % stride == 0, "optimizee.size",
               f"must be a multiple of {stride} (the stride of block {max(layers)}), got {self.size}")
@@ -107,8 +114,8 @@ class NeuralArtProblems:
     content: torch.Tensor  # (n, 3, S, S) content crops in [0, 1]
     content_target: torch.Tensor  # (n, C, h, w) their features at the content layer
     theta0: torch.Tensor  # (n, 3 S S)
-    style_grams: List[torch.Tensor]  # one (C, C) per style layer, shared by the batch
-    style: torch.Tensor  # (3, S, S) the style image, for pictures
+    style_grams: List[torch.Tensor]  # one (n, C, C) per style layer: each function's style's Gram matrices
+    style: torch.Tensor  # (n, 3, S, S) each function's style image, for pictures
 
     def __len__(self) -> int:
         return self.theta0.shape[0]
@@ -129,13 +136,30 @@ class NeuralArtFamily:
         c = cfg.content
         self.pools = cached_pools(cfg.content_dir, cfg.size, tuple(c.scales), (c.train, c.validation, c.test),
                                   c.validation_photos, c.test_photos, c.split_seed, cfg.content_photos)
-        self.style_name, style_path = resolve_image(cfg.style, "optimizee.style")
-        self.style_record = {"style": self.style_name, "style_file": str(style_path),
-                             "style_sha256": file_sha256(style_path, "optimizee.style")}
-        self.style_image = square(read_image(style_path, cfg.size, "optimizee.style"), cfg.size)
+        styles = [self._style(name, "optimizee.style" if not i else f"optimizee.train_styles[{i - 1}]", cfg.size)
+                  for i, name in enumerate([cfg.style, *cfg.train_styles])]
+        self.style_record = styles[0][0]
+        if cfg.train_styles:
+            self.style_record = {**self.style_record, "train_styles": [record for record, _ in styles[1:]]}
+        self.style_images = torch.stack([image for _, image in styles])  # (k, 3, S, S); 0: `style`
         with torch.no_grad():
-            features = self.extractor(torch.device("cpu"))(self.style_image.unsqueeze(0))
-        self.style_grams = [gram(features[layer])[0] for layer in self.style_layers]
+            features = self.extractor(torch.device("cpu"))(self.style_images)
+        self.style_grams = [gram(features[layer]) for layer in self.style_layers]  # (k, C, C) each
+
+    @staticmethod
+    def _style(name_or_path: str, key: str, size: int) -> tuple:
+        """(record, image (3, S, S)) of one style."""
+        name, path = resolve_image(name_or_path, key)
+        return ({"style": name, "style_file": str(path), "style_sha256": file_sha256(path, key)},
+                square(read_image(path, size, key), size))
+
+    def _styles_of(self, n: int, split: str, gen: torch.Generator) -> torch.Tensor:
+        """Each function's style index: meta-training functions draw theirs (only where there is a choice, so a
+        family of one style draws the same random numbers as before train_styles existed); validation and test
+        functions take `style`, so baselines are tuned on the style they are tested on."""
+        if split == "train" and len(self.style_images) > 1:
+            return torch.randint(len(self.style_images), (n,), generator=gen)
+        return torch.zeros(n, dtype=torch.long)
 
     def extractor(self, device, dtype=torch.float32):
         return feature_extractor(self.layers, str(device), dtype)
@@ -158,8 +182,9 @@ class NeuralArtFamily:
             theta0 = torch.randn(n, self.num_params, generator=gen).to(device)
         with torch.no_grad():
             target = self.extractor(device)(content)[self.content_layer]
-        return NeuralArtProblems(content, target, theta0, [g.to(device) for g in self.style_grams],
-                                 self.style_image.to(device))
+        styles = self._styles_of(n, split, gen)
+        return NeuralArtProblems(content, target, theta0, [g[styles].to(device) for g in self.style_grams],
+                                 self.style_images[styles].to(device))
 
     def data_record(self) -> dict:
         return {**self.pools.record(), **self.style_record,
@@ -172,11 +197,13 @@ class NeuralArtFamily:
 
     def select(self, problem: NeuralArtProblems, start: int, stop: int) -> NeuralArtProblems:
         return NeuralArtProblems(problem.content[start:stop], problem.content_target[start:stop],
-                                 problem.theta0[start:stop], problem.style_grams, problem.style)
+                                 problem.theta0[start:stop], [g[start:stop] for g in problem.style_grams],
+                                 problem.style[start:stop])
 
     def repeat(self, problem: NeuralArtProblems, times: int) -> NeuralArtProblems:
         return NeuralArtProblems(problem.content.repeat(times, 1, 1, 1), problem.content_target.repeat(times, 1, 1, 1),
-                                 problem.theta0.repeat(times, 1), problem.style_grams, problem.style)
+                                 problem.theta0.repeat(times, 1), [g.repeat(times, 1, 1) for g in problem.style_grams],
+                                 problem.style.repeat(times, 1, 1, 1))
 
     def images(self, theta: torch.Tensor) -> torch.Tensor:
         """theta (n, 3 S S) -> the images (n, 3, S, S) in [0, 1]."""
@@ -204,9 +231,8 @@ class NeuralArtFamily:
     def pictures(self, problem: NeuralArtProblems, results: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Columns of the evaluation's image grid, each (n, 3, S, S): content, each optimizer's final image (theta
         in ``results``), style."""
-        n = len(problem)
         return {"content": problem.content, **{name: self.images(theta) for name, theta in results.items()},
-                "style": problem.style.expand(n, -1, -1, -1)}
+                "style": problem.style}
 
 
 OPTIMIZEES.register("neural_art", NeuralArtConfig, NeuralArtFamily)

@@ -85,8 +85,8 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def style_loss(grams: List[torch.Tensor], targets: List[torch.Tensor]) -> torch.Tensor:
-    """Mean over layers of the mean squared difference of Gram matrices, per image: (n,). ``targets``: one (C, C)
-    matrix per layer (the style image's), broadcast over the batch."""
+    """Mean over layers of the mean squared difference of Gram matrices, per image: (n,). ``targets``: per layer,
+    each image's style's matrices (n, C, C), or one (C, C) broadcast over the batch."""
     terms = [(g - t).pow(2).flatten(1).mean(1) for g, t in zip(grams, targets, strict=True)]
     return torch.stack(terms).mean(0)
 
