@@ -49,10 +49,13 @@ def test_a_run_started_from_a_checkpoint_first_validates_its_weights(tiny_run, t
     ("pretrained:no_such_optimizer", [], "no such pretrained optimizer"),
     ("{best}", ["optimizer.hidden_size=7"], "config asks for optimizer.hidden_size=7"),
     ("{tmp}/notes.txt", [], "notes.txt"),
+    ("{tmp}/no_model.pt", [], "no_model.pt holds no learned optimizer"),
 ])
 def test_a_bad_init_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys, monkeypatch, init, extra, message):
     root, _, _ = tiny_run
     (tmp_path / "notes.txt").write_text("not a checkpoint")
+    payload = torch.load(root / "train" / "checkpoints" / "best.pt", weights_only=True)
+    torch.save({k: v for k, v in payload.items() if k != "model"}, tmp_path / "no_model.pt")
     init = init.format(tmp=tmp_path, best=root / "train" / "checkpoints" / "best.pt")
     line = cli_one_line_error(["train", *TINY_TRAIN, f"train.init={init}", *extra,
                                f"hydra.run.dir={tmp_path / 'run'}"], capsys, monkeypatch)

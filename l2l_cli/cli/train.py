@@ -130,8 +130,9 @@ def _starting_point(conf: TrainConfig) -> tuple[Optional[str], Optional[dict]]:
     if not path.is_file():
         raise ConfigError(f"train.init: no checkpoint file at {path} (a .pt written by l2l train, or pretrained:NAME "
                           "as `l2l pretrained` lists them)")
-    saved = load_checkpoint(path).get("optimizer")
-    if not isinstance(saved, dict):
+    payload = load_checkpoint(path)
+    saved = payload.get("optimizer")
+    if not isinstance(saved, dict) or not isinstance(payload.get("model"), dict):
         raise ConfigError(f"train.init: {path} holds no learned optimizer (a .pt written by l2l train)")
     check_architecture(path, saved, conf.optimizer.architecture())
     return str(path), {"checkpoint": init, "file": str(path), "sha256": sha256(path, CHECKPOINT_LIMIT, "train.init")}
