@@ -80,14 +80,30 @@ def test_report_reruns_each_entry_and_builds_the_page_from_its_results(tmp_path)
     assert "again" in single["optimizers"] or "again" in single.get("compared", {})
     assert f"- Column `again`: {results_page.provenance('pretrained:quadratic')}." in text
 
-    # a second report replaces the page it wrote; one that fails leaves it as it was
+    # a second report replaces the page it wrote; with --only, the other entries keep their sections where
+    # their command and shipped optimizers are unchanged (and say so); one that fails leaves the page as it was
     (out / "stale.png").write_bytes(b"old")
     again = run_cli("report", "--catalog", catalog, "--out", str(out), "--only", "single", timeout=120,
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     rebuilt = (out / "index.md").read_text()
-    assert not (out / "stale.png").exists() and "## A study" not in rebuilt and "## One task" in rebuilt
-    assert "- A study (`study`): not re-run in this build (--only)" in rebuilt
+    assert not (out / "stale.png").exists() and "## One task" in rebuilt
+    built_at = re.search(r"^Built (.+? at commit \S+(?: with changes)?) from ", text, flags=re.M)[1]
+    study = text[text.index("## A study"):]
+    kept = rebuilt[rebuilt.index("## A study"):]
+    assert kept.replace(f"Not re-run in this build: kept from the page built {built_at}.\n\n", "") == study
+    assert "| [study](#study) short | lstm |" in rebuilt and (out / "study" / "long" / "curves.png").is_file()
+    assert "the 1 marked as kept come from an earlier build's" in rebuilt
+    changed = write_catalog(tmp_path / "changed.yaml", {"entries": [
+        CATALOG["entries"][0], {**CATALOG["entries"][1], "overrides": [*CATALOG["entries"][1]["overrides"],
+                                                                      "eval.num_steps=7"]}, CATALOG["entries"][2]]})
+    third = run_cli("report", "--catalog", changed, "--out", str(out), "--only", "single", timeout=120,
+                    cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    rebuilt = (out / "index.md").read_text()
+    assert "## A study" not in rebuilt and not (out / "study").exists()
+    assert ("- A study (`study`): not re-run in this build (--only); its command, or what the page says of an "
+            "optimizer it runs, changed since the page was built") in rebuilt
     before = (out / "index.md").read_text()
     bad = write_catalog(tmp_path / "bad.yaml", {"entries": [
         {"name": "broken", "title": "B", "checkpoint": "pretrained:quadratic",

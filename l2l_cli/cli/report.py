@@ -2,7 +2,8 @@
 
     l2l report                                  # every entry of the catalog, page in results/
     l2l report --out docs/results               # the page the docs link to (`make results`)
-    l2l report --only quadratic,mnist           # some entries (the page lists the others as not re-run)
+    l2l report --only quadratic,mnist           # some entries; the others keep their sections of the page in --out
+                                                # where their command and shipped optimizers are unchanged
     l2l report --catalog my_report.yaml         # other entries (format: conf/report.yaml)
 
 Each entry's `l2l eval` runs as its own process (its log and outputs in --runs); the page (index.md, with the
@@ -30,8 +31,10 @@ from l2l_cli.cli.config import config_dir
 from l2l_cli.core.checks import ConfigError
 from l2l_cli.core.environment import git_commit, git_dirty
 from l2l_cli.core.files import write_text
-from l2l_cli.core.user_files import UserFileError
+from l2l_cli.core.user_files import MiB, UserFileError, read_bytes
 from l2l_cli.reporting import results_page
+
+PAGE_LIMIT = 16 * MiB  # an index.md the report wrote is a few hundred kB
 
 
 def run_entry(entry: results_page.Entry, run_dir: Path) -> tuple[float, int, Path]:
@@ -70,6 +73,14 @@ def replace_page(out: Path, built: Path) -> None:
         out.rename(old)
     built.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _earlier_page(out: Path):
+    """The sections of the page in ``out`` (``results_page.earlier_sections``), or None where there is none."""
+    index = out / "index.md"
+    if not index.is_file():
+        return None
+    return results_page.earlier_sections(read_bytes(index, PAGE_LIMIT, "--out").decode("utf-8", "replace"))
 
 
 class _Stop:
@@ -113,18 +124,16 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _STOP)
     try:
         entries = results_page.read_catalog(args.catalog)
+        wanted = [e.name for e in entries]
         if args.only is not None:
             wanted = [n.strip() for n in args.only.split(",") if n.strip()]
             unknown = sorted(set(wanted) - {e.name for e in entries})
             if unknown or not wanted:
                 raise ConfigError(f"--only: {', '.join(unknown) or 'nothing'} not in {args.catalog} (its entries: "
                                   f"{', '.join(e.name for e in entries)})")
-            left_out = [(e, "not re-run in this build (--only)") for e in entries if e.name not in wanted]
-            entries = [e for e in entries if e.name in wanted]
-        else:
-            left_out = []
         out = args.out.expanduser().absolute()
         check_out(out)
+        earlier = _earlier_page(out) if args.only is not None else None
         runs = (args.runs or Path("outputs") / "report" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).absolute()
         if runs.exists() and any(runs.iterdir()):
             raise ConfigError(f"--runs {runs}: exists and is not empty; give a new folder")
@@ -132,8 +141,19 @@ def main(argv: list[str] | None = None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         built = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
         try:
-            sections, missing, total = [], list(left_out), 0.0
+            sections, missing, total, kept = [], [], 0.0, 0
             for entry in (e.shipped_columns() for e in entries):
+                if entry.name not in wanted:  # --only: the earlier page's section where it still holds
+                    section, why = results_page.kept_section(entry, earlier) if earlier else (None, "")
+                    if section is None:
+                        missing.append((entry, "not re-run in this build (--only)" + (f"; {why}" if why else "")))
+                        continue
+                    if (out / entry.name).is_dir():
+                        shutil.copytree(out / entry.name, built / entry.name)
+                    print(f"{entry.name}: kept from the page built {earlier[0]}")
+                    sections.append(section)
+                    kept += 1
+                    continue
                 why = results_page.checkpoint_missing(entry)
                 if why:
                     print(f"{entry.name}: skipped, {why}")
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             commit = (git_commit() or "?")[:10] + (" with changes" if git_dirty() else "")
             header = (f"Built {datetime.now().strftime('%Y-%m-%d %H:%M')} at commit {commit} from "
                       f"`{args.catalog.name}`; the evaluations' full outputs were in `{shown}`.")
-            write_text(built / "index.md", results_page.page(sections, missing, total, header))
+            write_text(built / "index.md", results_page.page(sections, missing, total, header, kept))
             write_text(built / results_page.MARKER, "written by l2l report; the next report replaces this folder\n")
             replace_page(out, built)
         finally:

@@ -8,10 +8,11 @@ pictures), a ``title``, the ``checkpoint`` its evaluation starts from (``pretrai
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from l2l_cli import pretrained
 from l2l_cli.core.checks import ConfigError
@@ -21,6 +22,7 @@ from l2l_cli.reporting.run_records import results_problem
 
 PICTURES = ("curves.png", "pictures.png")  # what an evaluation draws, in the order the page shows them
 MARKER = ".l2l-report"  # in a page's folder: it is the report's to replace
+KEPT = "Not re-run in this build: kept from the page built "  # a section `--only` carried over
 
 
 @dataclass(frozen=True)
@@ -208,13 +210,15 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
-def page(sections: List[tuple], missing: List[tuple], total_seconds: float, header: str) -> str:
-    """``sections``: (lines, headline rows) per entry, from ``section``."""
+def page(sections: List[tuple], missing: List[tuple], total_seconds: float, header: str, kept: int = 0) -> str:
+    """``sections``: (lines, headline rows) per entry, from ``section`` or ``kept_section``; ``kept``: how many of
+    them an earlier build made."""
+    earlier = f"; the {kept} marked as kept come from an earlier build's" if kept else ""
     lines = ["# Results, rebuilt by `l2l report`", "", header, "",
              f"Every number and picture below comes from the evaluations this command ran ({_duration(total_seconds)} "
-             "in all); each section names its command, which reproduces it alone. Final test loss, mean (median); "
-             "every baseline's learning rate tuned on validation functions; ratio = learned / best tuned baseline "
-             "on the mean.", ""]
+             f"in all{earlier}); each section names its command, which reproduces it alone. Final test loss, mean "
+             "(median); every baseline's learning rate tuned on validation functions; ratio = learned / best tuned "
+             "baseline on the mean.", ""]
     if sections:
         lines += ["| task | learned | mean (median) | best tuned baseline | ratio |", "| --- | --- | --- | --- | --- |",
                   *(row for _, rows in sections for row in rows), ""]
@@ -223,3 +227,47 @@ def page(sections: List[tuple], missing: List[tuple], total_seconds: float, head
     for part, _ in sections:
         lines += part
     return "\n".join(lines).rstrip() + "\n"
+
+
+BUILT = re.compile(r"^Built (.+? at commit \S+(?: with changes)?) from ")
+HEADING = re.compile(r"^## .* \{#(\w+)\}$")
+
+
+def earlier_sections(text: str) -> tuple[str, Dict[str, tuple]]:
+    """A page ``page`` wrote -> (when and at which commit it was built, name -> (its section's lines, its rows of
+    the headline table))."""
+    lines = text.splitlines()
+    built = next((m.group(1) for m in map(BUILT.match, lines) if m), "?")
+    sections: Dict[str, tuple] = {}
+    current = None
+    for line in lines:
+        heading = HEADING.match(line)
+        if heading:
+            current = heading.group(1)
+            sections[current] = ([], [r for r in lines if r.startswith(f"| [{current}](#{current})")])
+        if current is not None:
+            sections[current][0].append(line)
+    for part, _ in sections.values():
+        while part and not part[-1]:
+            part.pop()
+        part.append("")
+    return built, sections
+
+
+def kept_section(entry: Entry, earlier: tuple) -> tuple[Optional[tuple], str]:
+    """``entry``'s section of the earlier page (``earlier_sections``) when it shows what this build would run: the
+    same command and the same shipped optimizers (each named by its command, commit and stopping); else (None,
+    why not)."""
+    built, sections = earlier
+    if entry.name not in sections:
+        return None, "not on the page before"
+    if not all(c.startswith(pretrained.PREFIX) for c in [entry.checkpoint, *(c for _, c in entry.compared())]):
+        return None, "a checkpoint file, not a shipped optimizer: it may have changed"
+    lines, rows = sections[entry.name]
+    wanted = [f"`{entry.command()}`", *(f"- Column `{name}`: {provenance(c)}." for name, c in entry.compared())]
+    if not all(w in lines for w in wanted) or not any(
+            line.startswith(f"Checkpoint {provenance(entry.checkpoint)}. ") for line in lines):
+        return None, "its command, or what the page says of an optimizer it runs, changed since the page was built"
+    if not any(line.startswith(KEPT) for line in lines):
+        lines = [*lines[:4], f"{KEPT}{built}.", "", *lines[4:]]
+    return (lines, rows), ""
