@@ -94,6 +94,7 @@ def test_report_reruns_each_entry_and_builds_the_page_from_its_results(tmp_path)
     assert kept.replace(f"Not re-run in this build: kept from the page built {built_at}.\n\n", "") == study
     assert "| [study](#study) short | lstm |" in rebuilt and (out / "study" / "long" / "curves.png").is_file()
     assert "the 1 marked as kept come from an earlier build's" in rebuilt
+    assert "- Not yet (`later`): pretrained:no_such_optimizer is not shipped yet" in rebuilt
     changed = write_catalog(tmp_path / "changed.yaml", {"entries": [
         CATALOG["entries"][0], {**CATALOG["entries"][1], "overrides": [*CATALOG["entries"][1]["overrides"],
                                                                       "eval.num_steps=7"]}, CATALOG["entries"][2]]})

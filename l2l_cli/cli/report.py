@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                 if entry.name not in wanted:  # --only: the earlier page's section where it still holds
                     section, why = results_page.kept_section(entry, earlier) if earlier else (None, "")
                     if section is None:
-                        missing.append((entry, "not re-run in this build (--only)" + (f"; {why}" if why else "")))
+                        missing.append((entry, results_page.checkpoint_missing(entry) or (
+                            "not re-run in this build (--only)" + (f"; {why}" if why else ""))))
                         continue
                     if (out / entry.name).is_dir():
                         shutil.copytree(out / entry.name, built / entry.name)
