@@ -83,6 +83,18 @@ def _earlier_page(out: Path):
     return results_page.earlier_sections(read_bytes(index, PAGE_LIMIT, "--out").decode("utf-8", "replace"))
 
 
+def keep_earlier(entry: results_page.Entry, earlier, out: Path, built: Path) -> tuple:
+    """--only, an entry not re-run: (its section of the earlier page, with its pictures copied into ``built``, "")
+    where that still holds; else (None, why it is not on this page)."""
+    section, why = results_page.kept_section(entry, earlier) if earlier else (None, "")
+    if section is None:
+        return None, results_page.checkpoint_missing(entry) or (
+            "not re-run in this build (--only)" + (f"; {why}" if why else ""))
+    if (out / entry.name).is_dir():
+        shutil.copytree(out / entry.name, built / entry.name)
+    return section, ""
+
+
 class _Stop:
     """SIGTERM unwinds like Ctrl-C. One that arrives while an evaluation's process is being started waits until
     Popen has returned it: raised inside Popen, it would leave that process running with no one to kill it."""
@@ -143,17 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         try:
             sections, missing, total, kept = [], [], 0.0, 0
             for entry in (e.shipped_columns() for e in entries):
-                if entry.name not in wanted:  # --only: the earlier page's section where it still holds
-                    section, why = results_page.kept_section(entry, earlier) if earlier else (None, "")
+                if entry.name not in wanted:
+                    section, why = keep_earlier(entry, earlier, out, built)
                     if section is None:
-                        missing.append((entry, results_page.checkpoint_missing(entry) or (
-                            "not re-run in this build (--only)" + (f"; {why}" if why else ""))))
-                        continue
-                    if (out / entry.name).is_dir():
-                        shutil.copytree(out / entry.name, built / entry.name)
-                    print(f"{entry.name}: kept from the page built {earlier[0]}")
-                    sections.append(section)
-                    kept += 1
+                        missing.append((entry, why))
+                    else:
+                        print(f"{entry.name}: kept from the page built {earlier[0]}")
+                        sections.append(section)
+                        kept += 1
                     continue
                 why = results_page.checkpoint_missing(entry)
                 if why:
