@@ -16,6 +16,7 @@ import pytest
 from conftest import run_cli
 
 from l2l_cli.cli import report
+from l2l_cli.cli.config import config_dir
 from l2l_cli.cli.report import check_out
 from l2l_cli.core.checks import ConfigError
 from l2l_cli.reporting import results_page
@@ -210,3 +211,14 @@ def test_provenance_names_the_commit_training_started_at_and_each_resume(monkeyp
                             "commit": "abcdef0123456789", "commit_dirty": False}
     assert ", resumed at fedcba9876 with changes, starting from `runs/a/checkpoints/best.pt` (`l2l train y=2` at " \
            "commit abcdef0123), seed 0;" in results_page.provenance("pretrained:x")
+
+
+def test_the_results_page_shows_the_optimizers_shipped_now():
+    """docs/results/index.md names, in each section, the shipped optimizer it evaluated: re-shipping one without
+    `l2l report --only <its entries> --out docs/results` fails here."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "results" / "index.md"
+    _, sections = results_page.earlier_sections(page.read_text())
+    for entry in read_catalog(Path(config_dir()) / "report.yaml"):
+        if results_page.checkpoint_missing(entry) is None:
+            shown = f"Checkpoint {results_page.provenance(entry.checkpoint)}. "
+            assert any(line.startswith(shown) for line in sections[entry.name][0]), (entry.name, shown)
