@@ -177,9 +177,8 @@ def summary_rows(entry: Entry, variant: str, results: dict) -> List[str]:
 def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> tuple[List[str], List[str]]:
     """The entry's part of the page and its rows of the headline table; its pictures are copied into
     ``assets / entry.name``."""
-    lines = [f"## {entry.title} {{#{entry.name}}}", "", f"`{entry.command()}`", "",
-             f"Checkpoint {provenance(entry.checkpoint)}. Evaluation: {_duration(seconds)}.", ""]
-    columns = [f"- Column `{name}`: {provenance(checkpoint)}." for name, checkpoint in entry.compared()]
+    lines = [*_heading(entry), f"{_checkpoint_named(entry)}Evaluation: {_duration(seconds)}.", ""]
+    columns = _column_lines(entry)
     lines += [*columns, ""] if columns else []
     if entry.absent_columns:
         lines += [f"Left out, not shipped yet: {', '.join(f'`{o}`' for o in entry.absent_columns)}.", ""]
@@ -203,6 +202,20 @@ def section(entry: Entry, eval_dir: Path, assets: Path, seconds: float) -> tuple
                 alt = " ".join(filter(None, (entry.name, variant, picture[:-4])))
                 lines += [f"![{alt}]({relative.as_posix()})", ""]
     return lines, summary
+
+
+def _heading(entry: Entry) -> List[str]:
+    """A section's first lines: its title and its command."""
+    return [f"## {entry.title} {{#{entry.name}}}", "", f"`{entry.command()}`", ""]
+
+
+def _checkpoint_named(entry: Entry) -> str:
+    """How a section's checkpoint line starts: where the evaluated optimizer came from."""
+    return f"Checkpoint {provenance(entry.checkpoint)}. "
+
+
+def _column_lines(entry: Entry) -> List[str]:
+    return [f"- Column `{name}`: {provenance(checkpoint)}." for name, checkpoint in entry.compared()]
 
 
 def _duration(seconds: float) -> str:
@@ -264,10 +277,10 @@ def kept_section(entry: Entry, earlier: tuple) -> tuple[Optional[tuple], str]:
     if not all(c.startswith(pretrained.PREFIX) for c in [entry.checkpoint, *(c for _, c in entry.compared())]):
         return None, "a checkpoint file, not a shipped optimizer: it may have changed"
     lines, rows = sections[entry.name]
-    wanted = [f"`{entry.command()}`", *(f"- Column `{name}`: {provenance(c)}." for name, c in entry.compared())]
-    if not all(w in lines for w in wanted) or not any(
-            line.startswith(f"Checkpoint {provenance(entry.checkpoint)}. ") for line in lines):
+    heading = _heading(entry)
+    if not all(line in lines for line in [heading[2], *_column_lines(entry)]) or not any(
+            line.startswith(_checkpoint_named(entry)) for line in lines):
         return None, "its command, or what the page says of an optimizer it runs, changed since the page was built"
     if not any(line.startswith(KEPT) for line in lines):
-        lines = [*lines[:4], f"{KEPT}{built}.", "", *lines[4:]]
+        lines = [*lines[:len(heading)], f"{KEPT}{built}.", "", *lines[len(heading):]]
     return (lines, rows), ""
